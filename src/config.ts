@@ -1,0 +1,37 @@
+/**
+ * Configuration, read once from the environment and validated against one schema.
+ * Everything else receives a `Config`; nothing reads `process.env` on its own.
+ */
+import { Type, type Static } from '@sinclair/typebox'
+import envSchema from 'env-schema'
+
+export const EnvSchema = Type.Object({
+  DATABASE_URL: Type.String({ minLength: 1, description: 'PostgreSQL connection string' }),
+  REDIS_URL: Type.String({ minLength: 1, description: 'Redis connection string' }),
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
+  HOST: Type.String({ default: '127.0.0.1' }),
+  LOG_LEVEL: Type.Union(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+    { default: 'info' }
+  ),
+  REDIS_KEY_PREFIX: Type.String({ pattern: '^[^{}\\s]*$', default: 'tally:' }),
+  DEFAULT_SHARD_COUNT: Type.Integer({ minimum: 1, maximum: 1024, default: 64 }),
+  MAX_BATCH: Type.Integer({ minimum: 1, maximum: 100000, default: 5000 }),
+  BODY_LIMIT: Type.Integer({ minimum: 1024, default: 64 * 1024 * 1024 }),
+  GUARD_MIN_BASELINE: Type.Integer({ minimum: 0, default: 100 }),
+  MAX_DELETE_RATIO: Type.Number({ minimum: 0, maximum: 1, default: 0.5 }),
+  RUN_TTL: Type.Integer({ minimum: 60, default: 86400, description: 'seconds an open run may stay idle' }),
+  PG_POOL_MAX: Type.Integer({ minimum: 1, default: 10 }),
+  MIGRATE_ON_START: Type.Boolean({ default: true })
+})
+
+export type Config = Static<typeof EnvSchema>
+
+/** Reads and validates the environment; throws one readable error naming every bad variable. */
+export function loadConfig (env: Record<string, string | undefined> = process.env): Config {
+  try {
+    return envSchema<Config>({ schema: EnvSchema, data: { ...env }, dotenv: false })
+  } catch (err) {
+    throw new Error(`Invalid configuration: ${(err as Error).message}. See the configuration table in README.md.`)
+  }
+}

@@ -1,0 +1,112 @@
+/**
+ * Resource rows. Every function takes a whole batch: one statement however many resources,
+ * because a query per resource is what this server exists to avoid.
+ */
+import { and, eq, gt, isNull, ne, sql } from 'drizzle-orm'
+import type { Db, Executor } from './client.js'
+import { resources } from './schema.js'
+
+export interface ResourceWrite {
+  id: string
+  type: string
+  name: string | null
+  region: string | null
+  tags: Record<string, string>
+  attributes: Record<string, unknown>
+  contentHash: Buffer
+}
+
+export function createResourcesRepository (db: Db) {
+  return {
+    /** Content hashes of the live rows among `ids`; a soft-deleted row counts as absent. */
+    async liveHashes (tenant: string, scope: string, ids: string[], tx: Executor = db): Promise<Map<string, Buffer>> {
+      if (ids.length === 0) return new Map()
+      const rows = await tx.select({ id: resources.id, contentHash: resources.contentHash })
+        .from(resources)
+        .where(and(
+          eq(resources.tenant, tenant), eq(resources.scope, scope),
+          sql`${resources.id} = any(${sql.param(ids)}::text[])`, isNull(resources.deletedAt)
+        ))
+      return new Map(rows.map((r) => [r.id, r.contentHash]))
+    },
+
+    /**
+     * Inserts new and rewrites changed rows in one statement. The guard makes an equal hash a
+     * no-op at the row level (a racing twin of the batch writes nothing), revives a
+     * soft-deleted row, and never lets an older run overwrite a newer run's version.
+     * Returns the ids actually written.
+     */
+    async upsertChanged (tenant: string, scope: string, runId: number, rows: ResourceWrite[], tx: Executor = db): Promise<Set<string>> {
+      if (rows.length === 0) return new Set()
+      const result = await tx.execute<{ id: string }>(sql`
+        insert into resources as r (tenant, scope, id, type, name, region, tags, attributes,
+                                    content_hash, first_seen_run_id, changed_run_id)
+        select ${tenant}, ${scope}, u.id, u.type, u.name, u.region, u.tags, u.attributes,
+               u.content_hash, ${runId}, ${runId}
+        from unnest(${sql.param(rows.map((r) => r.id))}::text[],
+                    ${sql.param(rows.map((r) => r.type))}::text[],
+                    ${sql.param(rows.map((r) => r.name))}::text[],
+                    ${sql.param(rows.map((r) => r.region))}::text[],
+                    ${sql.param(rows.map((r) => JSON.stringify(r.tags)))}::jsonb[],
+                    ${sql.param(rows.map((r) => JSON.stringify(r.attributes)))}::jsonb[],
+                    ${sql.param(rows.map((r) => r.contentHash))}::bytea[])
+             as u(id, type, name, region, tags, attributes, content_hash)
+        on conflict (tenant, scope, id) do update set
+          type = excluded.type, name = excluded.name, region = excluded.region,
+          tags = excluded.tags, attributes = excluded.attributes,
+          content_hash = excluded.content_hash,
+          changed_at = now(), changed_run_id = excluded.changed_run_id,
+          deleted_at = null, deleted_run_id = null
+        where (r.content_hash is distinct from excluded.content_hash or r.deleted_at is not null)
+          and r.changed_run_id <= excluded.changed_run_id
+        returning r.id`)
+      return new Set(result.rows.map((r) => r.id))
+    },
+
+    /** Soft-deletes the live rows among `ids`; returns how many it deleted. */
+    async softDelete (tenant: string, scope: string, ids: string[], runId: number, tx: Executor = db): Promise<number> {
+      if (ids.length === 0) return 0
+      const rows = await tx.update(resources)
+        .set({ deletedAt: sql`now()`, deletedRunId: runId })
+        .where(and(
+          eq(resources.tenant, tenant), eq(resources.scope, scope),
+          sql`${resources.id} = any(${sql.param(ids)}::text[])`, isNull(resources.deletedAt)
+        ))
+        .returning({ id: resources.id })
+      return rows.length
+    },
+
+    /** One keyset page of the scope's live ids, in id order, after `afterId`. */
+    async liveIdsPage (tenant: string, scope: string, afterId: string | null, limit: number): Promise<string[]> {
+      const rows = await db.select({ id: resources.id }).from(resources)
+        .where(and(
+          eq(resources.tenant, tenant), eq(resources.scope, scope), isNull(resources.deletedAt),
+          afterId === null ? undefined : gt(resources.id, afterId)
+        ))
+        .orderBy(resources.id)
+        .limit(limit)
+      return rows.map((r) => r.id)
+    },
+
+    /**
+     * Live ids last written by a run newer than `sinceRunId` other than `exceptRunId`: what
+     * aborted runs created or changed since the baseline, which the baseline's sets cannot know.
+     */
+    async liveIdsWrittenSince (tenant: string, scope: string, sinceRunId: number, exceptRunId: number): Promise<string[]> {
+      const rows = await db.select({ id: resources.id }).from(resources)
+        .where(and(
+          eq(resources.tenant, tenant), eq(resources.scope, scope), isNull(resources.deletedAt),
+          gt(resources.changedRunId, sinceRunId), ne(resources.changedRunId, exceptRunId)
+        ))
+      return rows.map((r) => r.id)
+    },
+
+    async countLive (tenant: string, scope: string): Promise<number> {
+      const [row] = await db.select({ n: sql<number>`count(*)::int` }).from(resources)
+        .where(and(eq(resources.tenant, tenant), eq(resources.scope, scope), isNull(resources.deletedAt)))
+      return row?.n ?? 0
+    }
+  }
+}
+
+export type ResourcesRepository = ReturnType<typeof createResourcesRepository>

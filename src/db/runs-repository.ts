@@ -1,0 +1,124 @@
+/** Runs and scopes: opening, listing, conditional status moves and the baseline promotion. */
+import { and, desc, eq, inArray, lt, sql, type SQL } from 'drizzle-orm'
+import type { Db, Executor, Tx } from './client.js'
+import { runs, scopes, type RunStatus } from './schema.js'
+
+export type RunRow = typeof runs.$inferSelect
+export type ScopeRow = typeof scopes.$inferSelect
+
+export interface RunCounts {
+  seen: number
+  created: number
+  updated: number
+  unchanged: number
+  deleted: number
+  batches: number
+}
+
+export interface NewRun {
+  tenant: string
+  scope: string
+  shardCount: number
+  scannerName: string | null
+  scannerVersion: string | null
+}
+
+export interface RunFilter {
+  tenant: string
+  scope?: string | undefined
+  status?: RunStatus | undefined
+  beforeId?: number | undefined
+  limit: number
+}
+
+const UNIQUE_VIOLATION = '23505'
+
+/** True when a write failed on `runs_one_open_per_scope`: the scope already has a run in flight. */
+export function isOpenRunConflict (err: unknown): boolean {
+  const e = err as { code?: string, constraint?: string, cause?: { code?: string, constraint?: string } }
+  const pgErr = e.cause ?? e
+  return pgErr.code === UNIQUE_VIOLATION && pgErr.constraint === 'runs_one_open_per_scope'
+}
+
+export function createRunsRepository (db: Db) {
+  return {
+    async getRun (id: number, tx: Executor = db): Promise<RunRow | undefined> {
+      const [row] = await tx.select().from(runs).where(eq(runs.id, id))
+      return row
+    },
+
+    async findInFlightRun (tenant: string, scope: string, tx: Executor = db): Promise<RunRow | undefined> {
+      const [row] = await tx.select().from(runs).where(and(
+        eq(runs.tenant, tenant), eq(runs.scope, scope), inArray(runs.status, ['open', 'completing'])
+      ))
+      return row
+    },
+
+    async listRuns (filter: RunFilter): Promise<RunRow[]> {
+      const where: SQL[] = [eq(runs.tenant, filter.tenant)]
+      if (filter.scope !== undefined) where.push(eq(runs.scope, filter.scope))
+      if (filter.status !== undefined) where.push(eq(runs.status, filter.status))
+      if (filter.beforeId !== undefined) where.push(lt(runs.id, filter.beforeId))
+      return db.select().from(runs).where(and(...where)).orderBy(desc(runs.id)).limit(filter.limit)
+    },
+
+    /**
+     * Inserts the run; fails with a unique violation (see `isOpenRunConflict`) if one is in flight.
+     * The baseline is read by a second statement: under READ COMMITTED it sees a completion
+     * that committed while the insert waited on the unique index, which the insert's own
+     * snapshot would not.
+     */
+    async insertRun (run: NewRun, tx: Executor = db): Promise<RunRow> {
+      const [inserted] = await tx.insert(runs).values(run).returning({ id: runs.id })
+      const [row] = await tx.update(runs)
+        .set({
+          baselineRunId: sql`(select ${scopes.baselineRunId} from ${scopes}
+            where ${scopes.tenant} = ${run.tenant} and ${scopes.scope} = ${run.scope})`
+        })
+        .where(eq(runs.id, inserted!.id))
+        .returning()
+      return row!
+    },
+
+    /** Moves a run from one of `from` to `to`; undefined when it was in none of them (someone else won). */
+    async transition (id: number, from: RunStatus[], to: RunStatus, counts?: RunCounts, tx: Executor = db): Promise<RunRow | undefined> {
+      const [row] = await tx.update(runs)
+        .set({ status: to, ...counts, ...(to === 'open' || to === 'completing' ? {} : { completedAt: sql`now()` }) })
+        .where(and(eq(runs.id, id), inArray(runs.status, from)))
+        .returning()
+      return row
+    },
+
+    async finishRun (id: number, status: 'completed' | 'superseded', counts: RunCounts, tx: Tx): Promise<RunRow | undefined> {
+      const [row] = await tx.update(runs)
+        .set({ status, completedAt: sql`now()`, ...counts })
+        .where(and(eq(runs.id, id), eq(runs.status, 'completing')))
+        .returning()
+      return row
+    },
+
+    async getScope (tenant: string, scope: string, tx: Executor = db): Promise<ScopeRow | undefined> {
+      const [row] = await tx.select().from(scopes).where(and(eq(scopes.tenant, tenant), eq(scopes.scope, scope)))
+      return row
+    },
+
+    /** The scope's row, created on first use with the given shard count. */
+    async ensureScope (tenant: string, scope: string, shardCount: number, tx: Executor = db): Promise<ScopeRow> {
+      await tx.insert(scopes).values({ tenant, scope, shardCount }).onConflictDoNothing()
+      const [row] = await tx.select().from(scopes).where(and(eq(scopes.tenant, tenant), eq(scopes.scope, scope)))
+      return row!
+    },
+
+    async promoteBaseline (tenant: string, scope: string, run: { id: number, shardCount: number, seen: number }, tx: Tx): Promise<void> {
+      await tx.update(scopes).set({
+        baselineRunId: run.id,
+        baselineSeen: run.seen,
+        shardCount: run.shardCount,
+        resourceCount: run.seen,
+        lastCompletedAt: sql`now()`
+      }).where(and(eq(scopes.tenant, tenant), eq(scopes.scope, scope)))
+    }
+  }
+}
+
+export type RunsRepository = ReturnType<typeof createRunsRepository>

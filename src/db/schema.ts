@@ -1,0 +1,82 @@
+/**
+ * The Postgres schema, source of the SQL migrations drizzle-kit generates into `migrations/`.
+ * Every table carries `tenant`. Resources are soft-deleted (`deleted_at`), so a wrong deletion
+ * can be undone and a reappearing resource comes back to life; there is no `last_seen` column
+ * on purpose: keeping it would cost the very write this server exists to avoid.
+ */
+import { sql } from 'drizzle-orm'
+import {
+  bigint, check, customType, index, integer, jsonb, pgTable, primaryKey, text, timestamp, uniqueIndex
+} from 'drizzle-orm/pg-core'
+
+const bytea = customType<{ data: Buffer, driverData: Buffer }>({
+  dataType: () => 'bytea'
+})
+
+const tenant = () => text().notNull().default('default')
+const runRef = () => bigint({ mode: 'number' })
+const at = () => timestamp({ withTimezone: true, mode: 'date' })
+
+export const runStatuses = ['open', 'completing', 'completed', 'aborted', 'superseded'] as const
+export type RunStatus = typeof runStatuses[number]
+
+export const scopes = pgTable('scopes', {
+  tenant: tenant(),
+  scope: text().notNull(),
+  shardCount: integer().notNull(),
+  baselineRunId: runRef(),
+  /** Σ SCARD of the baseline's seen sets when it completed: a smaller set later means lost state. */
+  baselineSeen: bigint({ mode: 'number' }).notNull().default(0),
+  resourceCount: bigint({ mode: 'number' }).notNull().default(0),
+  createdAt: at().notNull().defaultNow(),
+  lastCompletedAt: at()
+}, (t) => [primaryKey({ columns: [t.tenant, t.scope] })])
+
+export const runs = pgTable('runs', {
+  id: bigint({ mode: 'number' }).primaryKey().generatedAlwaysAsIdentity(),
+  tenant: tenant(),
+  scope: text().notNull(),
+  status: text({ enum: runStatuses }).notNull().default('open'),
+  shardCount: integer().notNull(),
+  /** The scope's baseline when this run opened: the run it diffs against and replaces. */
+  baselineRunId: runRef(),
+  scannerName: text(),
+  scannerVersion: text(),
+  startedAt: at().notNull().defaultNow(),
+  completedAt: at(),
+  seen: bigint({ mode: 'number' }).notNull().default(0),
+  created: bigint({ mode: 'number' }).notNull().default(0),
+  updated: bigint({ mode: 'number' }).notNull().default(0),
+  unchanged: bigint({ mode: 'number' }).notNull().default(0),
+  deleted: bigint({ mode: 'number' }).notNull().default(0),
+  batches: bigint({ mode: 'number' }).notNull().default(0)
+}, (t) => [
+  index('runs_scope_idx').on(t.tenant, t.scope, t.id),
+  index('runs_status_idx').on(t.tenant, t.status, t.id),
+  // At most one run per scope is in flight; the database, not a race-prone check, says so.
+  uniqueIndex('runs_one_open_per_scope').on(t.tenant, t.scope).where(sql`status in ('open', 'completing')`),
+  check('runs_status_check', sql`status in ('open', 'completing', 'completed', 'aborted', 'superseded')`)
+])
+
+export const resources = pgTable('resources', {
+  tenant: tenant(),
+  scope: text().notNull(),
+  id: text().notNull(),
+  type: text().notNull(),
+  name: text(),
+  region: text(),
+  tags: jsonb().$type<Record<string, string>>().notNull().default({}),
+  attributes: jsonb().$type<Record<string, unknown>>().notNull().default({}),
+  contentHash: bytea().notNull(),
+  firstSeenAt: at().notNull().defaultNow(),
+  firstSeenRunId: runRef().notNull(),
+  changedAt: at().notNull().defaultNow(),
+  changedRunId: runRef().notNull(),
+  deletedAt: at(),
+  deletedRunId: runRef()
+}, (t) => [
+  primaryKey({ columns: [t.tenant, t.scope, t.id] }),
+  index('resources_live_type_idx').on(t.tenant, t.scope, t.type, t.id).where(sql`deleted_at is null`),
+  // Finds rows written since the baseline by runs that never completed (see reconcile/complete).
+  index('resources_live_changed_run_idx').on(t.tenant, t.scope, t.changedRunId).where(sql`deleted_at is null`)
+])

@@ -1,0 +1,71 @@
+/**
+ * Every error Tally answers with, declared once: a stable `code`, an HTTP status and a title.
+ * Reconcile and repositories throw `TallyError`s; the root error handler renders them as
+ * `application/problem+json` (RFC 9457) without knowing one class from another.
+ */
+
+export const problemCodes = {
+  validation_failed: { status: 400, title: 'The request is not valid' },
+  batch_too_large: { status: 413, title: 'The batch is larger than this server accepts' },
+  unsupported_media_type: { status: 415, title: 'The body must be application/json' },
+  not_found: { status: 404, title: 'No such route' },
+  run_not_found: { status: 404, title: 'No such run' },
+  run_not_open: { status: 409, title: 'The run is not open' },
+  scope_has_open_run: { status: 409, title: 'The scope already has an open run' },
+  run_state_lost: { status: 409, title: "The run's Redis state is lost; abort it and rescan" },
+  expected_count_mismatch: { status: 422, title: 'The run saw a different number of resources than expected' },
+  mass_deletion_guard: { status: 422, title: 'Completion would delete too large a part of the inventory' },
+  unauthorized: { status: 401, title: 'Authentication is required' },
+  forbidden: { status: 403, title: 'Not allowed' },
+  unavailable: { status: 503, title: 'A dependency is unavailable; retry later' },
+  internal: { status: 500, title: 'Internal error' }
+} as const
+
+export type ProblemCode = keyof typeof problemCodes
+
+export class TallyError extends Error {
+  readonly code: ProblemCode
+  readonly statusCode: number
+  readonly title: string
+  readonly extra: Record<string, unknown> | undefined
+
+  constructor (code: ProblemCode, detail: string, extra?: Record<string, unknown>) {
+    super(detail)
+    this.name = 'TallyError'
+    this.code = code
+    this.statusCode = problemCodes[code].status
+    this.title = problemCodes[code].title
+    this.extra = extra
+  }
+}
+
+export function isTallyError (err: unknown): err is TallyError {
+  return err instanceof TallyError
+}
+
+const UNAVAILABLE_NET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'EAI_AGAIN'])
+const UNAVAILABLE_MESSAGES = [
+  'Connection is closed', // ioredis, client disconnected
+  "Stream isn't writeable", // ioredis, offline queue off
+  'Connection terminated', // pg, server went away
+  'timeout exceeded when trying to connect', // pg pool
+  'Client has encountered a connection error' // pg
+]
+
+/**
+ * True when an error means Postgres or Redis could not be reached or dropped us: the request
+ * can be retried as it is (503). Looks through `cause` chains, since drizzle wraps pg errors.
+ */
+export function isUnavailable (err: unknown): boolean {
+  for (let e = err as { code?: unknown, name?: unknown, message?: unknown, cause?: unknown } | undefined, depth = 0;
+    e !== undefined && e !== null && depth < 5; e = e.cause as typeof e, depth++) {
+    const code = typeof e.code === 'string' ? e.code : ''
+    if (UNAVAILABLE_NET_CODES.has(code)) return true
+    // SQLSTATE class 08: connection exception; 57P0x: server shutting down or starting up.
+    if (/^(08...|57P0[1-4]|53300)$/.test(code)) return true
+    if (e.name === 'MaxRetriesPerRequestError') return true
+    const message = typeof e.message === 'string' ? e.message : ''
+    if (UNAVAILABLE_MESSAGES.some((m) => message.includes(m))) return true
+  }
+  return false
+}

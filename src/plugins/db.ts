@@ -1,0 +1,33 @@
+/**
+ * The database plugin: drizzle over the pool @fastify/postgres owns, migrations applied at
+ * start (unless MIGRATE_ON_START=false), and the repositories.
+ */
+import type {} from '@fastify/postgres'
+import fp from 'fastify-plugin'
+import { createDb, runMigrations, type Db, type Tx } from '../db/client.js'
+import { createResourcesRepository, type ResourcesRepository } from '../db/resources-repository.js'
+import { createRunsRepository, type RunsRepository } from '../db/runs-repository.js'
+
+export interface DbDecorator {
+  drizzle: Db
+  runs: RunsRepository
+  resources: ResourcesRepository
+  transaction: <T>(fn: (tx: Tx) => Promise<T>) => Promise<T>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    db: DbDecorator
+  }
+}
+
+export default fp(async function db (fastify) {
+  if (fastify.config.MIGRATE_ON_START) await runMigrations(fastify.pg.pool)
+  const drizzle = createDb(fastify.pg.pool)
+  fastify.decorate('db', {
+    drizzle,
+    runs: createRunsRepository(drizzle),
+    resources: createResourcesRepository(drizzle),
+    transaction: (fn) => drizzle.transaction(fn)
+  })
+}, { name: 'db', dependencies: ['config', '@fastify/postgres'] })

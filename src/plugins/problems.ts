@@ -1,0 +1,47 @@
+/**
+ * One error handler for everything: domain errors, Fastify's own (bad JSON, body too large,
+ * schema validation, wrong content type), outages and bugs all leave as
+ * `application/problem+json` with a stable `code`. 5xx bodies never carry internals.
+ */
+import type { FastifyError, FastifyReply } from 'fastify'
+import fp from 'fastify-plugin'
+import { isTallyError, isUnavailable, problemCodes, type ProblemCode } from '../errors.js'
+
+/** Fastify's own error codes that have a better name in Tally's contract. */
+const fastifyCodes: Record<string, ProblemCode> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'batch_too_large',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type'
+}
+
+function send (reply: FastifyReply, code: ProblemCode, detail: string, extra: Record<string, unknown> = {}) {
+  const { status, title } = problemCodes[code]
+  return reply.code(status).type('application/problem+json').send({
+    type: `urn:tally:problem:${code}`, title, status, detail, code, ...extra
+  })
+}
+
+export default fp(async function problems (fastify) {
+  fastify.setErrorHandler(function (error: FastifyError, request, reply) {
+    if (isTallyError(error)) return send(reply, error.code, error.message, error.extra)
+    if (error.validation) {
+      return send(reply, 'validation_failed', error.message, {
+        errors: error.validation.map((v) => ({ path: v.instancePath || '/', message: v.message ?? v.keyword }))
+      })
+    }
+    const mapped = fastifyCodes[error.code]
+    if (mapped !== undefined) return send(reply, mapped, error.message)
+    const status = error.statusCode ?? 500
+    if (status >= 400 && status < 500) return send(reply, 'validation_failed', error.message)
+    if (isUnavailable(error)) {
+      request.log.warn({ err: error }, 'dependency unavailable')
+      reply.header('retry-after', '1')
+      return send(reply, 'unavailable', 'Postgres or Redis is unreachable; retry the request')
+    }
+    request.log.error({ err: error }, 'unhandled error')
+    return send(reply, 'internal', 'An internal error occurred; it has been logged')
+  })
+
+  fastify.setNotFoundHandler(function (request, reply) {
+    return send(reply, 'not_found', `Route ${request.method} ${request.url.split('?')[0]} does not exist`)
+  })
+}, { name: 'problems' })

@@ -1,0 +1,188 @@
+/**
+ * Completing a run: find what vanished since the baseline and soft-delete it, safely.
+ *
+ * Nothing is deleted unless the run's own sets are provably whole (every shard marker still
+ * there), the count matches what the scanner expected, and the deletion stays under the
+ * mass-deletion guard. Deletions, the run's stats and the baseline promotion commit in one
+ * transaction, so a crash anywhere leaves either nothing done or everything done, and calling
+ * complete again finishes the job.
+ */
+import pLimit from 'p-limit'
+import type { RunCounts, RunRow, ScopeRow } from '../db/runs-repository.js'
+import { TallyError } from '../errors.js'
+import { groupByShard } from './keys.js'
+import { liveCounts, moveMarkers, seenCount, shards, dropRunKeys } from './run-keys.js'
+import { requireRun, stateOf } from './runs.js'
+import type { ReconcileDeps, RunState } from './types.js'
+
+export interface CompleteOptions {
+  expectedResources?: number | undefined
+  maxDeleteRatio?: number | undefined
+  force?: boolean | undefined
+}
+
+/** Thrown inside the transaction to roll it back when another caller finished the run first. */
+class ConcurrentFinish extends Error {}
+
+const DELETE_CHUNK = 5000
+const PAGE = 5000
+// SDIFF results are held in memory and each call blocks Redis for its shard: a few at a time.
+const DIFF_PARALLELISM = 8
+
+interface Stale {
+  ids: string[]
+  /** How many live resources the deletion ratio is measured against. */
+  baselineSize: number
+  method: 'sdiff' | 'scan'
+}
+
+/** Which of `ids` are absent from the run's seen sets (SMISMEMBER, one call per shard). */
+async function notSeen (deps: ReconcileDeps, run: RunRow, ids: string[]): Promise<string[]> {
+  const absent: string[] = []
+  await Promise.all([...groupByShard(ids, run.shardCount)].map(async ([shard, group]) => {
+    const member = await deps.redis.smismember(deps.keys.seen(run, shard, run.id), ...group)
+    group.forEach((id, i) => { if (member[i] === 0) absent.push(id) })
+  }))
+  return absent
+}
+
+/**
+ * Fast path: SDIFF(baseline, run) per shard, when the baseline's sets are there, whole (the
+ * count recorded at its completion) and sharded alike; plus what runs that never completed
+ * wrote since the baseline, which its sets cannot know of.
+ */
+async function staleBySdiff (deps: ReconcileDeps, run: RunRow, scope: ScopeRow): Promise<Stale | undefined> {
+  const baselineId = scope.baselineRunId
+  if (baselineId === null || scope.shardCount !== run.shardCount) return undefined
+  const baseline = { ...run, id: baselineId }
+  if (await seenCount(deps, baseline) !== scope.baselineSeen) {
+    deps.log.warn({ runId: run.id, baselineRunId: baselineId }, 'baseline sets incomplete; diffing against Postgres')
+    return undefined
+  }
+  const limit = pLimit(DIFF_PARALLELISM)
+  const diffs = await Promise.all(shards(run.shardCount).map((k) => limit(() =>
+    deps.redis.sdiff(deps.keys.seen(run, k, baselineId), deps.keys.seen(run, k, run.id)))))
+  const orphans = await notSeen(deps, run,
+    await deps.resources.liveIdsWrittenSince(run.tenant, run.scope, baselineId, run.id))
+  return { ids: [...new Set([...diffs.flat(), ...orphans])], baselineSize: scope.baselineSeen, method: 'sdiff' }
+}
+
+/** Fallback: every live id of the scope, in keyset pages, checked against the run's sets. */
+async function staleByScan (deps: ReconcileDeps, run: RunRow): Promise<Stale> {
+  const ids: string[] = []
+  let live = 0
+  let after: string | null = null
+  for (;;) {
+    const page = await deps.resources.liveIdsPage(run.tenant, run.scope, after, PAGE)
+    if (page.length === 0) break
+    live += page.length
+    ids.push(...await notSeen(deps, run, page))
+    after = page[page.length - 1]!
+  }
+  return { ids, baselineSize: live, method: 'scan' }
+}
+
+/** Puts a refused completion back: the run is open again and takes batches. */
+async function reopen (deps: ReconcileDeps, run: RunRow): Promise<void> {
+  await moveMarkers(deps, run, 'closing', 'open')
+  await deps.runs.transition(run.id, ['completing'], 'open')
+}
+
+/**
+ * After the commit: the old baseline's sets go, this run's sets stay for good (they are the
+ * new baseline), its markers and counters go. Idempotent, so a repeated complete redoes it.
+ */
+async function settleKeys (deps: ReconcileDeps, run: RunRow): Promise<void> {
+  const { redis, keys } = deps
+  const old = run.baselineRunId === null ? undefined : await deps.runs.getRun(run.baselineRunId)
+  const scope = await deps.runs.getScope(run.tenant, run.scope)
+  const isBaseline = scope?.baselineRunId === run.id
+  await Promise.all([
+    ...(old === undefined ? [] : shards(old.shardCount).map((k) => redis.unlink(keys.seen(old, k, old.id)))),
+    // A run that is no longer the baseline (superseded, or replaced since) keeps no sets.
+    ...shards(run.shardCount).map((k) => isBaseline
+      ? redis.persist(keys.seen(run, k, run.id))
+      : redis.unlink(keys.seen(run, k, run.id))),
+    ...shards(run.shardCount).map((k) => redis.unlink(keys.marker(run, k, run.id))),
+    redis.unlink(keys.counters(run.id)),
+    // Hash caches kept under another shard count answer for ids they were not written for.
+    ...(old === undefined || old.shardCount === run.shardCount
+      ? []
+      : shards(old.shardCount).map((k) => redis.unlink(keys.hash(run, k, old.shardCount))))
+  ])
+}
+
+export async function completeRun (deps: ReconcileDeps, id: number, opts: CompleteOptions = {}): Promise<RunState> {
+  let run = await requireRun(deps, id)
+  if (run.status === 'completed' || run.status === 'superseded') {
+    await settleKeys(deps, run)
+    return stateOf(deps, run)
+  }
+  if (run.status === 'aborted') throw new TallyError('run_not_open', `Run ${id} was aborted`)
+  if (run.status === 'open') {
+    // One caller wins the move; a loser (or a retry after a crash) resumes a completing run.
+    run = await deps.runs.transition(id, ['open'], 'completing') ?? await requireRun(deps, id)
+    if (run.status !== 'completing') return completeRun(deps, id, opts)
+  }
+
+  // From here on no batch can join: every marker says `closing`, or the state is lost.
+  if (!await moveMarkers(deps, run, 'open', 'closing')) {
+    await reopen(deps, run)
+    throw new TallyError('run_state_lost',
+      `Run ${id}'s Redis state is incomplete (restart, flush or expiry), so nothing can be deleted safely; abort it and rescan`)
+  }
+  const counts: RunCounts = await liveCounts(deps, run)
+  if (opts.expectedResources !== undefined && opts.expectedResources !== counts.seen) {
+    await reopen(deps, run)
+    throw new TallyError('expected_count_mismatch',
+      `Run ${id} saw ${counts.seen} resources, the scanner expected ${opts.expectedResources}`,
+      { seen: counts.seen, expected: opts.expectedResources })
+  }
+
+  const scope = await deps.runs.getScope(run.tenant, run.scope)
+  if (scope === undefined || scope.baselineRunId !== run.baselineRunId) {
+    // Another run completed after this one started: its view is older, it deletes nothing.
+    return finish(deps, run, 'superseded', counts, [])
+  }
+
+  const stale = await staleBySdiff(deps, run, scope) ?? await staleByScan(deps, run)
+  const ratio = stale.baselineSize === 0 ? 0 : stale.ids.length / stale.baselineSize
+  const maxRatio = opts.maxDeleteRatio ?? deps.settings.maxDeleteRatio
+  if (!opts.force && stale.baselineSize >= deps.settings.guardMinBaseline && ratio > maxRatio) {
+    await reopen(deps, run)
+    throw new TallyError('mass_deletion_guard',
+      `Completing run ${id} would delete ${stale.ids.length} of ${stale.baselineSize} resources ` +
+      `(${(ratio * 100).toFixed(1)}% > ${(maxRatio * 100).toFixed(1)}%); the run stays open: ` +
+      'complete with force: true to delete them, or abort it', { stale: stale.ids.length, baseline: stale.baselineSize })
+  }
+  deps.log.info({ runId: id, stale: stale.ids.length, method: stale.method }, 'completing run')
+  return finish(deps, run, 'completed', counts, stale.ids)
+}
+
+async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | 'superseded', counts: RunCounts, stale: string[]): Promise<RunState> {
+  const { redis, keys } = deps
+  // Forget the cached hashes first: a cache entry outliving its row's deletion would make a
+  // reappearing resource look unchanged and leave it deleted. A miss only costs a read.
+  await Promise.all([...groupByShard(stale, run.shardCount)].map(([shard, ids]) =>
+    redis.hdel(keys.hash(run, shard, run.shardCount), ...ids)))
+
+  const finished = await deps.transaction(async (tx) => {
+    let deleted = 0
+    for (let i = 0; i < stale.length; i += DELETE_CHUNK) {
+      deleted += await deps.resources.softDelete(run.tenant, run.scope, stale.slice(i, i + DELETE_CHUNK), run.id, tx)
+    }
+    const row = await deps.runs.finishRun(run.id, status, { ...counts, deleted }, tx)
+    if (row === undefined) throw new ConcurrentFinish()
+    if (status === 'completed') await deps.runs.promoteBaseline(run.tenant, run.scope, { ...run, seen: counts.seen }, tx)
+    return row
+  }).catch((err: unknown) => {
+    if (err instanceof ConcurrentFinish) return undefined
+    throw err
+  })
+  // undefined: a concurrent complete of the same run committed first; answer with its result.
+  const result = finished ?? await requireRun(deps, run.id)
+  if (result.status === 'superseded') await dropRunKeys(deps, result)
+  else await settleKeys(deps, result)
+  deps.log.info({ runId: run.id, status: result.status, deleted: result.deleted }, 'run finished')
+  return stateOf(deps, result)
+}

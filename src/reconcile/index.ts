@@ -1,0 +1,22 @@
+/**
+ * The reconciler: everything Tally does to runs and resources, as plain functions over narrow
+ * dependencies. Routes, tests and benchmarks all call these; none of them knows about HTTP.
+ */
+import { completeRun, type CompleteOptions } from './complete.js'
+import { createIngest } from './ingest.js'
+import { abortRun, getRun, listRuns, openRun, type OpenRunInput } from './runs.js'
+import type { ReconcileDeps } from './types.js'
+
+export function createReconciler (deps: ReconcileDeps) {
+  return {
+    openRun: (input: OpenRunInput) => openRun(deps, input),
+    getRun: (id: number) => getRun(deps, id),
+    listRuns: (filter: Parameters<typeof listRuns>[1]) => listRuns(deps, filter),
+    ingestBatch: createIngest(deps),
+    completeRun: (id: number, opts?: CompleteOptions) => completeRun(deps, id, opts),
+    abortRun: (id: number) => abortRun(deps, id)
+  }
+}
+
+export type Reconciler = ReturnType<typeof createReconciler>
+export type { BatchResult, ReconcileDeps, ResourceIn, RunState } from './types.js'

@@ -1,0 +1,101 @@
+/** Opening, reading, listing and aborting runs. */
+import type { RunCounts, RunRow } from '../db/runs-repository.js'
+import { isOpenRunConflict } from '../db/runs-repository.js'
+import type { RunStatus } from '../db/schema.js'
+import { TallyError } from '../errors.js'
+import { dropRunKeys, liveCounts, writeMarkers } from './run-keys.js'
+import type { ReconcileDeps, RunState } from './types.js'
+
+export interface OpenRunInput {
+  tenant: string
+  scope: string
+  shardCount?: number | undefined
+  scanner?: { name: string, version?: string | undefined } | undefined
+  supersede?: boolean | undefined
+}
+
+const inFlight = (status: RunStatus) => status === 'open' || status === 'completing'
+
+function storedCounts (run: RunRow): RunCounts {
+  const { seen, created, updated, unchanged, deleted, batches } = run
+  return { seen, created, updated, unchanged, deleted, batches }
+}
+
+export async function stateOf (deps: ReconcileDeps, run: RunRow): Promise<RunState> {
+  return { run, stats: inFlight(run.status) ? await liveCounts(deps, run) : storedCounts(run) }
+}
+
+export async function requireRun (deps: ReconcileDeps, id: number): Promise<RunRow> {
+  const run = await deps.runs.getRun(id)
+  if (run === undefined) throw new TallyError('run_not_found', `Run ${id} does not exist`)
+  return run
+}
+
+export async function getRun (deps: ReconcileDeps, id: number): Promise<RunState> {
+  return stateOf(deps, await requireRun(deps, id))
+}
+
+export async function listRuns (deps: ReconcileDeps, filter: Parameters<ReconcileDeps['runs']['listRuns']>[0]): Promise<RunState[]> {
+  const rows = await deps.runs.listRuns(filter)
+  return Promise.all(rows.map((run) => stateOf(deps, run)))
+}
+
+/**
+ * Opens a run. The database allows one run in flight per scope; with `supersede` an open
+ * one is aborted first (a completing one is never interrupted). The `open` markers are
+ * written inside the run's transaction, so a run never exists without them.
+ */
+export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promise<RunState> {
+  const { tenant, scope } = input
+  const scopeRow = await deps.runs.ensureScope(tenant, scope, input.shardCount ?? deps.settings.defaultShardCount)
+  const shardCount = input.shardCount ?? scopeRow.shardCount
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const run = await deps.transaction(async (tx) => {
+        const row = await deps.runs.insertRun({
+          tenant,
+          scope,
+          shardCount,
+          scannerName: input.scanner?.name ?? null,
+          scannerVersion: input.scanner?.version ?? null
+        }, tx)
+        await writeMarkers(deps, row, deps.settings.runTtl)
+        return row
+      })
+      deps.log.info({ runId: run.id, scope, shardCount }, 'run opened')
+      return stateOf(deps, run)
+    } catch (err) {
+      if (!isOpenRunConflict(err)) throw err
+      const open = await deps.runs.findInFlightRun(tenant, scope)
+      if (open === undefined && attempt < 3) continue
+      if (open === undefined || !input.supersede || open.status !== 'open' || attempt >= 3) {
+        const name = open === undefined ? 'another run' : `run ${open.id} (${open.status})`
+        throw new TallyError('scope_has_open_run', `Scope ${scope} already has ${name} in flight`,
+          open === undefined ? undefined : { openRunId: open.id })
+      }
+      await abortRun(deps, open.id).catch((abortErr: unknown) => {
+        if (!(abortErr instanceof TallyError)) throw abortErr
+      })
+    }
+  }
+}
+
+/**
+ * Aborts an open run: deletes nothing, keeps its counters in the row, drops its Redis state.
+ * Aborting an aborted run answers the same again.
+ */
+export async function abortRun (deps: ReconcileDeps, id: number): Promise<RunState> {
+  const run = await requireRun(deps, id)
+  if (run.status === 'aborted') {
+    await dropRunKeys(deps, run)
+    return stateOf(deps, run)
+  }
+  if (run.status !== 'open') {
+    throw new TallyError('run_not_open', `Run ${id} is ${run.status}; only an open run can be aborted`)
+  }
+  const aborted = await deps.runs.transition(id, ['open'], 'aborted', await liveCounts(deps, run))
+  if (aborted === undefined) return abortRun(deps, id)
+  deps.log.info({ runId: id, scope: run.scope }, 'run aborted')
+  await dropRunKeys(deps, aborted)
+  return stateOf(deps, aborted)
+}

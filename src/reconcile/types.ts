@@ -1,0 +1,53 @@
+/** The shapes reconcile works on, independent of HTTP. */
+import type { Cluster, Redis } from 'ioredis'
+import type { Tx } from '../db/client.js'
+import type { ResourcesRepository } from '../db/resources-repository.js'
+import type { RunCounts, RunRow, RunsRepository } from '../db/runs-repository.js'
+import type { Keys } from './keys.js'
+
+export interface ResourceIn {
+  id: string
+  type: string
+  name?: string | undefined
+  region?: string | undefined
+  tags?: Record<string, string> | undefined
+  attributes?: Record<string, unknown> | undefined
+}
+
+export interface Logger {
+  info (obj: object, msg?: string): void
+  warn (obj: object, msg?: string): void
+}
+
+export interface ReconcileSettings {
+  runTtl: number
+  defaultShardCount: number
+  guardMinBaseline: number
+  maxDeleteRatio: number
+}
+
+/** What reconcile needs, and nothing more: no Fastify, no HTTP. */
+export interface ReconcileDeps {
+  runs: RunsRepository
+  resources: ResourcesRepository
+  transaction: <T>(fn: (tx: Tx) => Promise<T>) => Promise<T>
+  redis: Redis | Cluster
+  keys: Keys
+  log: Logger
+  settings: ReconcileSettings
+}
+
+/** A run with its counters: live from Redis while it is in flight, from its row afterwards. */
+export interface RunState {
+  run: RunRow
+  stats: RunCounts
+}
+
+export interface BatchResult {
+  runId: number
+  received: number
+  created: number
+  updated: number
+  unchanged: number
+  duplicate: boolean
+}

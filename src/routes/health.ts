@@ -1,0 +1,31 @@
+/** Liveness (the process answers) and readiness (Postgres and Redis answer too). */
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { TallyError } from '../errors.js'
+import { HealthSchema, ProblemSchema } from './schemas.js'
+
+const READY_TIMEOUT_MS = 2000
+
+function withTimeout<T> (p: Promise<T>, ms: number): Promise<T> {
+  return Promise.race([p, new Promise<T>((_resolve, reject) => setTimeout(() => reject(new Error('timeout')), ms).unref())])
+}
+
+const health: FastifyPluginAsyncTypebox = async function (fastify) {
+  const tags = ['health']
+  fastify.get('/healthz', {
+    schema: { tags, summary: 'Liveness', response: { 200: HealthSchema } }
+  }, async () => ({ status: 'ok' as const }))
+
+  fastify.get('/readyz', {
+    schema: { tags, summary: 'Readiness: Postgres and Redis answer', response: { 200: HealthSchema, 503: ProblemSchema } }
+  }, async (request) => {
+    try {
+      await withTimeout(Promise.all([fastify.pg.query('select 1'), fastify.redis.ping()]), READY_TIMEOUT_MS)
+    } catch (err) {
+      request.log.warn({ err }, 'not ready')
+      throw new TallyError('unavailable', 'Postgres or Redis does not answer')
+    }
+    return { status: 'ok' as const }
+  })
+}
+
+export default health
