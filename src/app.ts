@@ -9,6 +9,7 @@ import type { Config } from './config.js'
 import configPlugin from './plugins/config.js'
 import dbPlugin from './plugins/db.js'
 import problemsPlugin from './plugins/problems.js'
+import validationPlugin from './plugins/validation.js'
 import reconcilePlugin from './plugins/reconcile.js'
 import redisPlugin from './plugins/redis.js'
 import healthRoutes from './routes/health.js'
@@ -17,9 +18,7 @@ import runsRoutes from './routes/runs.js'
 export function serverOptions (config: Config): FastifyServerOptions {
   return {
     logger: { level: config.LOG_LEVEL },
-    bodyLimit: config.BODY_LIMIT,
-    // Unknown fields are an error, not silently dropped: a scanner should learn of its typo.
-    ajv: { customOptions: { removeAdditional: false } }
+    bodyLimit: config.BODY_LIMIT
   }
 }
 
@@ -31,6 +30,7 @@ export async function buildApp (config: Config) {
   await app.register(redisPlugin)
   await app.register(reconcilePlugin)
   await app.register(problemsPlugin)
+  await app.register(validationPlugin)
   await app.register(healthRoutes)
   await app.register(runsRoutes)
   return app

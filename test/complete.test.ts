@@ -1,0 +1,141 @@
+/** Completion: the guard, revival, abort, and the paths that diff without the baseline's sets. */
+import t from 'tap'
+import { api, build, liveIds, redisClient, resource, sqlClient } from './helper.js'
+
+const ids = (n: number, from = 0) => Array.from({ length: n }, (_, i) => `r-${String(i + from).padStart(4, '0')}`)
+
+t.test('the mass-deletion guard refuses, keeps the run open, and force passes', async (t) => {
+  const app = await build(t, { GUARD_MIN_BASELINE: '50' })
+  const db = await sqlClient(t, app)
+  const tally = api(app)
+  const scope = 'aws/guard'
+  await tally.scan(scope, ids(200).map((id) => resource(id)))
+
+  // A half-failed scan: only 60 of 200 seen, 70% would vanish.
+  const opened = await tally.open(scope)
+  const runId = opened.body.id
+  await tally.ingest(runId, ids(60).map((id) => resource(id)))
+  const refused = await tally.complete(runId)
+  t.equal(refused.status, 422)
+  t.equal(refused.headers['content-type'], 'application/problem+json; charset=utf-8')
+  t.match(refused.body, { code: 'mass_deletion_guard', status: 422, stale: 140, baseline: 200 })
+  t.equal((await liveIds(db, scope)).length, 200, 'nothing deleted')
+  t.equal((await tally.get(runId)).body.status, 'open', 'the run stays open')
+
+  // Still open: the scanner can send what it missed, or decide to force.
+  const more = await tally.ingest(runId, ids(10, 60).map((id) => resource(id)))
+  t.equal(more.status, 200, 'batches are accepted again after a refusal')
+  t.equal((await tally.complete(runId, { maxDeleteRatio: 0.9 })).status, 200, 'a per-call ratio can allow it')
+  t.equal((await liveIds(db, scope)).length, 70)
+
+  const next = await tally.open(scope)
+  await tally.ingest(next.body.id, ids(5).map((id) => resource(id)))
+  t.equal((await tally.complete(next.body.id)).status, 422)
+  const forced = await tally.complete(next.body.id, { force: true })
+  t.equal(forced.status, 200)
+  t.equal(forced.body.stats.deleted, 65)
+  t.same(await liveIds(db, scope), ids(5))
+})
+
+t.test('below GUARD_MIN_BASELINE the guard does not apply', async (t) => {
+  const app = await build(t, { GUARD_MIN_BASELINE: '100' })
+  const tally = api(app)
+  await tally.scan('aws/small', ids(10).map((id) => resource(id)))
+  const second = await tally.scan('aws/small', ids(1).map((id) => resource(id)))
+  t.equal(second.stats.deleted, 9)
+})
+
+t.test('a resource deleted then reappearing comes back to life', async (t) => {
+  const app = await build(t)
+  const db = await sqlClient(t, app)
+  const tally = api(app)
+  const scope = 'aws/revive'
+  const first = await tally.scan(scope, [resource('a'), resource('b')])
+  const second = await tally.scan(scope, [resource('a')])
+  t.equal(second.stats.deleted, 1)
+  t.same(await liveIds(db, scope), ['a'])
+
+  // Same content as before its deletion: still a write, since the row must come back.
+  const third = await tally.scan(scope, [resource('a'), resource('b')])
+  t.match(third.stats, { created: 1, unchanged: 1, deleted: 0 })
+  t.same(await liveIds(db, scope), ['a', 'b'])
+  const { rows } = await db.query("select deleted_at, deleted_run_id, first_seen_run_id, changed_run_id from resources where id = 'b'")
+  t.same(rows[0], { deleted_at: null, deleted_run_id: null, first_seen_run_id: String(first.id), changed_run_id: String(third.id) })
+})
+
+t.test('abort deletes nothing and cleans the run keys', async (t) => {
+  const app = await build(t)
+  const db = await sqlClient(t, app)
+  const redis = redisClient(t)
+  const tally = api(app)
+  const scope = 'aws/abort'
+  await tally.scan(scope, ids(20).map((id) => resource(id)))
+  const keysBefore = (await redis.keys(`${app.config.REDIS_KEY_PREFIX}*`)).sort()
+
+  const opened = await tally.open(scope)
+  await tally.ingest(opened.body.id, ids(3).map((id) => resource(id)))
+  const aborted = await tally.abort(opened.body.id)
+  t.equal(aborted.status, 200)
+  t.match(aborted.body, { status: 'aborted', stats: { seen: 3, unchanged: 3, batches: 1 } })
+  t.equal((await liveIds(db, scope)).length, 20)
+  t.same((await redis.keys(`${app.config.REDIS_KEY_PREFIX}*`)).sort(), keysBefore, 'no key of the aborted run is left')
+  t.equal((await tally.abort(opened.body.id)).status, 200, 'aborting again answers the same')
+  t.match((await tally.complete(opened.body.id)).body, { code: 'run_not_open' })
+  t.match((await tally.ingest(opened.body.id, [resource('x')])).body, { code: 'run_not_open' })
+})
+
+t.test('what an aborted run created is removed by the next completion that does not see it', async (t) => {
+  const app = await build(t)
+  const db = await sqlClient(t, app)
+  const tally = api(app)
+  const scope = 'aws/orphans'
+  await tally.scan(scope, ids(20).map((id) => resource(id)))
+  const aborted = await tally.open(scope)
+  await tally.ingest(aborted.body.id, [resource('orphan-new'), resource(ids(1)[0]!, { name: 'changed by aborted run' })])
+  await tally.abort(aborted.body.id)
+  t.ok((await liveIds(db, scope)).includes('orphan-new'), 'the aborted run wrote its row')
+
+  const next = await tally.scan(scope, ids(19).map((id) => resource(id)))
+  t.equal(next.stats.deleted, 2, 'the orphan and the one id not seen')
+  t.same(await liveIds(db, scope), ids(19))
+})
+
+t.test('without usable baseline sets, completion diffs against Postgres with the same result', async (t) => {
+  const app = await build(t)
+  const db = await sqlClient(t, app)
+  const redis = redisClient(t)
+  const tally = api(app)
+  const prefix = app.config.REDIS_KEY_PREFIX
+
+  // Lost baseline sets.
+  await tally.scan('aws/lost', ids(50).map((id) => resource(id)))
+  const seenKeys = await redis.keys(`${prefix}*aws/lost*:seen:*`)
+  t.ok(seenKeys.length > 0)
+  await redis.unlink(...seenKeys)
+  const afterLoss = await tally.scan('aws/lost', ids(45).map((id) => resource(id)))
+  t.equal(afterLoss.stats.deleted, 5)
+  t.same(await liveIds(db, 'aws/lost'), ids(45))
+
+  // A baseline under another shard count.
+  await tally.scan('aws/reshard', ids(50).map((id) => resource(id)), { open: { shardCount: 4 } })
+  const resharded = await tally.scan('aws/reshard', ids(48).map((id) => resource(id)), { open: { shardCount: 16 } })
+  t.match(resharded, { shardCount: 16, stats: { deleted: 2, unchanged: 48 } })
+  t.same(await liveIds(db, 'aws/reshard'), ids(48))
+  t.same(await redis.keys(`${prefix}*aws/reshard*:hash:4`), [], 'the hash cache of the old shard count is gone')
+  const third = await tally.scan('aws/reshard', ids(47).map((id) => resource(id)))
+  t.match(third, { shardCount: 16, stats: { deleted: 1, unchanged: 47 } })
+})
+
+t.test('completing twice answers the same run; completion is idempotent', async (t) => {
+  const app = await build(t)
+  const tally = api(app)
+  await tally.scan('aws/twice', ids(10).map((id) => resource(id)))
+  const opened = await tally.open('aws/twice')
+  await tally.ingest(opened.body.id, ids(8).map((id) => resource(id)))
+  const [a, b] = await Promise.all([tally.complete(opened.body.id), tally.complete(opened.body.id)])
+  t.equal(a.status, 200)
+  t.equal(b.status, 200)
+  t.same(a.body, b.body)
+  t.equal(a.body.stats.deleted, 2)
+  t.same((await tally.complete(opened.body.id)).body, a.body)
+})

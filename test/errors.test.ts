@@ -1,0 +1,127 @@
+/** Every error code of the contract, as problem+json, and bad input changes nothing. */
+import t from 'tap'
+import { api, build, resource, sqlClient, testEnv } from './helper.js'
+import { startRedis } from './redis-server.js'
+
+const PROBLEM = 'application/problem+json; charset=utf-8'
+
+t.test('bad input is a 400/413/415 problem and changes nothing', async (t) => {
+  const app = await build(t, { MAX_BATCH: '10', BODY_LIMIT: '20000' })
+  const db = await sqlClient(t, app)
+  const tally = api(app)
+  const opened = await tally.open('aws/bad-input')
+  const runId = opened.body.id
+  const url = `/runs/${runId}/resources`
+  const raw = (payload: string, contentType = 'application/json') =>
+    app.inject({ method: 'POST', url, payload, headers: { 'content-type': contentType } })
+
+  const cases: Array<[string, () => Promise<{ statusCode: number, headers: Record<string, unknown>, json (): any }>, number, string]> = [
+    ['malformed JSON', () => raw('{"resources": ['), 400, 'validation_failed'],
+    ['empty body', () => raw(''), 400, 'validation_failed'],
+    ['no resources', () => raw('{"resources": []}'), 400, 'validation_failed'],
+    ['missing type', () => raw('{"resources": [{"id": "a"}]}'), 400, 'validation_failed'],
+    ['unknown field', () => raw('{"resources": [{"id": "a", "type": "t", "colour": "red"}]}'), 400, 'validation_failed'],
+    ['unknown top-level field', () => raw('{"resources": [{"id": "a", "type": "t"}], "extra": 1}'), 400, 'validation_failed'],
+    ['empty id', () => raw('{"resources": [{"id": "", "type": "t"}]}'), 400, 'validation_failed'],
+    ['oversize id', () => raw(JSON.stringify({ resources: [{ id: 'x'.repeat(2049), type: 't' }] })), 400, 'validation_failed'],
+    ['control character in id', () => raw(JSON.stringify({ resources: [{ id: 'a\u0001b', type: 't' }] })), 400, 'validation_failed'],
+    ['non-string tag value', () => raw('{"resources": [{"id": "a", "type": "t", "tags": {"k": 1}}]}'), 400, 'validation_failed'],
+    ['more than MAX_BATCH resources', () => raw(JSON.stringify({ resources: Array.from({ length: 11 }, (_, i) => resource(`r${i}`)) })), 413, 'batch_too_large'],
+    ['body over BODY_LIMIT', () => raw(JSON.stringify({ resources: [resource('a', { attributes: { blob: 'x'.repeat(30000) } })] })), 413, 'batch_too_large'],
+    ['wrong content type', () => raw('id,type\na,t', 'text/csv'), 415, 'unsupported_media_type']
+  ]
+  for (const [name, send, status, code] of cases) {
+    const res = await send()
+    t.equal(res.statusCode, status, `${name}: status`)
+    t.equal(res.headers['content-type'], PROBLEM, `${name}: problem+json`)
+    t.match(res.json(), { type: `urn:tally:problem:${code}`, title: String, status, detail: String, code }, `${name}: body`)
+  }
+  const { rows } = await db.query('select count(*)::int as n from resources')
+  t.equal(rows[0].n, 0, 'no resource was written')
+  t.match((await tally.get(runId)).body.stats, { seen: 0, batches: 0 }, 'the run counted nothing')
+})
+
+t.test('run and scope errors', async (t) => {
+  const app = await build(t, { GUARD_MIN_BASELINE: '2' })
+  const tally = api(app)
+
+  const badScopes = ['', 'has space', 'a{b}', 'tab\there', 'x'.repeat(257)]
+  for (const scope of badScopes) {
+    t.match((await tally.open(scope)).body, { status: 400, code: 'validation_failed' }, `scope ${JSON.stringify(scope.slice(0, 12))}`)
+  }
+  t.match((await tally.open('aws/ok', { shardCount: 0 })).body, { code: 'validation_failed' })
+  t.match((await tally.call('GET', '/runs/abc')).body, { status: 400, code: 'validation_failed' })
+  t.match((await tally.call('GET', '/runs?limit=0')).body, { status: 400, code: 'validation_failed' })
+  t.match((await tally.call('GET', '/runs?cursor=not*valid')).body, { status: 400, code: 'validation_failed' })
+  t.match((await tally.get(999999)).body, { status: 404, code: 'run_not_found' })
+  t.match((await tally.ingest(999999, [resource('a')])).body, { status: 404, code: 'run_not_found' })
+  t.match((await tally.complete(999999)).body, { status: 404, code: 'run_not_found' })
+  t.match((await tally.abort(999999)).body, { status: 404, code: 'run_not_found' })
+  t.match((await tally.call('GET', '/nowhere')).body, { status: 404, code: 'not_found' })
+
+  const first = await tally.open('aws/errors')
+  const conflict = await tally.open('aws/errors')
+  t.equal(conflict.status, 409)
+  t.match(conflict.body, { code: 'scope_has_open_run', openRunId: first.body.id, detail: new RegExp(`run ${first.body.id}`) })
+  const superseding = await tally.open('aws/errors', { supersede: true })
+  t.equal(superseding.status, 201)
+  t.equal((await tally.get(first.body.id)).body.status, 'aborted', 'supersede aborted the open run')
+  t.match((await tally.ingest(first.body.id, [resource('a')])).body, { status: 409, code: 'run_not_open' })
+
+  const runId = superseding.body.id
+  await tally.ingest(runId, [resource('a'), resource('b'), resource('c')])
+  const mismatch = await tally.complete(runId, { expectedResources: 4 })
+  t.match(mismatch.body, { status: 422, code: 'expected_count_mismatch', seen: 3, expected: 4 })
+  t.equal((await tally.get(runId)).body.status, 'open', 'a mismatch leaves the run open')
+  t.match((await tally.complete(runId, { expectedResources: 3 })).body, { status: 'completed', stats: { seen: 3 } })
+  t.match((await tally.abort(runId)).body, { status: 409, code: 'run_not_open' })
+  t.match((await tally.ingest(runId, [resource('d')])).body, { status: 409, code: 'run_not_open' })
+
+  const guarded = await tally.open('aws/errors')
+  await tally.ingest(guarded.body.id, [resource('a')])
+  t.match((await tally.complete(guarded.body.id)).body, { status: 422, code: 'mass_deletion_guard' })
+})
+
+t.test('a run whose Redis state is lost refuses to complete: run_state_lost', async (t) => {
+  const app = await build(t)
+  const tally = api(app)
+  await tally.scan('aws/lost-state', [resource('a'), resource('b')])
+  const opened = await tally.open('aws/lost-state', { shardCount: 4 })
+  await tally.ingest(opened.body.id, [resource('a')])
+  // One shard's marker vanishes, as after a Redis restart or failover.
+  const markers = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:run:${opened.body.id}`)
+  t.equal(markers.length, 4)
+  await app.redis.unlink(markers[0]!)
+  const res = await tally.complete(opened.body.id)
+  t.match(res.body, { status: 409, code: 'run_state_lost' })
+  const ingest = await tally.ingest(opened.body.id, Array.from({ length: 40 }, (_, i) => resource(`x${i}`)))
+  t.match(ingest.body, { status: 409, code: 'run_state_lost' }, 'batches that reach the lost shard are refused too')
+  const db = await sqlClient(t, app)
+  const { rows } = await db.query('select count(*)::int as n from resources where deleted_at is null')
+  t.equal(rows[0].n, 2, 'nothing was deleted')
+  t.equal((await tally.abort(opened.body.id)).status, 200, 'the scanner can abort and rescan')
+})
+
+t.test('Redis down: 503 unavailable with Retry-After, no internals, and readyz says so', async (t) => {
+  const redis = await startRedis(t)
+  const env = await testEnv(t)
+  const app = await build(t, { REDIS_URL: redis.url }, env)
+  const tally = api(app)
+  const opened = await tally.open('aws/outage')
+  t.equal((await tally.call('GET', '/readyz')).status, 200)
+  await redis.stop()
+  const res = await app.inject({ method: 'POST', url: `/runs/${opened.body.id}/resources`, payload: { resources: [resource('a')] } })
+  t.equal(res.statusCode, 503)
+  t.equal(res.headers['retry-after'], '1')
+  t.equal(res.headers['content-type'], PROBLEM)
+  t.same(res.json(), {
+    type: 'urn:tally:problem:unavailable',
+    title: 'A dependency is unavailable; retry later',
+    status: 503,
+    detail: 'Postgres or Redis is unreachable; retry the request',
+    code: 'unavailable'
+  })
+  const ready = await tally.call('GET', '/readyz')
+  t.match(ready, { status: 503, body: { code: 'unavailable' } })
+  t.match((await tally.call('GET', '/healthz')).body, { status: 'ok' })
+})

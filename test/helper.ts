@@ -1,0 +1,131 @@
+/**
+ * Test helper: the real app (same `buildApp` as production) on real Postgres and Redis.
+ * Each call to `testEnv` makes a database of its own and a Redis key prefix of its own, and
+ * removes both at teardown, so test files run in parallel and leave nothing behind.
+ */
+import { randomBytes } from 'node:crypto'
+import pg from 'pg'
+import { Redis } from 'ioredis'
+import { buildApp } from '../src/app.js'
+import { loadConfig } from '../src/config.js'
+
+type Tap = {
+  teardown (fn: () => unknown): void
+}
+
+const PG_ADMIN_URL = process.env.TEST_PG_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+export type TestEnv = Record<string, string>
+
+/** A fresh database and Redis key prefix, dropped and deleted when the test ends. */
+export async function testEnv (t: Tap): Promise<TestEnv> {
+  const name = `tally_test_${process.pid}_${randomBytes(4).toString('hex')}`
+  const admin = new pg.Client({ connectionString: PG_ADMIN_URL })
+  await admin.connect()
+  await admin.query(`create database ${name}`)
+  await admin.end()
+  const prefix = `${name}:`
+  t.teardown(async () => {
+    const redis = new Redis(REDIS_URL)
+    const keys = await redis.keys(`${prefix}*`)
+    if (keys.length > 0) await redis.unlink(...keys)
+    await redis.quit()
+    const client = new pg.Client({ connectionString: PG_ADMIN_URL })
+    await client.connect()
+    await client.query(`drop database if exists ${name} with (force)`)
+    await client.end()
+  })
+  const url = new URL(PG_ADMIN_URL)
+  url.pathname = `/${name}`
+  return {
+    DATABASE_URL: url.toString(),
+    REDIS_URL,
+    REDIS_KEY_PREFIX: prefix,
+    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent'
+  }
+}
+
+/** The app, ready, closed at teardown. Pass `env` to share a database between two instances. */
+export async function build (t: Tap, overrides: Record<string, string> = {}, env?: TestEnv) {
+  const config = loadConfig({ ...(env ?? await testEnv(t)), ...overrides })
+  const app = await buildApp(config)
+  t.teardown(() => app.close())
+  await app.ready()
+  return app
+}
+
+export type App = Awaited<ReturnType<typeof build>>
+
+/** A pg client on the app's database, for asserting state; closed at teardown. */
+export async function sqlClient (t: Tap, app: App): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: app.config.DATABASE_URL })
+  await client.connect()
+  t.teardown(() => client.end())
+  return client
+}
+
+/** A Redis client for asserting or disturbing state; closed at teardown. */
+export function redisClient (t: Tap, url = REDIS_URL): Redis {
+  const redis = new Redis(url)
+  redis.on('error', () => {})
+  t.teardown(() => redis.quit().catch(() => {}))
+  return redis
+}
+
+export interface ResourceBody {
+  id: string
+  type: string
+  name?: string
+  region?: string
+  tags?: Record<string, string>
+  attributes?: Record<string, unknown>
+}
+
+export function resource (id: string, extra: Partial<ResourceBody> = {}): ResourceBody {
+  return { id, type: 'aws::ec2::instance', region: 'eu-west-1', tags: { env: 'prod' }, attributes: { size: 't3.micro' }, ...extra }
+}
+
+/** Thin calls of the REST API through `inject`, returning status and parsed body. */
+export function api (app: App) {
+  const call = async (method: 'GET' | 'POST', url: string, payload?: unknown) => {
+    const res = await app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) })
+    return { status: res.statusCode, body: res.json(), headers: res.headers }
+  }
+  return {
+    call,
+    open: (scope: string, extra: object = {}) => call('POST', '/runs', { scope, ...extra }),
+    ingest: (runId: number, resources: ResourceBody[], extra: object = {}) =>
+      call('POST', `/runs/${runId}/resources`, { resources, ...extra }),
+    complete: (runId: number, body: object = {}) => call('POST', `/runs/${runId}/complete`, body),
+    abort: (runId: number) => call('POST', `/runs/${runId}/abort`),
+    get: (runId: number) => call('GET', `/runs/${runId}`),
+    /** Opens a run, posts the resources in batches, completes it; fails loudly on any non-2xx. */
+    async scan (scope: string, resources: ResourceBody[], opts: { batch?: number, complete?: object, open?: object } = {}) {
+      const opened = await this.open(scope, opts.open)
+      if (opened.status !== 201) throw new Error(`open: ${opened.status} ${JSON.stringify(opened.body)}`)
+      const runId = opened.body.id as number
+      const batch = opts.batch ?? 1000
+      for (let i = 0; i < resources.length; i += batch) {
+        const r = await this.ingest(runId, resources.slice(i, i + batch))
+        if (r.status !== 200) throw new Error(`ingest: ${r.status} ${JSON.stringify(r.body)}`)
+      }
+      const done = await this.complete(runId, opts.complete)
+      if (done.status !== 200) throw new Error(`complete: ${done.status} ${JSON.stringify(done.body)}`)
+      return done.body
+    }
+  }
+}
+
+/** Live resource ids of a scope, sorted. */
+export async function liveIds (db: pg.Client, scope: string): Promise<string[]> {
+  const { rows } = await db.query('select id from resources where scope = $1 and deleted_at is null order by id', [scope])
+  return rows.map((r: { id: string }) => r.id)
+}
+
+/** Physical identity of every row of a scope: changes whenever Postgres rewrites the row. */
+export async function rowVersions (db: pg.Client, scope: string): Promise<Map<string, string>> {
+  const { rows } = await db.query(
+    "select id, xmin::text || '/' || xmax::text || '/' || ctid::text as v from resources where scope = $1", [scope])
+  return new Map(rows.map((r: { id: string, v: string }) => [r.id, r.v]))
+}

@@ -1,0 +1,45 @@
+/** A private redis-server on a free loopback port, for tests that stop or disturb Redis. */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import net from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+
+async function freePort (): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as net.AddressInfo
+  server.close()
+  return port
+}
+
+export interface PrivateRedis {
+  url: string
+  stop (): Promise<void>
+}
+
+export async function startRedis (t: { teardown (fn: () => unknown): void }): Promise<PrivateRedis> {
+  const port = await freePort()
+  const child: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGKILL')
+    await once(child, 'exit')
+  }
+  t.teardown(stop)
+  const url = `redis://127.0.0.1:${port}`
+  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  probe.on('error', () => {})
+  for (const deadline = Date.now() + 5000; ; await sleep(50)) {
+    try {
+      await probe.connect()
+      await probe.ping()
+      break
+    } catch (err) {
+      probe.disconnect()
+      if (Date.now() > deadline) throw err
+    }
+  }
+  probe.disconnect()
+  return { url, stop }
+}
