@@ -98,6 +98,14 @@ t.test('what an aborted run created is removed by the next completion that does 
   const next = await tally.scan(scope, ids(19).map((id) => resource(id)))
   t.equal(next.stats.deleted, 2, 'the orphan and the one id not seen')
   t.same(await liveIds(db, scope), ids(19))
+
+  // The same on a scope that has no baseline yet.
+  const never = await tally.open('aws/orphans-first')
+  await tally.ingest(never.body.id, [resource('x'), resource('y')])
+  await tally.abort(never.body.id)
+  const first = await tally.scan('aws/orphans-first', [resource('y'), resource('z')])
+  t.match(first.stats, { created: 1, unchanged: 1, deleted: 1 })
+  t.same(await liveIds(db, 'aws/orphans-first'), ['y', 'z'])
 })
 
 t.test('without usable baseline sets, completion diffs against Postgres with the same result', async (t) => {

@@ -47,13 +47,26 @@ async function notSeen (deps: ReconcileDeps, run: RunRow, ids: string[]): Promis
 }
 
 /**
- * Fast path: SDIFF(baseline, run) per shard, when the baseline's sets are there, whole (the
- * count recorded at its completion) and sharded alike; plus what runs that never completed
- * wrote since the baseline, which its sets cannot know of.
+ * What runs that never completed wrote since the baseline (or ever, for a scope without one)
+ * and this run did not see. The baseline's sets cannot know of them; an index on
+ * `changed_run_id` finds them without reading the scope.
  */
-async function staleBySdiff (deps: ReconcileDeps, run: RunRow, scope: ScopeRow): Promise<Stale | undefined> {
+async function orphans (deps: ReconcileDeps, run: RunRow, sinceRunId: number): Promise<string[]> {
+  return notSeen(deps, run, await deps.resources.liveIdsWrittenSince(run.tenant, run.scope, sinceRunId, run.id))
+}
+
+/**
+ * Fast path, from Redis: SDIFF(baseline, run) per shard when the baseline's sets are there,
+ * whole (the count recorded at its completion) and sharded alike, plus the orphans. A scope
+ * that never completed a run has only orphans to lose. Undefined when the sets cannot be trusted.
+ */
+async function staleFromSets (deps: ReconcileDeps, run: RunRow, scope: ScopeRow, seen: number): Promise<Stale | undefined> {
   const baselineId = scope.baselineRunId
-  if (baselineId === null || scope.shardCount !== run.shardCount) return undefined
+  if (baselineId === null) {
+    const ids = await orphans(deps, run, 0)
+    return { ids, baselineSize: seen + ids.length, method: 'sdiff' }
+  }
+  if (scope.shardCount !== run.shardCount) return undefined
   const baseline = { ...run, id: baselineId }
   if (await seenCount(deps, baseline) !== scope.baselineSeen) {
     deps.log.warn({ runId: run.id, baselineRunId: baselineId }, 'baseline sets incomplete; diffing against Postgres')
@@ -62,9 +75,8 @@ async function staleBySdiff (deps: ReconcileDeps, run: RunRow, scope: ScopeRow):
   const limit = pLimit(DIFF_PARALLELISM)
   const diffs = await Promise.all(shards(run.shardCount).map((k) => limit(() =>
     deps.redis.sdiff(deps.keys.seen(run, k, baselineId), deps.keys.seen(run, k, run.id)))))
-  const orphans = await notSeen(deps, run,
-    await deps.resources.liveIdsWrittenSince(run.tenant, run.scope, baselineId, run.id))
-  return { ids: [...new Set([...diffs.flat(), ...orphans])], baselineSize: scope.baselineSeen, method: 'sdiff' }
+  const ids = [...new Set([...diffs.flat(), ...await orphans(deps, run, baselineId)])]
+  return { ids, baselineSize: scope.baselineSeen, method: 'sdiff' }
 }
 
 /** Fallback: every live id of the scope, in keyset pages, checked against the run's sets. */
@@ -145,7 +157,7 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
     return finish(deps, run, 'superseded', counts, [])
   }
 
-  const stale = await staleBySdiff(deps, run, scope) ?? await staleByScan(deps, run)
+  const stale = await staleFromSets(deps, run, scope, counts.seen) ?? await staleByScan(deps, run)
   const ratio = stale.baselineSize === 0 ? 0 : stale.ids.length / stale.baselineSize
   const maxRatio = opts.maxDeleteRatio ?? deps.settings.maxDeleteRatio
   if (!opts.force && stale.baselineSize >= deps.settings.guardMinBaseline && ratio > maxRatio) {
