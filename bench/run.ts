@@ -1,0 +1,311 @@
+/**
+ * `npm run bench`: Tally against the naive last-seen design, side by side in one run, both
+ * driven over HTTP on loopback by the same scanner simulation. See BENCHMARKS.md.
+ *
+ *   --resources N (100000) --scans K (4) --batch N (1000) --concurrency N (4)
+ *   --churn changed,new,vanished (0.08,0.01,0.01) --only tally|naive --seed N (1)
+ *   --json FILE --chart FILE.png --database NAME (tally_bench) --stats-wait MS (11000)
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { writeFile } from 'node:fs/promises'
+import net from 'node:net'
+import os from 'node:os'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { parseArgs } from 'node:util'
+import { Redis } from 'ioredis'
+import pg from 'pg'
+import { Pool } from 'undici'
+import { renderChart } from './chart.js'
+import { makeResource, ScanSimulator, type Scan } from './estate.js'
+import { percentile, processUsage, redisUsedMemory, tableCounters, walAndXid } from './metrics.js'
+
+const { values: opt } = parseArgs({
+  options: {
+    resources: { type: 'string', default: '100000' },
+    scans: { type: 'string', default: '4' },
+    batch: { type: 'string', default: '1000' },
+    concurrency: { type: 'string', default: '4' },
+    churn: { type: 'string', default: '0.08,0.01,0.01' },
+    only: { type: 'string' },
+    seed: { type: 'string', default: '1' },
+    json: { type: 'string' },
+    chart: { type: 'string' },
+    database: { type: 'string', default: 'tally_bench' },
+    'stats-wait': { type: 'string', default: '11000' }
+  }
+})
+const [changed, added, vanished] = opt.churn.split(',').map(Number)
+const config = {
+  resources: Number(opt.resources),
+  scans: Number(opt.scans),
+  batch: Number(opt.batch),
+  concurrency: Number(opt.concurrency),
+  churn: { changed: changed ?? 0.08, added: added ?? 0.01, vanished: vanished ?? 0.01 },
+  seed: Number(opt.seed),
+  designs: opt.only === undefined ? ['tally', 'naive'] : [opt.only],
+  // Postgres backends publish their table counters at most once a second, at the latest after
+  // 10 s idle: the wait after each scan lets pg_stat_user_tables catch up.
+  statsWaitMs: Number(opt['stats-wait'])
+}
+if (!config.designs.every((d) => d === 'tally' || d === 'naive')) throw new Error('--only takes tally or naive')
+const ACCOUNT = '123456789012'
+const SCOPE = `aws/${ACCOUNT}`
+const ADMIN_URL = process.env.BENCH_PG_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379'
+const REDIS_PREFIX = `${opt.database}:`
+const TABLE = { tally: 'resources', naive: 'naive_resources' } as const
+type Design = keyof typeof TABLE
+
+export interface ScanResult {
+  scan: number
+  resources: number
+  changed: number
+  added: number
+  vanished: number
+  wallMs: number
+  resourcesPerSec: number
+  p50BatchMs: number
+  p99BatchMs: number
+  completeMs: number
+  rowsInserted: number
+  rowsUpdated: number
+  rowsDeleted: number
+  rowsWritten: number
+  walBytes: number
+  xids: number
+  deadTuples: number
+  redisBytesPerResource: number | null
+  serverRssMb: number
+  serverCpuSec: number
+  stats: unknown
+}
+
+async function freePort (): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as net.AddressInfo
+  server.close()
+  return port
+}
+
+interface Server { design: Design, base: string, child: ChildProcess, http: Pool }
+
+async function startServer (design: Design, databaseUrl: string): Promise<Server> {
+  const port = await freePort()
+  const script = design === 'tally' ? 'src/server.ts' : 'bench/naive/server.ts'
+  const child = spawn(process.execPath, ['--import', 'tsx', script], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+    env: { ...process.env, DATABASE_URL: databaseUrl, REDIS_URL, REDIS_KEY_PREFIX: REDIS_PREFIX, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'warn' }
+  })
+  const base = `http://127.0.0.1:${port}`
+  for (const deadline = Date.now() + 30_000; ; await sleep(100)) {
+    if (child.exitCode !== null) throw new Error(`${design} server exited with ${child.exitCode}`)
+    const ok = await fetch(`${base}/readyz`).then((r) => r.ok, () => false)
+    if (ok) break
+    if (Date.now() > deadline) throw new Error(`${design} server did not become ready`)
+  }
+  return { design, base, child, http: new Pool(base, { connections: config.concurrency }) }
+}
+
+async function stopServer (server: Server): Promise<void> {
+  await server.http.close()
+  if (server.child.exitCode !== null) return
+  server.child.kill('SIGTERM')
+  await once(server.child, 'exit')
+}
+
+async function post (server: Server, path: string, body: Buffer | string): Promise<{ status: number, json: any }> {
+  const res = await server.http.request({ method: 'POST', path, headers: { 'content-type': 'application/json' }, body })
+  const text = await res.body.text()
+  return { status: res.statusCode, json: text === '' ? null : JSON.parse(text) }
+}
+
+function batchBodies (scan: Scan): Buffer[] {
+  const bodies: Buffer[] = []
+  for (let i = 0; i < scan.indices.length; i += config.batch) {
+    const resources = []
+    for (let k = i; k < Math.min(i + config.batch, scan.indices.length); k++) {
+      resources.push(makeResource(config.seed, ACCOUNT, scan.indices[k]!, scan.versions[k]!))
+    }
+    bodies.push(Buffer.from(JSON.stringify({ resources })))
+  }
+  return bodies
+}
+
+async function runScan (server: Server, db: pg.Client, redis: Redis, scanNo: number, scan: Scan, bodies: Buffer[], redisBase: number): Promise<ScanResult> {
+  const pid = server.child.pid!
+  const table = TABLE[server.design]
+  const [c0, w0, p0] = await Promise.all([tableCounters(db, table), walAndXid(db), processUsage(pid)])
+
+  const started = performance.now()
+  const opened = await post(server, '/runs', JSON.stringify({ scope: SCOPE }))
+  if (opened.status !== 201) throw new Error(`open: ${opened.status} ${JSON.stringify(opened.json)}`)
+  const runId = opened.json.id
+  const latencies: number[] = []
+  let next = 0
+  await Promise.all(Array.from({ length: config.concurrency }, async () => {
+    while (next < bodies.length) {
+      const body = bodies[next++]!
+      const t0 = performance.now()
+      const res = await post(server, `/runs/${runId}/resources`, body)
+      latencies.push(performance.now() - t0)
+      if (res.status !== 200) throw new Error(`batch: ${res.status} ${JSON.stringify(res.json)}`)
+    }
+  }))
+  const ingested = performance.now()
+  const done = await post(server, `/runs/${runId}/complete`, '{}')
+  if (done.status !== 200) throw new Error(`complete: ${done.status} ${JSON.stringify(done.json)}`)
+  const finished = performance.now()
+  const p1 = await processUsage(pid)
+  const w1 = await walAndXid(db)
+  const usedMemory = server.design === 'tally' ? await redisUsedMemory(redis) : 0
+
+  await sleep(config.statsWaitMs)
+  const c1 = await tableCounters(db, table)
+  latencies.sort((a, b) => a - b)
+  const wallMs = finished - started
+  const rows = { rowsInserted: c1.inserted - c0.inserted, rowsUpdated: c1.updated - c0.updated, rowsDeleted: c1.deleted - c0.deleted }
+  return {
+    scan: scanNo,
+    resources: scan.indices.length,
+    changed: scan.changed,
+    added: scan.added,
+    vanished: scan.vanished,
+    wallMs: Math.round(wallMs),
+    resourcesPerSec: Math.round(scan.indices.length / (wallMs / 1000)),
+    p50BatchMs: Math.round(percentile(latencies, 0.5) * 10) / 10,
+    p99BatchMs: Math.round(percentile(latencies, 0.99) * 10) / 10,
+    completeMs: Math.round(finished - ingested),
+    ...rows,
+    rowsWritten: rows.rowsInserted + rows.rowsUpdated + rows.rowsDeleted,
+    walBytes: w1.wal - w0.wal,
+    xids: w1.xid - w0.xid,
+    deadTuples: c1.dead,
+    redisBytesPerResource: server.design === 'tally' ? Math.round((usedMemory - redisBase) / scan.indices.length) : null,
+    serverRssMb: p1.rssMb,
+    serverCpuSec: Math.round((p1.cpuSec - p0.cpuSec) * 100) / 100,
+    stats: done.json.stats
+  }
+}
+
+/** Totals over the steady-state scans (all but the first, which loads everything). */
+function steady (scans: ScanResult[]) {
+  const s = scans.slice(1)
+  const sum = (f: (r: ScanResult) => number) => s.reduce((n, r) => n + f(r), 0)
+  return {
+    resourcesPerSec: sum((r) => r.wallMs) === 0 ? 0 : sum((r) => r.resources) / (sum((r) => r.wallMs) / 1000),
+    rowsWritten: sum((r) => r.rowsWritten),
+    walBytes: sum((r) => r.walBytes)
+  }
+}
+
+const ratio = (a: number, b: number) => b === 0 ? null : Math.round((a / b) * 100) / 100
+
+function printTable (results: Record<Design, ScanResult[]>) {
+  const cols: Array<[string, (r: ScanResult) => string | number]> = [
+    ['scan', (r) => r.scan], ['res/s', (r) => r.resourcesPerSec], ['wall ms', (r) => r.wallMs],
+    ['p50 ms', (r) => r.p50BatchMs], ['p99 ms', (r) => r.p99BatchMs], ['complete ms', (r) => r.completeMs],
+    ['ins', (r) => r.rowsInserted], ['upd', (r) => r.rowsUpdated], ['del', (r) => r.rowsDeleted],
+    ['WAL MB', (r) => (r.walBytes / 1e6).toFixed(1)], ['xids', (r) => r.xids], ['dead', (r) => r.deadTuples],
+    ['redis B/res', (r) => r.redisBytesPerResource ?? '-'], ['rss MB', (r) => r.serverRssMb], ['cpu s', (r) => r.serverCpuSec]
+  ]
+  for (const design of Object.keys(results) as Design[]) {
+    console.log(`\n${design}`)
+    const rows = [cols.map(([h]) => h), ...results[design].map((r) => cols.map(([, f]) => String(f(r))))]
+    const widths = cols.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)))
+    for (const row of rows) console.log(row.map((cell, i) => cell.padStart(widths[i]!)).join('  '))
+  }
+}
+
+const admin = new pg.Client({ connectionString: ADMIN_URL })
+await admin.connect()
+await admin.query(`drop database if exists ${opt.database} with (force)`)
+await admin.query(`create database ${opt.database}`)
+const dbUrl = new URL(ADMIN_URL)
+dbUrl.pathname = `/${opt.database}`
+const db = new pg.Client({ connectionString: dbUrl.toString() })
+await db.connect()
+const redis = new Redis(REDIS_URL)
+const clearRedis = async () => {
+  let cursor = '0'
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${REDIS_PREFIX}*`, 'COUNT', 1000)
+    if (keys.length > 0) await redis.unlink(...keys)
+    cursor = next
+  } while (cursor !== '0')
+}
+await clearRedis()
+const redisBase = await redisUsedMemory(redis)
+
+const servers: Server[] = []
+const results = {} as Record<Design, ScanResult[]>
+try {
+  for (const design of config.designs as Design[]) {
+    servers.push(await startServer(design, dbUrl.toString()))
+    results[design] = []
+  }
+  const simulator = new ScanSimulator(config.seed, config.resources, config.churn)
+  for (let k = 1; k <= config.scans; k++) {
+    const scan = simulator.nextScan()
+    const bodies = batchBodies(scan)
+    for (const server of servers) {
+      const r = await runScan(server, db, redis, k, scan, bodies, redisBase)
+      results[server.design].push(r)
+      console.error(`${server.design} scan ${k}: ${r.resourcesPerSec} resources/s, ${r.rowsWritten} rows written, ${(r.walBytes / 1e6).toFixed(1)} MB WAL`)
+    }
+  }
+} finally {
+  for (const server of servers) await stopServer(server)
+  await db.end()
+  await clearRedis()
+  await redis.quit()
+  await admin.query(`drop database if exists ${opt.database} with (force)`)
+  await admin.end()
+}
+
+printTable(results)
+const t = results.tally === undefined ? undefined : steady(results.tally)
+const n = results.naive === undefined ? undefined : steady(results.naive)
+const ratios = t !== undefined && n !== undefined
+  ? {
+      rowsWritten: ratio(n.rowsWritten, t.rowsWritten),
+      walBytes: ratio(n.walBytes, t.walBytes),
+      resourcesPerSec: ratio(t.resourcesPerSec, n.resourcesPerSec)
+    }
+  : null
+if (ratios !== null) {
+  console.log(`\nsteady state (scans 2–${config.scans}): naive/tally rows written ${ratios.rowsWritten}×, WAL ${ratios.walBytes}×; tally/naive resources/s ${ratios.resourcesPerSec}×`)
+}
+const machine = {
+  cpus: os.cpus().length,
+  cpuModel: os.cpus()[0]?.model ?? 'unknown',
+  memoryGb: Math.round(os.totalmem() / 2 ** 30),
+  node: process.version,
+  postgres: (await (async () => {
+    const c = new pg.Client({ connectionString: ADMIN_URL })
+    await c.connect()
+    const { rows } = await c.query('show server_version')
+    await c.end()
+    return rows[0].server_version
+  })()),
+  redis: await (async () => {
+    const r = new Redis(REDIS_URL)
+    const info = await r.info('server')
+    await r.quit()
+    return /redis_version:(\S+)/.exec(info)?.[1] ?? 'unknown'
+  })()
+}
+const { designs: _designs, ...configOut } = config
+if (opt.json !== undefined) {
+  await writeFile(opt.json, JSON.stringify({ config: { ...configOut, only: opt.only ?? null }, machine, tally: results.tally ?? [], naive: results.naive ?? [], ratios }, null, 2))
+}
+if (opt.chart !== undefined) {
+  const points = (f: (r: ScanResult) => number) => (Object.keys(results) as Design[])
+    .flatMap((design) => results[design].map((r) => ({ scan: r.scan, design, value: f(r) })))
+  await renderChart(opt.chart, `${config.resources.toLocaleString('en')} resources, ${config.scans} scans (scan 1 loads, later ones ~${Math.round(100 * (1 - config.churn.changed - config.churn.added - config.churn.vanished))}% unchanged)`, [
+    { title: 'resources / s', points: points((r) => r.resourcesPerSec) },
+    { title: 'rows written', points: points((r) => r.rowsWritten) },
+    { title: 'WAL (MB)', points: points((r) => r.walBytes / 1e6) }
+  ])
+}
