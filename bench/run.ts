@@ -5,6 +5,8 @@
  *   --resources N (100000) --scans K (4) --batch N (1000) --concurrency N (4)
  *   --churn changed,new,vanished (0.08,0.01,0.01) --only tally|naive --seed N (1)
  *   --json FILE --chart FILE.png --database NAME (tally_bench) --stats-wait MS (11000)
+ *   --instances N (1): server processes per design, sharing Postgres and Redis; batches go round-robin
+ *   --profile DIR: the servers write V8 CPU profiles there (open in Chrome DevTools)
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
@@ -32,7 +34,9 @@ const { values: opt } = parseArgs({
     json: { type: 'string' },
     chart: { type: 'string' },
     database: { type: 'string', default: 'tally_bench' },
-    'stats-wait': { type: 'string', default: '11000' }
+    'stats-wait': { type: 'string', default: '11000' },
+    profile: { type: 'string' },
+    instances: { type: 'string', default: '1' }
   }
 })
 const [changed, added, vanished] = opt.churn.split(',').map(Number)
@@ -41,6 +45,7 @@ const config = {
   scans: Number(opt.scans),
   batch: Number(opt.batch),
   concurrency: Number(opt.concurrency),
+  instances: Number(opt.instances),
   churn: { changed: changed ?? 0.08, added: added ?? 0.01, vanished: vanished ?? 0.01 },
   seed: Number(opt.seed),
   designs: opt.only === undefined ? ['tally', 'naive'] : [opt.only],
@@ -89,12 +94,14 @@ async function freePort (): Promise<number> {
   return port
 }
 
-interface Server { design: Design, base: string, child: ChildProcess, http: Pool }
+interface Instance { child: ChildProcess, http: Pool }
+interface Server { design: Design, instances: Instance[] }
 
-async function startServer (design: Design, databaseUrl: string): Promise<Server> {
+async function startInstance (design: Design, databaseUrl: string): Promise<Instance> {
   const port = await freePort()
   const script = design === 'tally' ? 'src/server.ts' : 'bench/naive/server.ts'
-  const child = spawn(process.execPath, ['--import', 'tsx', script], {
+  const profile = opt.profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${opt.profile}`]
+  const child = spawn(process.execPath, [...profile, '--import', 'tsx', script], {
     stdio: ['ignore', 'inherit', 'inherit'],
     env: { ...process.env, DATABASE_URL: databaseUrl, REDIS_URL, REDIS_KEY_PREFIX: REDIS_PREFIX, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'warn' }
   })
@@ -105,20 +112,35 @@ async function startServer (design: Design, databaseUrl: string): Promise<Server
     if (ok) break
     if (Date.now() > deadline) throw new Error(`${design} server did not become ready`)
   }
-  return { design, base, child, http: new Pool(base, { connections: config.concurrency }) }
+  return { child, http: new Pool(base, { connections: config.concurrency }) }
+}
+
+async function startServer (design: Design, databaseUrl: string): Promise<Server> {
+  const instances: Instance[] = []
+  // One after the other: the first applies the migrations.
+  for (let i = 0; i < config.instances; i++) instances.push(await startInstance(design, databaseUrl))
+  return { design, instances }
 }
 
 async function stopServer (server: Server): Promise<void> {
-  await server.http.close()
-  if (server.child.exitCode !== null) return
-  server.child.kill('SIGTERM')
-  await once(server.child, 'exit')
+  await Promise.all(server.instances.map(async ({ child, http }) => {
+    await http.close()
+    if (child.exitCode !== null) return
+    child.kill('SIGTERM')
+    await once(child, 'exit')
+  }))
 }
 
-async function post (server: Server, path: string, body: Buffer | string): Promise<{ status: number, json: any }> {
-  const res = await server.http.request({ method: 'POST', path, headers: { 'content-type': 'application/json' }, body })
+async function post (instance: Instance, path: string, body: Buffer | string): Promise<{ status: number, json: any }> {
+  const res = await instance.http.request({ method: 'POST', path, headers: { 'content-type': 'application/json' }, body })
   const text = await res.body.text()
   return { status: res.statusCode, json: text === '' ? null : JSON.parse(text) }
+}
+
+/** CPU seconds and RSS summed over a design's server processes. */
+async function usage (server: Server) {
+  const all = await Promise.all(server.instances.map(({ child }) => processUsage(child.pid!)))
+  return { cpuSec: all.reduce((n, u) => n + u.cpuSec, 0), rssMb: all.reduce((n, u) => n + u.rssMb, 0) }
 }
 
 function batchBodies (scan: Scan): Buffer[] {
@@ -134,30 +156,31 @@ function batchBodies (scan: Scan): Buffer[] {
 }
 
 async function runScan (server: Server, db: pg.Client, redis: Redis, scanNo: number, scan: Scan, bodies: Buffer[], redisBase: number): Promise<ScanResult> {
-  const pid = server.child.pid!
   const table = TABLE[server.design]
-  const [c0, w0, p0] = await Promise.all([tableCounters(db, table), walAndXid(db), processUsage(pid)])
+  const [c0, w0, p0] = await Promise.all([tableCounters(db, table), walAndXid(db), usage(server)])
+  const first = server.instances[0]!
 
   const started = performance.now()
-  const opened = await post(server, '/runs', JSON.stringify({ scope: SCOPE }))
+  const opened = await post(first, '/runs', JSON.stringify({ scope: SCOPE }))
   if (opened.status !== 201) throw new Error(`open: ${opened.status} ${JSON.stringify(opened.json)}`)
   const runId = opened.json.id
   const latencies: number[] = []
   let next = 0
   await Promise.all(Array.from({ length: config.concurrency }, async () => {
     while (next < bodies.length) {
+      const instance = server.instances[next % server.instances.length]!
       const body = bodies[next++]!
       const t0 = performance.now()
-      const res = await post(server, `/runs/${runId}/resources`, body)
+      const res = await post(instance, `/runs/${runId}/resources`, body)
       latencies.push(performance.now() - t0)
       if (res.status !== 200) throw new Error(`batch: ${res.status} ${JSON.stringify(res.json)}`)
     }
   }))
   const ingested = performance.now()
-  const done = await post(server, `/runs/${runId}/complete`, '{}')
+  const done = await post(first, `/runs/${runId}/complete`, '{}')
   if (done.status !== 200) throw new Error(`complete: ${done.status} ${JSON.stringify(done.json)}`)
   const finished = performance.now()
-  const p1 = await processUsage(pid)
+  const p1 = await usage(server)
   const w1 = await walAndXid(db)
   const usedMemory = server.design === 'tally' ? await redisUsedMemory(redis) : 0
 
