@@ -18,7 +18,8 @@ import type { BatchResult, ReconcileDeps, ResourceIn } from './types.js'
 type Kind = 'created' | 'updated' | 'unchanged'
 
 interface Item {
-  write: ResourceWrite
+  resource: ResourceIn
+  /** The content hash, 16 hex digits, as kept in the Redis cache. */
   hash: string
   kind: Kind
 }
@@ -53,7 +54,7 @@ function dedupe (resources: ResourceIn[]): Map<string, ResourceIn> {
   return byId
 }
 
-function toWrite (r: ResourceIn, hash: Buffer): ResourceWrite {
+function toWrite (r: ResourceIn, hash: string): ResourceWrite {
   return {
     id: r.id,
     type: r.type,
@@ -61,7 +62,7 @@ function toWrite (r: ResourceIn, hash: Buffer): ResourceWrite {
     region: r.region ?? null,
     tags: r.tags ?? {},
     attributes: r.attributes ?? {},
-    contentHash: hash
+    contentHash: Buffer.from(hash, 'hex')
   }
 }
 
@@ -85,9 +86,8 @@ export function createIngest (deps: ReconcileDeps) {
 async function ingest (deps: ReconcileDeps, run: RunRow, resources: ResourceIn[]): Promise<BatchResult> {
   const { redis, keys } = deps
   const items = new Map<string, Item>()
-  for (const [id, r] of dedupe(resources)) {
-    const digest = contentHash(r)
-    items.set(id, { write: toWrite(r, digest), hash: digest.toString('base64'), kind: 'created' })
+  for (const [id, resource] of dedupe(resources)) {
+    items.set(id, { resource, hash: contentHash(resource), kind: 'created' })
   }
 
   // 1. One script per shard: check the marker, SADD the ids, HMGET their cached hashes.
@@ -120,7 +120,7 @@ async function ingest (deps: ReconcileDeps, run: RunRow, resources: ResourceIn[]
     const live = await deps.resources.liveHashes(run.tenant, run.scope, misses)
     for (const [id, stored] of live) {
       const item = items.get(id)!
-      const storedHash = stored.toString('base64')
+      const storedHash = stored.toString('hex')
       item.kind = storedHash === item.hash ? 'unchanged' : 'updated'
       cacheFill.set(id, storedHash)
     }
@@ -128,12 +128,13 @@ async function ingest (deps: ReconcileDeps, run: RunRow, resources: ResourceIn[]
 
   // 3. One statement writes what is new or changed; the row guard skips what a twin already wrote.
   const changed = [...items.values()].filter((i) => i.kind !== 'unchanged')
-  const written = await deps.resources.upsertChanged(run.tenant, run.scope, run.id, changed.map((i) => i.write))
+  const written = await deps.resources.upsertChanged(run.tenant, run.scope, run.id,
+    changed.map((i) => toWrite(i.resource, i.hash)))
   const counts = { created: 0, updated: 0, unchanged: 0 }
-  for (const item of items.values()) {
-    if (item.kind !== 'unchanged' && written.has(item.write.id)) {
+  for (const [id, item] of items) {
+    if (item.kind !== 'unchanged' && written.has(id)) {
       counts[item.kind]++
-      cacheFill.set(item.write.id, item.hash)
+      cacheFill.set(id, item.hash)
     } else {
       counts.unchanged++
     }
