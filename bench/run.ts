@@ -157,6 +157,9 @@ function batchBodies (scan: Scan): Buffer[] {
 
 async function runScan (server: Server, db: pg.Client, redis: Redis, scanNo: number, scan: Scan, bodies: Buffer[], redisBase: number): Promise<ScanResult> {
   const table = TABLE[server.design]
+  // Every scan starts right after a checkpoint, so each pays the same full-page images and
+  // none inherits the other design's pending WAL.
+  await db.query('checkpoint')
   const [c0, w0, p0] = await Promise.all([tableCounters(db, table), walAndXid(db), usage(server)])
   const first = server.instances[0]!
 

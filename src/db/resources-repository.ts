@@ -2,7 +2,7 @@
  * Resource rows. Every function takes a whole batch: one statement however many resources,
  * because a query per resource is what this server exists to avoid.
  */
-import { and, eq, gt, isNull, ne, sql } from 'drizzle-orm'
+import { and, eq, gt, isNull, ne, sql, type SQL } from 'drizzle-orm'
 import type { Db, Executor } from './client.js'
 import { resources } from './schema.js'
 
@@ -16,18 +16,32 @@ export interface ResourceWrite {
   contentHash: Buffer
 }
 
+/**
+ * One primary-key lookup of row `u.id`, for `cross join lateral`; the caller filters on
+ * `deleted_at`. A plain `id = any($ids)` is planned from statistics, and before the first
+ * ANALYZE of a freshly loaded scope (or with autovacuum off) the planner takes
+ * `tenant = … and scope = …` for selective and reads the whole scope once per batch: 1.6 s
+ * instead of 29 ms for 1000 ids in a 1M-row scope. Here `limit 1` keeps the probe from being
+ * flattened into a join, and leaving `deleted_at` out keeps the partial indexes from matching:
+ * the primary key is the only index left, one descent per id (38 s → 13 ms for 1000 ids of
+ * 300k rows without statistics).
+ */
+function primaryKeyProbe (tenant: string, scope: string, columns: SQL) {
+  return sql`select ${columns}, deleted_at from resources
+    where tenant = ${tenant} and scope = ${scope} and id = u.id limit 1`
+}
+
 export function createResourcesRepository (db: Db) {
   return {
     /** Content hashes of the live rows among `ids`; a soft-deleted row counts as absent. */
     async liveHashes (tenant: string, scope: string, ids: string[], tx: Executor = db): Promise<Map<string, Buffer>> {
       if (ids.length === 0) return new Map()
-      const rows = await tx.select({ id: resources.id, contentHash: resources.contentHash })
-        .from(resources)
-        .where(and(
-          eq(resources.tenant, tenant), eq(resources.scope, scope),
-          sql`${resources.id} = any(${sql.param(ids)}::text[])`, isNull(resources.deletedAt)
-        ))
-      return new Map(rows.map((r) => [r.id, r.contentHash]))
+      const result = await tx.execute<{ id: string, content_hash: Buffer }>(sql`
+        select u.id, r.content_hash
+        from unnest(${sql.param(ids)}::text[]) as u(id)
+        cross join lateral (${primaryKeyProbe(tenant, scope, sql`content_hash`)}) r
+        where r.deleted_at is null`)
+      return new Map(result.rows.map((r) => [r.id, r.content_hash]))
     },
 
     /**
@@ -66,14 +80,15 @@ export function createResourcesRepository (db: Db) {
     /** Soft-deletes the live rows among `ids`; returns how many it deleted. */
     async softDelete (tenant: string, scope: string, ids: string[], runId: number, tx: Executor = db): Promise<number> {
       if (ids.length === 0) return 0
-      const rows = await tx.update(resources)
-        .set({ deletedAt: sql`now()`, deletedRunId: runId })
-        .where(and(
-          eq(resources.tenant, tenant), eq(resources.scope, scope),
-          sql`${resources.id} = any(${sql.param(ids)}::text[])`, isNull(resources.deletedAt)
-        ))
-        .returning({ id: resources.id })
-      return rows.length
+      // Rows are found by primary-key probes and updated by ctid (a TID scan), see primaryKeyProbe.
+      const result = await tx.execute(sql`
+        update resources set deleted_at = now(), deleted_run_id = ${runId}
+        where ctid = any(array(
+          select r.ctid from unnest(${sql.param(ids)}::text[]) as u(id)
+          cross join lateral (${primaryKeyProbe(tenant, scope, sql`ctid`)}) r
+          where r.deleted_at is null))
+          and deleted_at is null`)
+      return result.rowCount ?? 0
     },
 
     /** One keyset page of the scope's live ids, in id order, after `afterId`. */
