@@ -1,5 +1,6 @@
 /** What a scan costs, read from Postgres, Redis and /proc. */
 import { readFile } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
 import type { Redis } from 'ioredis'
 
@@ -26,9 +27,13 @@ export async function walAndXid (db: pg.Client): Promise<{ wal: number, xid: num
   return rows[0]
 }
 
+/** Redis used_memory once objects UNLINKed a moment ago have really been freed (lazyfree). */
 export async function redisUsedMemory (redis: Redis): Promise<number> {
-  const info = await redis.info('memory')
-  return Number(/used_memory:(\d+)/.exec(info)?.[1] ?? 0)
+  for (const deadline = Date.now() + 10_000; ; await sleep(50)) {
+    const info = await redis.info('memory')
+    const pending = Number(/lazyfree_pending_objects:(\d+)/.exec(info)?.[1] ?? 0)
+    if (pending === 0 || Date.now() > deadline) return Number(/used_memory:(\d+)/.exec(info)?.[1] ?? 0)
+  }
 }
 
 /** CPU seconds (user + system) and resident memory of a process. */

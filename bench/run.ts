@@ -103,7 +103,7 @@ async function startInstance (design: Design, databaseUrl: string): Promise<Inst
   const profile = opt.profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${opt.profile}`]
   const child = spawn(process.execPath, [...profile, '--import', 'tsx', script], {
     stdio: ['ignore', 'inherit', 'inherit'],
-    env: { ...process.env, DATABASE_URL: databaseUrl, REDIS_URL, REDIS_KEY_PREFIX: REDIS_PREFIX, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'warn' }
+    env: { ...process.env, DATABASE_URL: databaseUrl, REDIS_URL, REDIS_KEY_PREFIX: REDIS_PREFIX, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn' }
   })
   const base = `http://127.0.0.1:${port}`
   for (const deadline = Date.now() + 30_000; ; await sleep(100)) {

@@ -2,7 +2,7 @@
  * Resource rows. Every function takes a whole batch: one statement however many resources,
  * because a query per resource is what this server exists to avoid.
  */
-import { and, eq, gt, isNull, ne, sql, type SQL } from 'drizzle-orm'
+import { and, eq, gt, isNull, lt, sql, type SQL } from 'drizzle-orm'
 import type { Db, Executor } from './client.js'
 import { resources } from './schema.js'
 
@@ -104,22 +104,17 @@ export function createResourcesRepository (db: Db) {
     },
 
     /**
-     * Live ids last written by a run newer than `sinceRunId` other than `exceptRunId`: what
-     * aborted runs created or changed since the baseline, which the baseline's sets cannot know.
+     * Live ids last written by a run after `afterRunId` and before `beforeRunId`: what runs that
+     * never completed created or changed since the baseline. An index range scan, so the rows
+     * the current run rewrote are never read.
      */
-    async liveIdsWrittenSince (tenant: string, scope: string, sinceRunId: number, exceptRunId: number): Promise<string[]> {
+    async liveIdsWrittenBetween (tenant: string, scope: string, afterRunId: number, beforeRunId: number): Promise<string[]> {
       const rows = await db.select({ id: resources.id }).from(resources)
         .where(and(
           eq(resources.tenant, tenant), eq(resources.scope, scope), isNull(resources.deletedAt),
-          gt(resources.changedRunId, sinceRunId), ne(resources.changedRunId, exceptRunId)
+          gt(resources.changedRunId, afterRunId), lt(resources.changedRunId, beforeRunId)
         ))
       return rows.map((r) => r.id)
-    },
-
-    async countLive (tenant: string, scope: string): Promise<number> {
-      const [row] = await db.select({ n: sql<number>`count(*)::int` }).from(resources)
-        .where(and(eq(resources.tenant, tenant), eq(resources.scope, scope), isNull(resources.deletedAt)))
-      return row?.n ?? 0
     }
   }
 }

@@ -49,10 +49,11 @@ async function notSeen (deps: ReconcileDeps, run: RunRow, ids: string[]): Promis
 /**
  * What runs that never completed wrote since the baseline (or ever, for a scope without one)
  * and this run did not see. The baseline's sets cannot know of them; an index on
- * `changed_run_id` finds them without reading the scope.
+ * `changed_run_id` finds them without reading the scope. Such runs all opened after the
+ * baseline and before this run: a scope has one run in flight at a time.
  */
 async function orphans (deps: ReconcileDeps, run: RunRow, sinceRunId: number): Promise<string[]> {
-  return notSeen(deps, run, await deps.resources.liveIdsWrittenSince(run.tenant, run.scope, sinceRunId, run.id))
+  return notSeen(deps, run, await deps.resources.liveIdsWrittenBetween(run.tenant, run.scope, sinceRunId, run.id))
 }
 
 /**
@@ -157,7 +158,9 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
     return finish(deps, run, 'superseded', counts, [])
   }
 
+  const diffStarted = performance.now()
   const stale = await staleFromSets(deps, run, scope, counts.seen) ?? await staleByScan(deps, run)
+  const diffMs = Math.round(performance.now() - diffStarted)
   const ratio = stale.baselineSize === 0 ? 0 : stale.ids.length / stale.baselineSize
   const maxRatio = opts.maxDeleteRatio ?? deps.settings.maxDeleteRatio
   if (!opts.force && stale.baselineSize >= deps.settings.guardMinBaseline && ratio > maxRatio) {
@@ -167,12 +170,13 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
       `(${(ratio * 100).toFixed(1)}% > ${(maxRatio * 100).toFixed(1)}%); the run stays open: ` +
       'complete with force: true to delete them, or abort it', { stale: stale.ids.length, baseline: stale.baselineSize })
   }
-  deps.log.info({ runId: id, stale: stale.ids.length, method: stale.method }, 'completing run')
+  deps.log.info({ runId: id, stale: stale.ids.length, method: stale.method, diffMs }, 'completing run')
   return finish(deps, run, 'completed', counts, stale.ids)
 }
 
 async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | 'superseded', counts: RunCounts, stale: string[]): Promise<RunState> {
   const { redis, keys } = deps
+  const started = performance.now()
   // Forget the cached hashes first: a cache entry outliving its row's deletion would make a
   // reappearing resource look unchanged and leave it deleted. A miss only costs a read.
   await Promise.all([...groupByShard(stale, run.shardCount)].map(([shard, ids]) =>
@@ -195,6 +199,6 @@ async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | '
   const result = finished ?? await requireRun(deps, run.id)
   if (result.status === 'superseded') await dropRunKeys(deps, result)
   else await settleKeys(deps, result)
-  deps.log.info({ runId: run.id, status: result.status, deleted: result.deleted }, 'run finished')
+  deps.log.info({ runId: run.id, status: result.status, deleted: result.deleted, finishMs: Math.round(performance.now() - started) }, 'run finished')
   return stateOf(deps, result)
 }
