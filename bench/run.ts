@@ -8,10 +8,10 @@
  *   --instances N (1): server processes per design, sharing Postgres and Redis; batches go round-robin
  *   --profile DIR: the servers write V8 CPU profiles there (open in Chrome DevTools)
  */
+import getPort from 'get-port'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { writeFile } from 'node:fs/promises'
-import net from 'node:net'
 import os from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
@@ -86,19 +86,11 @@ export interface ScanResult {
   stats: unknown
 }
 
-async function freePort (): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as net.AddressInfo
-  server.close()
-  return port
-}
-
 interface Instance { child: ChildProcess, http: Pool }
 interface Server { design: Design, instances: Instance[] }
 
 async function startInstance (design: Design, databaseUrl: string): Promise<Instance> {
-  const port = await freePort()
+  const port = await getPort({ host: '127.0.0.1' })
   const script = design === 'tally' ? 'src/server.ts' : 'bench/naive/server.ts'
   const profile = opt.profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${opt.profile}`]
   const child = spawn(process.execPath, [...profile, '--import', 'tsx', script], {

@@ -1,17 +1,9 @@
 /** A private redis-server on a free loopback port, for tests that stop or disturb Redis. */
+import getPort from 'get-port'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import net from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
-
-async function freePort (): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as net.AddressInfo
-  server.close()
-  return port
-}
 
 export interface PrivateRedis {
   url: string
@@ -19,7 +11,7 @@ export interface PrivateRedis {
 }
 
 export async function startRedis (t: { teardown (fn: () => unknown): void }): Promise<PrivateRedis> {
-  const port = await freePort()
+  const port = await getPort({ host: '127.0.0.1' })
   const child: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return
