@@ -12,6 +12,7 @@ import problemsPlugin from './plugins/problems.js'
 import validationPlugin from './plugins/validation.js'
 import reconcilePlugin from './plugins/reconcile.js'
 import redisPlugin from './plugins/redis.js'
+import graphql from './graphql/index.js'
 import healthRoutes from './routes/health.js'
 import runsRoutes from './routes/runs.js'
 
@@ -33,5 +34,6 @@ export async function buildApp (config: Config) {
   await app.register(validationPlugin)
   await app.register(healthRoutes)
   await app.register(runsRoutes)
+  await app.register(graphql)
   return app
 }

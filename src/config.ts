@@ -22,7 +22,11 @@ export const EnvSchema = Type.Object({
   MAX_DELETE_RATIO: Type.Number({ minimum: 0, maximum: 1, default: 0.5 }),
   RUN_TTL: Type.Integer({ minimum: 60, default: 86400, description: 'seconds an open run may stay idle' }),
   PG_POOL_MAX: Type.Integer({ minimum: 1, default: 10 }),
-  MIGRATE_ON_START: Type.Boolean({ default: true })
+  MIGRATE_ON_START: Type.Boolean({ default: true }),
+  NODE_ENV: Type.String({ default: 'development' }),
+  GRAPHIQL: Type.Optional(Type.Boolean({ description: 'serve /graphiql; default: on unless NODE_ENV=production' })),
+  GRAPHQL_MAX_DEPTH: Type.Integer({ minimum: 1, default: 8 }),
+  GRAPHQL_MAX_COST: Type.Integer({ minimum: 1, default: 50000 })
 })
 
 export type Config = Static<typeof EnvSchema>

@@ -76,7 +76,11 @@ export const resources = pgTable('resources', {
   deletedRunId: runRef()
 }, (t) => [
   primaryKey({ columns: [t.tenant, t.scope, t.id] }),
+  // Keyset pages of live rows by filter (GraphQL): each filter is an index range in id order.
   index('resources_live_type_idx').on(t.tenant, t.scope, t.type, t.id).where(sql`deleted_at is null`),
+  index('resources_live_region_idx').on(t.tenant, t.scope, t.region, t.id).where(sql`deleted_at is null`),
+  index('resources_live_changed_at_idx').on(t.tenant, t.scope, t.changedAt).where(sql`deleted_at is null`),
+  index('resources_tags_idx').using('gin', sql`tags jsonb_path_ops`).where(sql`deleted_at is null`),
   // Finds rows written since the baseline by runs that never completed (see reconcile/complete).
   index('resources_live_changed_run_idx').on(t.tenant, t.scope, t.changedRunId).where(sql`deleted_at is null`)
 ])

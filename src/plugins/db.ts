@@ -22,6 +22,9 @@ declare module 'fastify' {
 }
 
 export default fp(async function db (fastify) {
+  // An idle pooled connection that Postgres drops (restart, failover, pg_terminate_backend)
+  // emits 'error' on the pool; unheard, that would crash the process. The pool replaces it.
+  fastify.pg.pool.on('error', (err) => fastify.log.warn({ err }, 'idle postgres connection lost'))
   if (fastify.config.MIGRATE_ON_START) await runMigrations(fastify.pg.pool)
   const drizzle = createDb(fastify.pg.pool)
   fastify.decorate('db', {

@@ -1,0 +1,3 @@
+CREATE INDEX "resources_live_region_idx" ON "resources" USING btree ("tenant","scope","region","id") WHERE deleted_at is null;--> statement-breakpoint
+CREATE INDEX "resources_live_changed_at_idx" ON "resources" USING btree ("tenant","scope","changed_at") WHERE deleted_at is null;--> statement-breakpoint
+CREATE INDEX "resources_tags_idx" ON "resources" USING gin (tags jsonb_path_ops) WHERE deleted_at is null;

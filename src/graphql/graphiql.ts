@@ -1,0 +1,54 @@
+/**
+ * GraphiQL at /graphiql, its scripts and styles served from npm packages (react, react-dom,
+ * graphiql) rather than a CDN, so it works offline and under a strict Content-Security-Policy.
+ */
+import { createReadStream } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import type { FastifyPluginAsync } from 'fastify'
+
+const require = createRequire(import.meta.url)
+
+/** A file of an installed package, found from its package.json (the files are not in its exports). */
+const fromPackage = (pkg: string, file: string) => join(dirname(require.resolve(`${pkg}/package.json`)), file)
+
+const assets: Record<string, { file: string, type: string }> = {
+  'react.js': { file: fromPackage('react', 'umd/react.production.min.js'), type: 'text/javascript' },
+  'react-dom.js': { file: fromPackage('react-dom', 'umd/react-dom.production.min.js'), type: 'text/javascript' },
+  'graphiql.js': { file: fromPackage('graphiql', 'graphiql.min.js'), type: 'text/javascript' },
+  'graphiql.css': { file: fromPackage('graphiql', 'graphiql.min.css'), type: 'text/css' }
+}
+
+const page = `<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Tally · GraphiQL</title>
+  <link rel="stylesheet" href="/graphiql/assets/graphiql.css">
+  <style>body { margin: 0; height: 100vh; } #graphiql { height: 100vh; }</style>
+</head>
+<body>
+  <div id="graphiql">Loading…</div>
+  <script src="/graphiql/assets/react.js"></script>
+  <script src="/graphiql/assets/react-dom.js"></script>
+  <script src="/graphiql/assets/graphiql.js"></script>
+  <script>
+    const fetcher = GraphiQL.createFetcher({ url: '/graphql' })
+    const query = '{\\n  scopes(first: 10) {\\n    edges { node { scope resourceCount lastCompletedAt } }\\n  }\\n}\\n'
+    ReactDOM.createRoot(document.getElementById('graphiql'))
+      .render(React.createElement(GraphiQL, { fetcher, defaultQuery: query }))
+  </script>
+</body>
+</html>
+`
+
+const graphiql: FastifyPluginAsync = async function (fastify) {
+  fastify.get('/graphiql', async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
+  fastify.get<{ Params: { name: string } }>('/graphiql/assets/:name', async (request, reply) => {
+    const asset = assets[request.params.name]
+    if (asset === undefined) return reply.callNotFound()
+    return reply.type(asset.type).header('cache-control', 'public, max-age=86400').send(createReadStream(asset.file))
+  })
+}
+
+export default graphiql

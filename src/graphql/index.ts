@@ -1,0 +1,49 @@
+/**
+ * The GraphQL inventory API for dashboards (mercurius): POST and GET /graphql, read-only from
+ * Postgres, with loaders for nested runs and limits checked before execution.
+ */
+import type { FastifyPluginAsync } from 'fastify'
+import { GraphQLError, GraphQLScalarType, valueFromASTUntyped } from 'graphql'
+import mercurius from 'mercurius'
+import { createInventoryRepository } from '../db/inventory-repository.js'
+import graphiql from './graphiql.js'
+import { limitsRule } from './limits.js'
+import { createResolvers } from './resolvers.js'
+import { schema } from './schema.js'
+
+const JSONScalar = new GraphQLScalarType({
+  name: 'JSON',
+  serialize: (value) => value,
+  parseValue: (value) => value,
+  parseLiteral: (ast) => valueFromASTUntyped(ast)
+})
+
+const graphql: FastifyPluginAsync = async function (fastify) {
+  const { config } = fastify
+  const { resolvers, loaders } = createResolvers(createInventoryRepository(fastify.db.drizzle))
+  const limits = { maxDepth: config.GRAPHQL_MAX_DEPTH, maxCost: config.GRAPHQL_MAX_COST }
+  await fastify.register(mercurius, {
+    schema,
+    resolvers: { ...resolvers, JSON: JSONScalar },
+    loaders,
+    graphiql: false,
+    // The limits need the request's variables, which a cached validation would not see.
+    cache: false,
+    path: '/graphql',
+    validationRules: ({ variables, operationName }) => [limitsRule(limits, variables, operationName)],
+    errorFormatter: (execution, context) => {
+      // A resolver failing with anything but ErrorWithProps is a bug or an outage: log it,
+      // and answer without its details.
+      const errors = execution.errors?.map((e) => {
+        // Only execution errors have a path; parse and validation errors go out as they are.
+        if (e.path === undefined || e.originalError == null || e.originalError instanceof mercurius.ErrorWithProps) return e
+        context.reply.log.error({ err: e.originalError }, 'graphql resolver failed')
+        return new GraphQLError('Internal error', { nodes: e.nodes, path: e.path, extensions: { code: 'INTERNAL' } })
+      })
+      return mercurius.defaultErrorFormatter({ ...execution, ...(errors === undefined ? {} : { errors }) }, context)
+    }
+  })
+  if (config.GRAPHIQL ?? config.NODE_ENV !== 'production') await fastify.register(graphiql)
+}
+
+export default graphql

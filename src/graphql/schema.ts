@@ -1,0 +1,81 @@
+/** The GraphQL schema of the inventory: read-only, served from Postgres. */
+export const schema = /* GraphQL */ `
+  "Any JSON value: tags and attributes as the scanner sent them."
+  scalar JSON
+
+  enum RunStatus { open completing completed aborted superseded }
+
+  input TagFilter { key: String!, value: String! }
+
+  type PageInfo { hasNextPage: Boolean!, endCursor: String }
+
+  type Resource {
+    id: String!
+    scope: String!
+    type: String!
+    name: String
+    region: String
+    tags: JSON!
+    attributes: JSON!
+    firstSeenAt: String!
+    firstSeenRun: Run
+    lastChangedAt: String!
+    lastChangedRun: Run
+    deletedAt: String
+    deletedRun: Run
+  }
+  type ResourceEdge { cursor: String!, node: Resource! }
+  type ResourceConnection {
+    edges: [ResourceEdge!]!
+    pageInfo: PageInfo!
+    "Counted only when asked for: a count reads every matching row."
+    totalCount: Int!
+  }
+
+  type Scanner { name: String!, version: String }
+  type RunStats { seen: Int!, created: Int!, updated: Int!, unchanged: Int!, deleted: Int!, batches: Int! }
+  type Run {
+    id: ID!
+    scope: String!
+    status: RunStatus!
+    shardCount: Int!
+    baselineRun: Run
+    scanner: Scanner
+    startedAt: String!
+    completedAt: String
+    "Milliseconds from start to completion; null while in flight."
+    durationMs: Int
+    "Stored counters; for a run in flight, see GET /runs/:id."
+    stats: RunStats!
+  }
+  type RunEdge { cursor: String!, node: Run! }
+  type RunConnection { edges: [RunEdge!]!, pageInfo: PageInfo! }
+
+  type Scope {
+    scope: String!
+    shardCount: Int!
+    resourceCount: Int!
+    baselineRun: Run
+    lastCompletedAt: String
+  }
+  type ScopeEdge { cursor: String!, node: Scope! }
+  type ScopeConnection { edges: [ScopeEdge!]!, pageInfo: PageInfo! }
+
+  type TypeCount { type: String!, count: Int! }
+  type RegionCount { region: String, count: Int! }
+  type Summary { total: Int!, byType: [TypeCount!]!, byRegion: [RegionCount!]! }
+
+  type Query {
+    resources(
+      scope: String!, type: String, region: String, tag: TagFilter, idPrefix: String,
+      "ISO 8601 time: only resources changed after it."
+      changedSince: String,
+      includeDeleted: Boolean = false, first: Int = 50, after: String
+    ): ResourceConnection!
+    resource(scope: String!, id: String!): Resource
+    runs(scope: String, status: RunStatus, first: Int = 50, after: String): RunConnection!
+    run(id: ID!): Run
+    scopes(first: Int = 50, after: String): ScopeConnection!
+    summary(scope: String!): Summary!
+  }
+`
