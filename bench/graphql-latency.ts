@@ -41,7 +41,7 @@ try {
 
   const type = 'aws::type-7'
   const { rows: [deep] } = await db.query(
-    `select id from resources where scope = 'aws/123456789012' and type = $1 order by id offset (select count(*) * 9 / 10 from resources where type = $1) limit 1`, [type])
+    'select id from resources where scope = \'aws/123456789012\' and type = $1 order by id offset (select count(*) * 9 / 10 from resources where type = $1) limit 1', [type])
   const pages = {
     first: null,
     deep: Buffer.from(JSON.stringify([deep.id])).toString('base64url')
