@@ -8,6 +8,7 @@ import Fastify, { type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.js'
 import configPlugin from './plugins/config.js'
 import dbPlugin from './plugins/db.js'
+import openapiPlugin from './plugins/openapi.js'
 import problemsPlugin from './plugins/problems.js'
 import validationPlugin from './plugins/validation.js'
 import reconcilePlugin from './plugins/reconcile.js'
@@ -15,6 +16,7 @@ import redisPlugin from './plugins/redis.js'
 import graphql from './graphql/index.js'
 import healthRoutes from './routes/health.js'
 import runsRoutes from './routes/runs.js'
+import { sharedSchemas } from './routes/schemas.js'
 
 export function serverOptions (config: Config): FastifyServerOptions {
   return {
@@ -32,6 +34,8 @@ export async function buildApp (config: Config) {
   await app.register(reconcilePlugin)
   await app.register(problemsPlugin)
   await app.register(validationPlugin)
+  for (const schema of sharedSchemas) app.addSchema(schema)
+  await app.register(openapiPlugin)
   await app.register(healthRoutes)
   await app.register(runsRoutes)
   await app.register(graphql)

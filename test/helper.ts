@@ -6,6 +6,8 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { Redis } from 'ioredis'
+import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js'
+import addFormats from 'ajv-formats'
 import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 
@@ -46,13 +48,58 @@ export async function testEnv (t: Tap): Promise<TestEnv> {
   }
 }
 
-/** The app, ready, closed at teardown. Pass `env` to share a database between two instances. */
+/**
+ * The app, ready, closed at teardown. Pass `env` to share a database between two instances.
+ * Every REST response it sends is checked against the OpenAPI document (see checkContract).
+ */
 export async function build (t: Tap, overrides: Record<string, string> = {}, env?: TestEnv) {
   const config = loadConfig({ ...(env ?? await testEnv(t)), ...overrides })
   const app = await buildApp(config)
-  t.teardown(() => app.close())
+  const violations = checkContract(app)
+  t.teardown(async () => {
+    await app.close()
+    if (violations.length > 0) throw new Error(`responses that contradict the OpenAPI document:\n${violations.join('\n')}`)
+  })
   await app.ready()
   return app
+}
+
+type Built = Awaited<ReturnType<typeof buildApp>>
+
+/**
+ * Validates every response of a documented route against the document's schema for its
+ * status and content type (errors included), so a document that lies fails the suite.
+ * Returns the list of violations, filled as responses go out.
+ */
+function checkContract (app: Built): string[] {
+  const violations: string[] = []
+  const ajv = new Ajv2020({ strict: false, allErrors: true })
+  addFormats.default(ajv)
+  const validators = new Map<string, ValidateFunction>()
+  app.addHook('onSend', async (request, reply, payload) => {
+    const route = request.routeOptions.url
+    if (route === undefined) return payload
+    const doc = app.swagger() as { paths: Record<string, any>, components: unknown }
+    const path = route.replace(/:(\w+)/g, '{$1}')
+    const operation = doc.paths[path]?.[request.method.toLowerCase()]
+    if (operation === undefined) return payload // not part of the REST contract (GraphQL, docs)
+    const status = String(reply.statusCode)
+    const type = String(reply.getHeader('content-type') ?? '').split(';')[0]!
+    const where = `${request.method} ${path} ${status} ${type}`
+    const schema = operation.responses?.[status]?.content?.[type]?.schema
+    if (schema === undefined) {
+      violations.push(`${where}: not documented`)
+      return payload
+    }
+    let validate = validators.get(where)
+    if (validate === undefined) {
+      validate = ajv.compile({ ...schema, components: doc.components })
+      validators.set(where, validate)
+    }
+    if (!validate(JSON.parse(String(payload)))) violations.push(`${where}: ${ajv.errorsText(validate.errors)}`)
+    return payload
+  })
+  return violations
 }
 
 export type App = Awaited<ReturnType<typeof build>>

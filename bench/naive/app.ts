@@ -8,7 +8,7 @@ import fastifyPostgres from '@fastify/postgres'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import Fastify from 'fastify'
-import { CreateRunBodySchema, IngestBodySchema, RunParamsSchema } from '../../src/routes/schemas.js'
+import { CreateRunBodySchema, IngestBodySchema, ResourceSchema, RunParamsSchema } from '../../src/routes/schemas.js'
 
 export const NAIVE_DDL = `
 create table if not exists naive_runs (
@@ -34,6 +34,7 @@ create table if not exists naive_resources (
 export async function buildNaiveApp (databaseUrl: string, bodyLimit = 64 * 1024 * 1024) {
   const app = Fastify({ logger: { level: 'warn' }, bodyLimit }).withTypeProvider<TypeBoxTypeProvider>()
   await app.register(fastifyPostgres, { connectionString: databaseUrl, max: 10 })
+  app.addSchema(ResourceSchema)
   app.addHook('onReady', async () => { await app.pg.query(NAIVE_DDL) })
 
   app.post('/runs', { schema: { body: CreateRunBodySchema } }, async (request, reply) => {

@@ -43,8 +43,8 @@ const page = `<!doctype html>
 `
 
 const graphiql: FastifyPluginAsync = async function (fastify) {
-  fastify.get('/graphiql', async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
-  fastify.get<{ Params: { name: string } }>('/graphiql/assets/:name', async (request, reply) => {
+  fastify.get('/graphiql', { schema: { hide: true } }, async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
+  fastify.get<{ Params: { name: string } }>('/graphiql/assets/:name', { schema: { hide: true } }, async (request, reply) => {
     const asset = assets[request.params.name]
     if (asset === undefined) return reply.callNotFound()
     return reply.type(asset.type).header('cache-control', 'public, max-age=86400').send(createReadStream(asset.file))

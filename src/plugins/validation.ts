@@ -7,6 +7,7 @@
 import { Ajv, type Options } from 'ajv'
 import addFormats from 'ajv-formats'
 import fp from 'fastify-plugin'
+import { sharedSchemas } from '../routes/schemas.js'
 
 function ajv (options: Options): Ajv {
   const instance = new Ajv({ removeAdditional: false, useDefaults: true, allErrors: false, strict: false, ...options })
@@ -17,6 +18,11 @@ function ajv (options: Options): Ajv {
 export default fp(async function validation (fastify) {
   const body = ajv({ coerceTypes: false })
   const text = ajv({ coerceTypes: 'array' })
+  // Schemas referenced by $id (Resource, Run, …) must be known to both.
+  for (const schema of sharedSchemas) {
+    body.addSchema(schema)
+    text.addSchema(schema)
+  }
   fastify.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? body : text).compile(schema))
 }, { name: 'validation' })

@@ -1,7 +1,7 @@
 /** Liveness (the process answers) and readiness (Postgres and Redis answer too). */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TallyError } from '../errors.js'
-import { HealthSchema, ProblemSchema } from './schemas.js'
+import { HealthSchema, problems } from './schemas.js'
 
 const READY_TIMEOUT_MS = 2000
 
@@ -12,11 +12,11 @@ function withTimeout<T> (p: Promise<T>, ms: number): Promise<T> {
 const health: FastifyPluginAsyncTypebox = async function (fastify) {
   const tags = ['health']
   fastify.get('/healthz', {
-    schema: { tags, summary: 'Liveness', response: { 200: HealthSchema } }
+    schema: { tags, operationId: 'healthz', summary: 'Liveness: the process answers', response: { 200: HealthSchema } }
   }, async () => ({ status: 'ok' as const }))
 
   fastify.get('/readyz', {
-    schema: { tags, summary: 'Readiness: Postgres and Redis answer', response: { 200: HealthSchema, 503: ProblemSchema } }
+    schema: { tags, operationId: 'readyz', summary: 'Readiness: Postgres and Redis answer', response: { 200: HealthSchema, ...problems() } }
   }, async (request) => {
     try {
       await withTimeout(Promise.all([fastify.pg.query('select 1'), fastify.redis.ping()]), READY_TIMEOUT_MS)

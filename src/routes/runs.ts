@@ -2,9 +2,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TallyError } from '../errors.js'
 import type { RunState } from '../reconcile/index.js'
+import { Type } from '@sinclair/typebox'
 import {
   BatchResultSchema, CompleteBodySchema, CreateRunBodySchema, IngestBodySchema, ListRunsQuerySchema,
-  ProblemSchema, RunListSchema, RunParamsSchema, RunSchema, type Run
+  problems, RunListSchema, RunParamsSchema, RunSchema, type Run
 } from './schemas.js'
 
 // Until authentication exists every caller is the default tenant.
@@ -38,9 +39,10 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   fastify.post('/runs', {
     schema: {
       tags,
+      operationId: 'createRun',
       summary: 'Open a scan run for a scope',
       body: CreateRunBodySchema,
-      response: { 201: RunSchema, 400: ProblemSchema, 409: ProblemSchema, 503: ProblemSchema }
+      response: { 201: Type.Ref(RunSchema), ...problems(400, 409, 413, 415) }
     }
   }, async (request, reply) => {
     const state = await reconcile.openRun({ tenant: TENANT, ...request.body })
@@ -50,9 +52,10 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   fastify.get('/runs', {
     schema: {
       tags,
+      operationId: 'listRuns',
       summary: 'List runs, newest first',
       querystring: ListRunsQuerySchema,
-      response: { 200: RunListSchema, 400: ProblemSchema, 503: ProblemSchema }
+      response: { 200: RunListSchema, ...problems(400) }
     }
   }, async (request) => {
     const { scope, status, limit, cursor } = request.query
@@ -70,27 +73,21 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   fastify.get('/runs/:id', {
     schema: {
       tags,
+      operationId: 'getRun',
       summary: 'Read a run and its counters',
       params: RunParamsSchema,
-      response: { 200: RunSchema, 400: ProblemSchema, 404: ProblemSchema, 503: ProblemSchema }
+      response: { 200: Type.Ref(RunSchema), ...problems(400, 404) }
     }
   }, async (request) => runView(await reconcile.getRun(request.params.id)))
 
   fastify.post('/runs/:id/resources', {
     schema: {
       tags,
+      operationId: 'ingestBatch',
       summary: 'Ingest a batch of resources into an open run',
       params: RunParamsSchema,
       body: IngestBodySchema,
-      response: {
-        200: BatchResultSchema,
-        400: ProblemSchema,
-        404: ProblemSchema,
-        409: ProblemSchema,
-        413: ProblemSchema,
-        415: ProblemSchema,
-        503: ProblemSchema
-      }
+      response: { 200: Type.Ref(BatchResultSchema), ...problems(400, 404, 409, 413, 415) }
     }
   }, async (request) => {
     const { resources } = request.body
@@ -104,10 +101,11 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   fastify.post('/runs/:id/complete', {
     schema: {
       tags,
+      operationId: 'completeRun',
       summary: 'Complete a run: delete what vanished since the baseline, and make it the baseline',
       params: RunParamsSchema,
       body: CompleteBodySchema,
-      response: { 200: RunSchema, 400: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema, 422: ProblemSchema, 503: ProblemSchema }
+      response: { 200: Type.Ref(RunSchema), ...problems(400, 404, 409, 413, 415, 422) }
     },
     // An empty POST means "no options".
     preValidation: async (request) => { request.body ??= {} }
@@ -116,9 +114,10 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   fastify.post('/runs/:id/abort', {
     schema: {
       tags,
+      operationId: 'abortRun',
       summary: 'Abort a run; nothing is deleted',
       params: RunParamsSchema,
-      response: { 200: RunSchema, 400: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema, 503: ProblemSchema }
+      response: { 200: Type.Ref(RunSchema), ...problems(400, 404, 409) }
     }
   }, async (request) => runView(await reconcile.abortRun(request.params.id)))
 }

@@ -1,5 +1,9 @@
-/** TypeBox schemas of the REST contract; every request and response type derives from these. */
-import { Type, type Static } from '@sinclair/typebox'
+/**
+ * TypeBox schemas of the REST contract; every request and response type derives from these.
+ * The shared ones carry an `$id`: they are registered once (`sharedSchemas`), referenced with
+ * `Type.Ref`, and become named components of the OpenAPI document.
+ */
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { problemCodes, type ProblemCode } from '../errors.js'
 import { runStatuses } from '../db/schema.js'
 
@@ -11,12 +15,12 @@ export const RunIdSchema = Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_I
 export const RunStatusSchema = Type.Union(runStatuses.map((s) => Type.Literal(s)))
 
 export const ProblemSchema = Type.Object({
-  type: Type.String(),
+  type: Type.String({ description: 'urn:tally:problem:<code>' }),
   title: Type.String(),
   status: Type.Integer(),
   detail: Type.String(),
-  code: Type.Union((Object.keys(problemCodes) as ProblemCode[]).map((c) => Type.Literal(c)))
-}, { additionalProperties: true })
+  code: Type.Unsafe<ProblemCode>({ type: 'string', enum: Object.keys(problemCodes), description: 'stable, for programs' })
+}, { $id: 'Problem', additionalProperties: true, description: 'RFC 9457 problem details; some codes add fields (openRunId, stale, baseline, seen, expected, errors)' })
 
 export const RunStatsSchema = Type.Object({
   seen: Type.Integer(),
@@ -25,7 +29,7 @@ export const RunStatsSchema = Type.Object({
   unchanged: Type.Integer(),
   deleted: Type.Integer(),
   batches: Type.Integer()
-})
+}, { $id: 'RunStats' })
 
 const ScannerSchema = Type.Object({
   name: Type.String({ minLength: 1, maxLength: 256 }),
@@ -41,11 +45,11 @@ export const RunSchema = Type.Object({
   scanner: Type.Union([ScannerSchema, Type.Null()]),
   startedAt: Type.String({ format: 'date-time' }),
   completedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
-  stats: RunStatsSchema
-})
+  stats: Type.Ref(RunStatsSchema)
+}, { $id: 'Run' })
 
 export const RunListSchema = Type.Object({
-  items: Type.Array(RunSchema),
+  items: Type.Array(Type.Ref(RunSchema)),
   nextCursor: Type.Union([Type.String(), Type.Null()])
 })
 
@@ -70,11 +74,11 @@ export const ResourceSchema = Type.Object({
   region: Type.Optional(Type.String({ maxLength: 64 })),
   tags: Type.Optional(Type.Record(Type.String({ maxLength: 512 }), Type.String({ maxLength: 4096 }), { maxProperties: 256 })),
   attributes: Type.Optional(Type.Record(Type.String(), Type.Unknown()))
-}, { additionalProperties: false })
+}, { $id: 'Resource', additionalProperties: false })
 
 export const IngestBodySchema = Type.Object({
   batchId: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
-  resources: Type.Array(ResourceSchema, { minItems: 1 })
+  resources: Type.Array(Type.Ref(ResourceSchema), { minItems: 1 })
 }, { additionalProperties: false })
 
 export const BatchResultSchema = Type.Object({
@@ -84,7 +88,7 @@ export const BatchResultSchema = Type.Object({
   updated: Type.Integer(),
   unchanged: Type.Integer(),
   duplicate: Type.Boolean()
-})
+}, { $id: 'BatchResult' })
 
 export const CompleteBodySchema = Type.Object({
   expectedResources: Type.Optional(Type.Integer({ minimum: 0 })),
@@ -95,6 +99,20 @@ export const CompleteBodySchema = Type.Object({
 export const RunParamsSchema = Type.Object({ id: RunIdSchema })
 
 export const HealthSchema = Type.Object({ status: Type.Literal('ok') })
+
+export const sharedSchemas: TSchema[] = [ProblemSchema, RunStatsSchema, RunSchema, ResourceSchema, BatchResultSchema]
+
+/**
+ * Problem responses for the given statuses, always with 500 and 503: each sent as
+ * application/problem+json, which the OpenAPI document then says too.
+ */
+export function problems (...statuses: number[]) {
+  const problem = {
+    description: 'A problem (RFC 9457); `code` says which',
+    content: { 'application/problem+json': { schema: Type.Ref(ProblemSchema) } }
+  }
+  return Object.fromEntries([...statuses, 500, 503].map((s) => [s, problem]))
+}
 
 export type Run = Static<typeof RunSchema>
 export type CreateRunBody = Static<typeof CreateRunBodySchema>
