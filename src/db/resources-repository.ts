@@ -2,7 +2,7 @@
  * Resource rows. Every function takes a whole batch: one statement however many resources,
  * because a query per resource is what this server exists to avoid.
  */
-import { and, eq, gt, isNull, lt, sql, type SQL } from 'drizzle-orm'
+import { and, asc, eq, gt, isNull, lt, sql, type SQL } from 'drizzle-orm'
 import type { Db, Executor } from './client.js'
 import { resources } from './schema.js'
 
@@ -30,6 +30,8 @@ function primaryKeyProbe (tenant: string, scope: string, columns: SQL) {
   return sql`select ${columns}, deleted_at from resources
     where tenant = ${tenant} and scope = ${scope} and id = u.id limit 1`
 }
+
+const ORPHAN_PAGE = 5000
 
 export function createResourcesRepository (db: Db) {
   return {
@@ -105,16 +107,29 @@ export function createResourcesRepository (db: Db) {
 
     /**
      * Live ids last written by a run after `afterRunId` and before `beforeRunId`: what runs that
-     * never completed created or changed since the baseline. An index range scan, so the rows
-     * the current run rewrote are never read.
+     * never completed created or changed since the baseline. Read in pages ordered like
+     * `resources_live_changed_run_idx`: the order and limit make that index the planner's
+     * choice even without statistics (otherwise it may take another index on tenant and scope
+     * and read the whole scope: 2 s at 1M rows), and the rows the current run rewrote are never read.
      */
     async liveIdsWrittenBetween (tenant: string, scope: string, afterRunId: number, beforeRunId: number): Promise<string[]> {
-      const rows = await db.select({ id: resources.id }).from(resources)
-        .where(and(
-          eq(resources.tenant, tenant), eq(resources.scope, scope), isNull(resources.deletedAt),
-          gt(resources.changedRunId, afterRunId), lt(resources.changedRunId, beforeRunId)
-        ))
-      return rows.map((r) => r.id)
+      const ids: string[] = []
+      let after: { runId: number, id: string } | null = null
+      for (;;) {
+        const rows: Array<{ id: string, changedRunId: number }> = await db.select({ id: resources.id, changedRunId: resources.changedRunId })
+          .from(resources)
+          .where(and(
+            eq(resources.tenant, tenant), eq(resources.scope, scope), isNull(resources.deletedAt),
+            gt(resources.changedRunId, afterRunId), lt(resources.changedRunId, beforeRunId),
+            after === null ? undefined : sql`(${resources.changedRunId}, ${resources.id}) > (${after.runId}, ${after.id})`
+          ))
+          .orderBy(asc(resources.changedRunId), asc(resources.id))
+          .limit(ORPHAN_PAGE)
+        ids.push(...rows.map((r) => r.id))
+        const last = rows.at(-1)
+        if (rows.length < ORPHAN_PAGE || last === undefined) return ids
+        after = { runId: last.changedRunId, id: last.id }
+      }
     }
   }
 }
