@@ -4,9 +4,7 @@
  */
 import type { Redis, Cluster, Result } from 'ioredis'
 
-/** A marker's state as a script reports it. */
-export const MARKER_OPEN = 1
-export const MARKER_NOT_OPEN = -1
+/** What the scripts return when a shard's marker is gone (1 means done, -1 another state). */
 export const MARKER_MISSING = -2
 
 const commands = {

@@ -115,4 +115,3 @@ export function problems (...statuses: number[]) {
 }
 
 export type Run = Static<typeof RunSchema>
-export type CreateRunBody = Static<typeof CreateRunBodySchema>
