@@ -11,6 +11,7 @@ export const problemCodes = {
   not_found: { status: 404, title: 'No such route' },
   run_not_found: { status: 404, title: 'No such run' },
   run_not_open: { status: 409, title: 'The run is not open' },
+  batch_id_reused: { status: 422, title: 'The batch id was already used for a different batch' },
   scope_has_open_run: { status: 409, title: 'The scope already has an open run' },
   run_state_lost: { status: 409, title: "The run's Redis state is lost; abort it and rescan" },
   expected_count_mismatch: { status: 422, title: 'The run saw a different number of resources than expected' },

@@ -117,7 +117,7 @@ async function settleKeys (deps: ReconcileDeps, run: RunRow): Promise<void> {
       ? redis.persist(keys.seen(run, k, run.id))
       : redis.unlink(keys.seen(run, k, run.id))),
     ...shards(run.shardCount).map((k) => redis.unlink(keys.marker(run, k, run.id))),
-    redis.unlink(keys.counters(run.id)),
+    redis.unlink(keys.counters(run.id), keys.batches(run.id)),
     // Hash caches kept under another shard count answer for ids they were not written for.
     ...(old === undefined || old.shardCount === run.shardCount
       ? []

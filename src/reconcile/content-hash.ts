@@ -22,5 +22,10 @@ export function contentHash (r: ResourceIn): string {
     tags: r.tags ?? {},
     attributes: r.attributes ?? {}
   })
-  return h64ToString(canonical as string)
+  return digest(canonical as string)
+}
+
+/** XXH64 of any text, 16 hex digits. */
+export function digest (text: string): string {
+  return h64ToString(text)
 }

@@ -5,11 +5,13 @@
  * written by one upsert statement. A failure at any step leaves a state that a retry of
  * the same batch repairs.
  */
+import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { LRUCache } from 'lru-cache'
 import type { RunRow } from '../db/runs-repository.js'
 import type { ResourceWrite } from '../db/resources-repository.js'
 import { TallyError } from '../errors.js'
-import { contentHash } from './content-hash.js'
+import { contentHash, digest } from './content-hash.js'
 import { groupByShard } from './keys.js'
 import { requireRun } from './runs.js'
 import { MARKER_MISSING } from './scripts.js'
@@ -66,16 +68,54 @@ function toWrite (r: ResourceIn, hash: string): ResourceWrite {
   }
 }
 
+/** How long a claim on a batch id holds before another copy may take it over (its holder died). */
+const CLAIM_STALE_MS = 30_000
+const CLAIM_POLL_MS = 25
+
+/** What a batch id's record holds: the first copy's result, and a fingerprint of its content. */
+interface BatchRecord {
+  received: number
+  created: number
+  updated: number
+  unchanged: number
+  fingerprint: string
+}
+
+/** Ids and content hashes, in order: two copies of a batch agree on it, a different batch does not. */
+function fingerprintOf (items: Map<string, Item>): string {
+  let text = ''
+  for (const [id, item] of items) text += `${id}\u0000${item.hash}\n`
+  return digest(text)
+}
+
+function replayOf (deps: ReconcileDeps, run: RunRow, batchId: string, stored: string, fingerprint: string): BatchResult {
+  const record = JSON.parse(stored) as BatchRecord
+  if (record.fingerprint !== fingerprint) {
+    throw new TallyError('batch_id_reused',
+      `Batch id ${JSON.stringify(batchId)} was already used for a different batch of run ${run.id}; use a new id per batch`)
+  }
+  deps.log.info({ runId: run.id, batchId }, 'replayed batch answered from its first result')
+  return { runId: run.id, received: record.received, created: record.created, updated: record.updated, unchanged: record.unchanged, duplicate: true }
+}
+
 /**
  * Returns `ingestBatch`. A run's scope and shard count never change, so its row is cached for
  * good; whether it is still open is never cached: the shard markers answer that, atomically,
  * on every batch.
+ *
+ * With a batch id, a batch applies and counts once: the first copy claims the id, a copy that
+ * arrives meanwhile waits for its result, and later copies get that result with
+ * `duplicate: true`. A copy whose claim holder died takes the claim over after CLAIM_STALE_MS;
+ * should both finish, the batch is recorded (and counted) by whichever finishes first.
  */
 export function createIngest (deps: ReconcileDeps) {
   const runCache: RunCache = new LRUCache<number, RunRow>({ max: 10_000 })
-  return async function ingestBatch (runId: number, resources: ResourceIn[]): Promise<BatchResult> {
+  return async function ingestBatch (runId: number, resources: ResourceIn[], batchId?: string): Promise<BatchResult> {
     try {
-      return await ingest(deps, await runFor(deps, runCache, runId), resources)
+      const run = await runFor(deps, runCache, runId)
+      const items = itemsOf(resources)
+      if (batchId === undefined) return await ingest(deps, run, items, resources.length)
+      return await ingestOnce(deps, run, items, resources.length, batchId)
     } catch (err) {
       if (err instanceof TallyError) runCache.delete(runId)
       throw err
@@ -83,12 +123,35 @@ export function createIngest (deps: ReconcileDeps) {
   }
 }
 
-async function ingest (deps: ReconcileDeps, run: RunRow, resources: ResourceIn[]): Promise<BatchResult> {
-  const { redis, keys } = deps
+function itemsOf (resources: ResourceIn[]): Map<string, Item> {
   const items = new Map<string, Item>()
   for (const [id, resource] of dedupe(resources)) {
     items.set(id, { resource, hash: contentHash(resource), kind: 'created' })
   }
+  return items
+}
+
+async function ingestOnce (deps: ReconcileDeps, run: RunRow, items: Map<string, Item>, received: number, batchId: string): Promise<BatchResult> {
+  const { redis, keys } = deps
+  const fingerprint = fingerprintOf(items)
+  const token = randomUUID()
+  for (;;) {
+    const [state, stored] = await redis.tallyBatchClaim(keys.batches(run.id), batchId, token, CLAIM_STALE_MS, deps.settings.runTtl)
+    if (state === 'done') return replayOf(deps, run, batchId, stored, fingerprint)
+    if (state === 'claimed') break
+    await sleep(CLAIM_POLL_MS)
+  }
+  try {
+    return await ingest(deps, run, items, received, { batchId, fingerprint })
+  } catch (err) {
+    await redis.tallyBatchRelease(keys.batches(run.id), batchId, token).catch(() => {})
+    throw err
+  }
+}
+
+async function ingest (deps: ReconcileDeps, run: RunRow, items: Map<string, Item>, received: number,
+  batch?: { batchId: string, fingerprint: string }): Promise<BatchResult> {
+  const { redis, keys } = deps
 
   // 1. One script per shard: check the marker, SADD the ids, HMGET their cached hashes.
   const byShard = groupByShard(items.keys(), run.shardCount)
@@ -140,18 +203,15 @@ async function ingest (deps: ReconcileDeps, run: RunRow, resources: ResourceIn[]
     }
   }
 
-  // 4. After commit: refresh the hash cache and count the batch.
+  // 4. After commit: refresh the hash cache; record the batch and count it, in one step.
   const fills = groupByShard(cacheFill.keys(), run.shardCount)
-  await Promise.all([
-    ...[...fills].map(([shard, ids]) => redis.hset(
-      keys.hash(run, shard, run.shardCount), ...ids.flatMap((id) => [id, cacheFill.get(id)!]))),
-    redis.multi()
-      .hincrby(keys.counters(run.id), 'created', counts.created)
-      .hincrby(keys.counters(run.id), 'updated', counts.updated)
-      .hincrby(keys.counters(run.id), 'unchanged', counts.unchanged)
-      .hincrby(keys.counters(run.id), 'batches', 1)
-      .expire(keys.counters(run.id), deps.settings.runTtl)
-      .exec()
+  const record: BatchRecord = { received, ...counts, fingerprint: batch?.fingerprint ?? '' }
+  const [, earlier] = await Promise.all([
+    Promise.all([...fills].map(([shard, ids]) => redis.hset(
+      keys.hash(run, shard, run.shardCount), ...ids.flatMap((id) => [id, cacheFill.get(id)!])))),
+    redis.tallyBatchDone(keys.batches(run.id), keys.counters(run.id), batch?.batchId ?? '', JSON.stringify(record),
+      counts.created, counts.updated, counts.unchanged, deps.settings.runTtl)
   ])
-  return { runId: run.id, received: resources.length, ...counts, duplicate: false }
+  if (batch !== undefined && earlier !== '') return replayOf(deps, run, batch.batchId, earlier, batch.fingerprint)
+  return { runId: run.id, received, ...counts, duplicate: false }
 }

@@ -40,8 +40,10 @@ export function createKeys (prefix: string) {
     hash: (s: ScopeRef, shard: number, shardCount: number) => `${tag(s, shard)}:hash:${shardCount}`,
     /** STRING marker open | closing: proves the shard's set is whole and fences ingestion. */
     marker: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:run:${runId}`,
-    /** HASH of the open run's counters. */
-    counters: (runId: number) => `${prefix}run:${runId}`
+    /** HASH of the open run's counters, and `touched`: when it last took a batch (ms). */
+    counters: (runId: number) => `${prefix}{run:${runId}}`,
+    /** HASH batch id -> the batch's result, or a claim while a copy is being applied. Same slot as the counters. */
+    batches: (runId: number) => `${prefix}{run:${runId}}:batches`
   }
 }
 

@@ -7,10 +7,12 @@ type Deps = Pick<ReconcileDeps, 'redis' | 'keys'>
 
 export const shards = (count: number) => Array.from({ length: count }, (_, k) => k)
 
-/** Writes the `open` marker in every shard of a new run. */
+/** Writes the `open` marker in every shard of a new run, and marks it touched now. */
 export async function writeMarkers (deps: Deps, run: RunRow, ttl: number): Promise<void> {
-  await Promise.all(shards(run.shardCount).map((k) =>
-    deps.redis.set(deps.keys.marker(run, k, run.id), 'open', 'EX', ttl)))
+  await Promise.all([
+    ...shards(run.shardCount).map((k) => deps.redis.set(deps.keys.marker(run, k, run.id), 'open', 'EX', ttl)),
+    deps.redis.multi().hset(deps.keys.counters(run.id), 'touched', Date.now()).expire(deps.keys.counters(run.id), ttl).exec()
+  ])
 }
 
 /**
@@ -42,6 +44,6 @@ export async function dropRunKeys (deps: Deps, run: RunRow): Promise<void> {
   await Promise.all([
     ...shards(run.shardCount).map((k) =>
       deps.redis.unlink(deps.keys.seen(run, k, run.id), deps.keys.marker(run, k, run.id))),
-    deps.redis.unlink(deps.keys.counters(run.id))
+    deps.redis.unlink(deps.keys.counters(run.id), deps.keys.batches(run.id))
   ])
 }

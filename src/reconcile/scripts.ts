@@ -48,6 +48,60 @@ if m == ARGV[1] or m == ARGV[2] then
   return 1
 end
 return -1`
+  },
+  /**
+   * KEYS batches; ARGV batchId, token, staleMs, ttl. Claims a batch id for one copy of a batch.
+   * Returns {'done', result} when a copy already applied it, {'pending', ''} while another copy
+   * holds a claim younger than staleMs, else {'claimed', ''}: the caller applies the batch.
+   * A claim is `pending:<token>:<ms>`, in Redis time, so instances need no common clock.
+   */
+  tallyBatchClaim: {
+    numberOfKeys: 1,
+    lua: `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then
+  if string.sub(v, 1, 8) ~= 'pending:' then return {'done', v} end
+  local since = tonumber(string.match(v, ':(%d+)$'))
+  if since and now - since < tonumber(ARGV[3]) then return {'pending', ''} end
+end
+redis.call('HSET', KEYS[1], ARGV[1], 'pending:' .. ARGV[2] .. ':' .. now)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {'claimed', ''}`
+  },
+  /**
+   * KEYS batches, counters; ARGV batchId ('' for none), result, created, updated, unchanged, ttl.
+   * Records a batch as applied and counts it, atomically: if a copy of the batch was recorded
+   * first, counts nothing and returns that copy's result; else returns ''.
+   */
+  tallyBatchDone: {
+    numberOfKeys: 2,
+    lua: `
+if ARGV[1] ~= '' then
+  local v = redis.call('HGET', KEYS[1], ARGV[1])
+  if v and string.sub(v, 1, 8) ~= 'pending:' then return v end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+end
+local t = redis.call('TIME')
+redis.call('HINCRBY', KEYS[2], 'created', ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'updated', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'unchanged', ARGV[5])
+redis.call('HINCRBY', KEYS[2], 'batches', 1)
+redis.call('HSET', KEYS[2], 'touched', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return ''`
+  },
+  /** KEYS batches; ARGV batchId, token. Drops this copy's claim after it failed, so a retry need not wait. */
+  tallyBatchRelease: {
+    numberOfKeys: 1,
+    lua: `
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and string.find(v, 'pending:' .. ARGV[2] .. ':', 1, true) == 1 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0`
   }
 } as const
 
@@ -55,6 +109,10 @@ declare module 'ioredis' {
   interface RedisCommander<Context> {
     tallyObserve(marker: string, seen: string, hash: string, ttl: number, ...ids: string[]): Result<number | Array<string | null>, Context>
     tallyMarker(marker: string, from: string, to: string): Result<number, Context>
+    tallyBatchClaim(batches: string, batchId: string, token: string, staleMs: number, ttl: number): Result<[ 'done' | 'pending' | 'claimed', string ], Context>
+    tallyBatchDone(batches: string, counters: string, batchId: string, result: string,
+      created: number, updated: number, unchanged: number, ttl: number): Result<string, Context>
+    tallyBatchRelease(batches: string, batchId: string, token: string): Result<number, Context>
   }
 }
 

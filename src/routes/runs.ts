@@ -4,7 +4,7 @@ import { TallyError } from '../errors.js'
 import type { RunState } from '../reconcile/index.js'
 import { Type } from '@sinclair/typebox'
 import {
-  BatchResultSchema, CompleteBodySchema, CreateRunBodySchema, IngestBodySchema, ListRunsQuerySchema,
+  BatchResultSchema, CompleteBodySchema, CreateRunBodySchema, IngestBodySchema, IngestHeadersSchema, ListRunsQuerySchema,
   problems, RunListSchema, RunParamsSchema, RunSchema, type Run
 } from './schemas.js'
 
@@ -86,16 +86,21 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       operationId: 'ingestBatch',
       summary: 'Ingest a batch of resources into an open run',
       params: RunParamsSchema,
+      headers: IngestHeadersSchema,
       body: IngestBodySchema,
-      response: { 200: Type.Ref(BatchResultSchema), ...problems(400, 404, 409, 413, 415) }
+      response: { 200: Type.Ref(BatchResultSchema), ...problems(400, 404, 409, 413, 415, 422) }
     }
   }, async (request) => {
-    const { resources } = request.body
+    const { resources, batchId: bodyId } = request.body
+    const headerId = request.headers['idempotency-key']
     const max = fastify.config.MAX_BATCH
     if (resources.length > max) {
       throw new TallyError('batch_too_large', `A batch holds at most ${max} resources; this one has ${resources.length}`)
     }
-    return reconcile.ingestBatch(request.params.id, resources)
+    if (bodyId !== undefined && headerId !== undefined && bodyId !== headerId) {
+      throw new TallyError('validation_failed', 'batchId and the Idempotency-Key header differ; send one, or the same in both')
+    }
+    return reconcile.ingestBatch(request.params.id, resources, bodyId ?? headerId)
   })
 
   fastify.post('/runs/:id/complete', {

@@ -76,10 +76,21 @@ export const ResourceSchema = Type.Object({
   attributes: Type.Optional(Type.Record(Type.String(), Type.Unknown()))
 }, { $id: 'Resource', additionalProperties: false })
 
+const BatchIdSchema = Type.String({
+  minLength: 1,
+  maxLength: 128,
+  pattern: '^[\\x21-\\x7e]+$',
+  description: 'Names the batch so that a retried copy applies and counts once; unique per batch within a run'
+})
+
 export const IngestBodySchema = Type.Object({
-  batchId: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  batchId: Type.Optional(BatchIdSchema),
   resources: Type.Array(Type.Ref(ResourceSchema), { minItems: 1 })
 }, { additionalProperties: false })
+
+export const IngestHeadersSchema = Type.Object({
+  'idempotency-key': Type.Optional(BatchIdSchema)
+})
 
 export const BatchResultSchema = Type.Object({
   runId: Type.Integer(),
@@ -87,7 +98,7 @@ export const BatchResultSchema = Type.Object({
   created: Type.Integer(),
   updated: Type.Integer(),
   unchanged: Type.Integer(),
-  duplicate: Type.Boolean()
+  duplicate: Type.Boolean({ description: 'true when this batch id was applied before: the counts are those of the first copy' })
 }, { $id: 'BatchResult' })
 
 export const CompleteBodySchema = Type.Object({
