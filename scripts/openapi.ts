@@ -7,7 +7,7 @@ import { writeFile } from 'node:fs/promises'
 import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 
-const app = await buildApp(loadConfig({ ...process.env, LOG_LEVEL: 'warn' }))
+const app = await buildApp(loadConfig({ ...process.env, LOG_LEVEL: 'warn', MIGRATE_ON_START: 'false' }))
 try {
   await app.ready()
   await writeFile(new URL('../openapi.json', import.meta.url), JSON.stringify(app.swagger(), null, 2) + '\n')

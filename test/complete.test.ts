@@ -18,7 +18,15 @@ t.test('the mass-deletion guard refuses, keeps the run open, and force passes', 
   const refused = await tally.complete(runId)
   t.equal(refused.status, 422)
   t.equal(refused.headers['content-type'], 'application/problem+json; charset=utf-8')
-  t.match(refused.body, { code: 'mass_deletion_guard', status: 422, stale: 140, baseline: 200 })
+  t.match(refused.body, {
+    code: 'mass_deletion_guard',
+    status: 422,
+    stale: 140,
+    baseline: 200,
+    byType: [{ type: 'aws::ec2::instance', count: 140 }],
+    described: 140,
+    sample: ids(20, 60)
+  }, 'the reply says what it holds back: counts by type and a sample of ids')
   t.equal((await liveIds(db, scope)).length, 200, 'nothing deleted')
   t.equal((await tally.get(runId)).body.status, 'open', 'the run stays open')
 
@@ -146,4 +154,35 @@ t.test('completing twice answers the same run; completion is idempotent', async 
   t.same(a.body, b.body)
   t.equal(a.body.stats.deleted, 2)
   t.same((await tally.complete(opened.body.id)).body, a.body)
+})
+
+t.test('skip: nothing in a partition the scanner failed to enumerate is deleted', async (t) => {
+  const app = await build(t)
+  const db = await sqlClient(t, app)
+  const tally = api(app)
+  const scope = 'aws/partial'
+  const estate = [
+    ...ids(10, 0).map((id) => resource(id, { type: 'aws::s3::bucket', region: 'us-east-1' })),
+    ...ids(10, 10).map((id) => resource(id, { type: 'aws::ec2::instance', region: 'eu-west-1' })),
+    ...ids(10, 20).map((id) => resource(id, { type: 'aws::ec2::instance', region: 'us-east-1' })),
+    ...ids(10, 30).map((id) => resource(id, { type: 'aws::lambda::function', region: 'eu-west-1' }))
+  ]
+  await tally.scan(scope, estate)
+
+  // The next scan saw none of eu-west-1 (its API failed), no S3 bucket, and lost r-0020 for real.
+  const opened = await tally.open(scope)
+  const runId = opened.body.id as number
+  await tally.ingest(runId, estate.slice(21, 30))
+  const skip = [{ region: 'eu-west-1' }, { type: 'aws::s3::bucket' }]
+  const done = await tally.complete(runId, { skip })
+  t.equal(done.status, 200)
+  t.same(done.body.skip, skip, 'the run says which partitions it skipped')
+  t.match(done.body.stats, { seen: 9, deleted: 1, skipped: 30 })
+  t.same(await liveIds(db, scope), ids(40).filter((id) => id !== 'r-0020'), 'only the lost resource outside the skipped partitions went')
+
+  // A skip entry must name a partition: {} would mean "everything".
+  const next = await tally.open(scope)
+  t.match((await tally.complete(next.body.id, { skip: [{}] })).body, { status: 400, code: 'validation_failed' })
+  t.match((await tally.complete(next.body.id, { skip: [{ zone: 'a' }] })).body, { status: 400, code: 'validation_failed' })
+  t.equal((await tally.get(next.body.id)).body.status, 'open', 'a refused body changes nothing')
 })

@@ -24,7 +24,7 @@ t.test('openapi', async (t) => {
     const ops = Object.values(served.paths as Record<string, Record<string, { operationId?: string }>>)
       .flatMap((methods) => Object.values(methods).map((op) => op.operationId))
     t.same(ops.sort(), ['abortRun', 'completeRun', 'createRun', 'getRun', 'healthz', 'ingestBatch', 'listRuns', 'readyz'])
-    t.same(Object.keys(served.components.schemas).sort(), ['BatchResult', 'Problem', 'Resource', 'Run', 'RunStats'])
+    t.same(Object.keys(served.components.schemas).sort(), ['BatchResult', 'Problem', 'Resource', 'Run', 'RunStats', 'SkipPartition'])
     t.ok(served.components.schemas.Problem.properties.code.enum.includes('mass_deletion_guard'), 'problem codes are an enum')
   })
 

@@ -79,6 +79,30 @@ export function createResourcesRepository (db: Db) {
       return new Set(result.rows.map((r) => r.id))
     },
 
+    /** Type and region of the live rows among `ids`: what partition each lies in. */
+    async livePartitions (tenant: string, scope: string, ids: string[]): Promise<Array<{ id: string, type: string, region: string | null }>> {
+      if (ids.length === 0) return []
+      const result = await db.execute<{ id: string, type: string, region: string | null }>(sql`
+        select u.id, r.type, r.region
+        from unnest(${sql.param(ids)}::text[]) as u(id)
+        cross join lateral (${primaryKeyProbe(tenant, scope, sql`type, region`)}) r
+        where r.deleted_at is null`)
+      return result.rows
+    },
+
+    /**
+     * Removes up to `limit` rows soft-deleted more than `retentionSeconds` ago, oldest first,
+     * across every scope; returns how many. Bounded, so a large backlog never holds locks long.
+     */
+    async purgeDeleted (retentionSeconds: number, limit: number): Promise<number> {
+      const result = await db.execute(sql`
+        delete from resources where ctid = any(array(
+          select ctid from resources
+          where deleted_at is not null and deleted_at < now() - make_interval(secs => ${retentionSeconds})
+          order by deleted_at limit ${limit}))`)
+      return result.rowCount ?? 0
+    },
+
     /** Soft-deletes the live rows among `ids`; returns how many it deleted. */
     async softDelete (tenant: string, scope: string, ids: string[], runId: number, tx: Executor = db): Promise<number> {
       if (ids.length === 0) return 0

@@ -1,7 +1,7 @@
 /** Runs and scopes: opening, listing, conditional status moves and the baseline promotion. */
 import { and, desc, eq, inArray, lt, sql, type SQL } from 'drizzle-orm'
 import type { Db, Executor, Tx } from './client.js'
-import { runs, scopes, type RunStatus } from './schema.js'
+import { runs, scopes, type RunStatus, type SkipPartition } from './schema.js'
 
 export type RunRow = typeof runs.$inferSelect
 export type ScopeRow = typeof scopes.$inferSelect
@@ -13,6 +13,7 @@ export interface RunCounts {
   unchanged: number
   deleted: number
   batches: number
+  skipped: number
 }
 
 export interface NewRun {
@@ -89,9 +90,9 @@ export function createRunsRepository (db: Db) {
       return row
     },
 
-    async finishRun (id: number, status: 'completed' | 'superseded', counts: RunCounts, tx: Tx): Promise<RunRow | undefined> {
+    async finishRun (id: number, status: 'completed' | 'superseded', counts: RunCounts, skip: SkipPartition[], tx: Tx): Promise<RunRow | undefined> {
       const [row] = await tx.update(runs)
-        .set({ status, completedAt: sql`now()`, ...counts })
+        .set({ status, completedAt: sql`now()`, ...counts, skip })
         .where(and(eq(runs.id, id), eq(runs.status, 'completing')))
         .returning()
       return row

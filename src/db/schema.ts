@@ -17,6 +17,11 @@ const tenant = () => text().notNull().default('default')
 const runRef = () => bigint({ mode: 'number' })
 const at = () => timestamp({ withTimezone: true, mode: 'date' })
 
+export interface SkipPartition {
+  type?: string | undefined
+  region?: string | undefined
+}
+
 export const runStatuses = ['open', 'completing', 'completed', 'aborted', 'superseded'] as const
 export type RunStatus = typeof runStatuses[number]
 
@@ -49,7 +54,11 @@ export const runs = pgTable('runs', {
   updated: bigint({ mode: 'number' }).notNull().default(0),
   unchanged: bigint({ mode: 'number' }).notNull().default(0),
   deleted: bigint({ mode: 'number' }).notNull().default(0),
-  batches: bigint({ mode: 'number' }).notNull().default(0)
+  batches: bigint({ mode: 'number' }).notNull().default(0),
+  /** Partitions the scanner could not enumerate (complete's `skip`): nothing in them was deleted. */
+  skip: jsonb().$type<SkipPartition[]>().notNull().default([]),
+  /** Resources the run did not see but kept because they lie in a skipped partition. */
+  skipped: bigint({ mode: 'number' }).notNull().default(0)
 }, (t) => [
   index('runs_scope_idx').on(t.tenant, t.scope, t.id),
   index('runs_status_idx').on(t.tenant, t.status, t.id),
@@ -82,5 +91,7 @@ export const resources = pgTable('resources', {
   index('resources_live_changed_at_idx').on(t.tenant, t.scope, t.changedAt).where(sql`deleted_at is null`),
   index('resources_tags_idx').using('gin', sql`tags jsonb_path_ops`).where(sql`deleted_at is null`),
   // Finds rows written since the baseline by runs that never completed (see reconcile/complete).
-  index('resources_live_changed_run_idx').on(t.tenant, t.scope, t.changedRunId).where(sql`deleted_at is null`)
+  index('resources_live_changed_run_idx').on(t.tenant, t.scope, t.changedRunId).where(sql`deleted_at is null`),
+  // The purge of rows soft-deleted longer ago than DELETED_RETENTION reads the oldest first.
+  index('resources_deleted_at_idx').on(t.deletedAt).where(sql`deleted_at is not null`)
 ])

@@ -41,14 +41,14 @@ function connection<R> (rows: R[], limit: number, key: (row: R) => string | numb
 const iso = (d: Date | null) => d?.toISOString() ?? null
 
 function runView (run: RunRow) {
-  const { seen, created, updated, unchanged, deleted, batches } = run
+  const { seen, created, updated, unchanged, deleted, batches, skipped } = run
   return {
     ...run,
     scanner: run.scannerName === null ? null : { name: run.scannerName, version: run.scannerVersion },
     startedAt: iso(run.startedAt),
     completedAt: iso(run.completedAt),
     durationMs: run.completedAt === null ? null : run.completedAt.getTime() - run.startedAt.getTime(),
-    stats: { seen, created, updated, unchanged, deleted, batches }
+    stats: { seen, created, updated, unchanged, deleted, batches, skipped }
   }
 }
 

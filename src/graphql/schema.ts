@@ -33,7 +33,7 @@ export const schema = /* GraphQL */ `
   }
 
   type Scanner { name: String!, version: String }
-  type RunStats { seen: Int!, created: Int!, updated: Int!, unchanged: Int!, deleted: Int!, batches: Int! }
+  type RunStats { seen: Int!, created: Int!, updated: Int!, unchanged: Int!, deleted: Int!, batches: Int!, skipped: Int! }
   type Run {
     id: ID!
     scope: String!

@@ -9,6 +9,7 @@
  */
 import pLimit from 'p-limit'
 import type { RunCounts, RunRow, ScopeRow } from '../db/runs-repository.js'
+import type { SkipPartition } from '../db/schema.js'
 import { TallyError } from '../errors.js'
 import { groupByShard } from './keys.js'
 import { liveCounts, moveMarkers, seenCount, shards, dropRunKeys } from './run-keys.js'
@@ -19,12 +20,17 @@ export interface CompleteOptions {
   expectedResources?: number | undefined
   maxDeleteRatio?: number | undefined
   force?: boolean | undefined
+  /** Partitions the scanner failed to enumerate: nothing in them is deleted. */
+  skip?: SkipPartition[] | undefined
 }
 
 /** Thrown inside the transaction to roll it back when another caller finished the run first. */
 class ConcurrentFinish extends Error {}
 
 const DELETE_CHUNK = 5000
+// A tripped guard describes at most this many of the ids it holds back, and lists a few.
+const GUARD_DESCRIBE = 100_000
+const GUARD_SAMPLE = 20
 const PAGE = 5000
 // SDIFF results are held in memory and each call blocks Redis for its shard: a few at a time.
 const DIFF_PARALLELISM = 8
@@ -95,6 +101,39 @@ async function staleByScan (deps: ReconcileDeps, run: RunRow): Promise<Stale> {
   return { ids, baselineSize: live, method: 'scan' }
 }
 
+interface Located { id: string, type: string, region: string | null }
+
+/** Type and region of each live row among `ids`, in chunks (primary-key probes). */
+async function locate (deps: ReconcileDeps, run: RunRow, ids: string[]): Promise<Located[]> {
+  const rows: Located[] = []
+  for (let i = 0; i < ids.length; i += DELETE_CHUNK) {
+    rows.push(...await deps.resources.livePartitions(run.tenant, run.scope, ids.slice(i, i + DELETE_CHUNK)))
+  }
+  return rows
+}
+
+const inPartition = (r: Located, p: SkipPartition) =>
+  (p.type === undefined || p.type === r.type) && (p.region === undefined || p.region === r.region)
+
+/** Stale ids outside the skipped partitions, and how many were kept for lying inside one. */
+async function withoutSkipped (deps: ReconcileDeps, run: RunRow, ids: string[], skip: SkipPartition[]): Promise<{ ids: string[], kept: number }> {
+  if (skip.length === 0 || ids.length === 0) return { ids, kept: 0 }
+  const outside = (await locate(deps, run, ids)).filter((r) => !skip.some((p) => inPartition(r, p))).map((r) => r.id)
+  return { ids: outside, kept: ids.length - outside.length }
+}
+
+/** What a tripped guard holds back, for an operator deciding between force and abort. */
+async function quarantine (deps: ReconcileDeps, run: RunRow, ids: string[]) {
+  const described = ids.slice(0, GUARD_DESCRIBE)
+  const byType = new Map<string, number>()
+  for (const r of await locate(deps, run, described)) byType.set(r.type, (byType.get(r.type) ?? 0) + 1)
+  return {
+    byType: [...byType].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).map(([type, count]) => ({ type, count })),
+    described: described.length,
+    sample: described.toSorted().slice(0, GUARD_SAMPLE)
+  }
+}
+
 /** Puts a refused completion back: the run is open again and takes batches. */
 async function reopen (deps: ReconcileDeps, run: RunRow): Promise<void> {
   await moveMarkers(deps, run, 'closing', 'open')
@@ -160,21 +199,26 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
 
   const diffStarted = performance.now()
   const stale = await staleFromSets(deps, run, scope, counts.seen) ?? await staleByScan(deps, run)
+  const skip = opts.skip ?? []
+  const { ids, kept } = await withoutSkipped(deps, run, stale.ids, skip)
   const diffMs = Math.round(performance.now() - diffStarted)
-  const ratio = stale.baselineSize === 0 ? 0 : stale.ids.length / stale.baselineSize
+  const ratio = stale.baselineSize === 0 ? 0 : ids.length / stale.baselineSize
   const maxRatio = opts.maxDeleteRatio ?? deps.settings.maxDeleteRatio
   if (!opts.force && stale.baselineSize >= deps.settings.guardMinBaseline && ratio > maxRatio) {
+    const held = await quarantine(deps, run, ids)
     await reopen(deps, run)
     throw new TallyError('mass_deletion_guard',
-      `Completing run ${id} would delete ${stale.ids.length} of ${stale.baselineSize} resources ` +
+      `Completing run ${id} would delete ${ids.length} of ${stale.baselineSize} resources ` +
       `(${(ratio * 100).toFixed(1)}% > ${(maxRatio * 100).toFixed(1)}%); the run stays open: ` +
-      'complete with force: true to delete them, or abort it', { stale: stale.ids.length, baseline: stale.baselineSize })
+      'complete with force: true to delete them, with skip for partitions the scan missed, or abort it',
+      { stale: ids.length, baseline: stale.baselineSize, ...held })
   }
-  deps.log.info({ runId: id, stale: stale.ids.length, method: stale.method, diffMs }, 'completing run')
-  return finish(deps, run, 'completed', counts, stale.ids)
+  deps.log.info({ runId: id, stale: ids.length, skipped: kept, method: stale.method, diffMs }, 'completing run')
+  return finish(deps, run, 'completed', { ...counts, skipped: kept }, ids, skip)
 }
 
-async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | 'superseded', counts: RunCounts, stale: string[]): Promise<RunState> {
+async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | 'superseded', counts: RunCounts,
+  stale: string[], skip: SkipPartition[] = []): Promise<RunState> {
   const { redis, keys } = deps
   const started = performance.now()
   // Forget the cached hashes first: a cache entry outliving its row's deletion would make a
@@ -187,7 +231,7 @@ async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | '
     for (let i = 0; i < stale.length; i += DELETE_CHUNK) {
       deleted += await deps.resources.softDelete(run.tenant, run.scope, stale.slice(i, i + DELETE_CHUNK), run.id, tx)
     }
-    const row = await deps.runs.finishRun(run.id, status, { ...counts, deleted }, tx)
+    const row = await deps.runs.finishRun(run.id, status, { ...counts, deleted }, skip, tx)
     if (row === undefined) throw new ConcurrentFinish()
     if (status === 'completed') await deps.runs.promoteBaseline(run.tenant, run.scope, { ...run, seen: counts.seen }, tx)
     return row

@@ -36,7 +36,7 @@ export async function seenCount (deps: Deps, run: Pick<RunRow, 'id' | 'tenant' |
 export async function liveCounts (deps: Deps, run: RunRow): Promise<RunCounts> {
   const [seen, c] = await Promise.all([seenCount(deps, run), deps.redis.hgetall(deps.keys.counters(run.id))])
   const n = (v: string | undefined) => Number(v ?? 0)
-  return { seen, created: n(c.created), updated: n(c.updated), unchanged: n(c.unchanged), deleted: 0, batches: n(c.batches) }
+  return { seen, created: n(c.created), updated: n(c.updated), unchanged: n(c.unchanged), deleted: 0, batches: n(c.batches), skipped: 0 }
 }
 
 /** Drops every key of a run that did not become the baseline (aborted or superseded). */

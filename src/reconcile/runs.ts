@@ -17,8 +17,8 @@ export interface OpenRunInput {
 const inFlight = (status: RunStatus) => status === 'open' || status === 'completing'
 
 function storedCounts (run: RunRow): RunCounts {
-  const { seen, created, updated, unchanged, deleted, batches } = run
-  return { seen, created, updated, unchanged, deleted, batches }
+  const { seen, created, updated, unchanged, deleted, batches, skipped } = run
+  return { seen, created, updated, unchanged, deleted, batches, skipped }
 }
 
 export async function stateOf (deps: ReconcileDeps, run: RunRow): Promise<RunState> {

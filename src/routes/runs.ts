@@ -21,6 +21,7 @@ export function runView ({ run, stats }: RunState): Run {
     scanner: run.scannerName === null ? null : { name: run.scannerName, ...(run.scannerVersion === null ? {} : { version: run.scannerVersion }) },
     startedAt: run.startedAt.toISOString(),
     completedAt: run.completedAt?.toISOString() ?? null,
+    skip: run.skip,
     stats
   }
 }

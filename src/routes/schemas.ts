@@ -20,7 +20,7 @@ export const ProblemSchema = Type.Object({
   status: Type.Integer(),
   detail: Type.String(),
   code: Type.Unsafe<ProblemCode>({ type: 'string', enum: Object.keys(problemCodes), description: 'stable, for programs' })
-}, { $id: 'Problem', additionalProperties: true, description: 'RFC 9457 problem details; some codes add fields (openRunId, stale, baseline, seen, expected, errors)' })
+}, { $id: 'Problem', additionalProperties: true, description: 'RFC 9457 problem details; some codes add fields (openRunId; seen, expected; errors; mass_deletion_guard: stale, baseline, byType [{type, count}] over the first `described` held-back ids, sample ids)' })
 
 export const RunStatsSchema = Type.Object({
   seen: Type.Integer(),
@@ -28,8 +28,19 @@ export const RunStatsSchema = Type.Object({
   updated: Type.Integer(),
   unchanged: Type.Integer(),
   deleted: Type.Integer(),
-  batches: Type.Integer()
+  batches: Type.Integer(),
+  skipped: Type.Integer({ description: 'resources not seen but kept because they lie in a skipped partition' })
 }, { $id: 'RunStats' })
+
+export const SkipPartitionSchema = Type.Object({
+  type: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  region: Type.Optional(Type.String({ minLength: 1, maxLength: 64 }))
+}, {
+  $id: 'SkipPartition',
+  additionalProperties: false,
+  minProperties: 1,
+  description: 'A partition the scanner failed to enumerate: every resource of this type and/or region'
+})
 
 const ScannerSchema = Type.Object({
   name: Type.String({ minLength: 1, maxLength: 256 }),
@@ -45,6 +56,7 @@ export const RunSchema = Type.Object({
   scanner: Type.Union([ScannerSchema, Type.Null()]),
   startedAt: Type.String({ format: 'date-time' }),
   completedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  skip: Type.Array(Type.Ref(SkipPartitionSchema), { description: 'partitions the completion was told to leave alone' }),
   stats: Type.Ref(RunStatsSchema)
 }, { $id: 'Run' })
 
@@ -104,14 +116,18 @@ export const BatchResultSchema = Type.Object({
 export const CompleteBodySchema = Type.Object({
   expectedResources: Type.Optional(Type.Integer({ minimum: 0 })),
   maxDeleteRatio: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
-  force: Type.Optional(Type.Boolean())
+  force: Type.Optional(Type.Boolean()),
+  skip: Type.Optional(Type.Array(Type.Ref(SkipPartitionSchema), {
+    maxItems: 1000,
+    description: 'partitions the scanner failed to enumerate: nothing in them is deleted'
+  }))
 }, { additionalProperties: false })
 
 export const RunParamsSchema = Type.Object({ id: RunIdSchema })
 
 export const HealthSchema = Type.Object({ status: Type.Literal('ok') })
 
-export const sharedSchemas: TSchema[] = [ProblemSchema, RunStatsSchema, RunSchema, ResourceSchema, BatchResultSchema]
+export const sharedSchemas: TSchema[] = [ProblemSchema, RunStatsSchema, SkipPartitionSchema, RunSchema, ResourceSchema, BatchResultSchema]
 
 /**
  * Problem responses for the given statuses, always with 500 and 503: each sent as
