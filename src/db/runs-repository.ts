@@ -55,6 +55,11 @@ export function createRunsRepository (db: Db) {
       return row
     },
 
+    /** Every run in flight (open or completing), across tenants: one per scanning scope at most. */
+    async inFlightRuns (): Promise<RunRow[]> {
+      return db.select().from(runs).where(inArray(runs.status, ['open', 'completing'])).orderBy(runs.id)
+    },
+
     async listRuns (filter: RunFilter): Promise<RunRow[]> {
       const where: SQL[] = [eq(runs.tenant, filter.tenant)]
       if (filter.scope !== undefined) where.push(eq(runs.scope, filter.scope))

@@ -11,7 +11,7 @@ declare module 'fastify' {
 
 export default fp(async function reconcile (fastify) {
   const { config } = fastify
-  fastify.decorate('reconcile', createReconciler({
+  const reconciler = createReconciler({
     runs: fastify.db.runs,
     resources: fastify.db.resources,
     transaction: fastify.db.transaction,
@@ -22,7 +22,24 @@ export default fp(async function reconcile (fastify) {
       runTtl: config.RUN_TTL,
       defaultShardCount: config.DEFAULT_SHARD_COUNT,
       guardMinBaseline: config.GUARD_MIN_BASELINE,
-      maxDeleteRatio: config.MAX_DELETE_RATIO
+      maxDeleteRatio: config.MAX_DELETE_RATIO,
+      deletedRetention: config.DELETED_RETENTION
     }
-  }))
+  })
+  fastify.decorate('reconcile', reconciler)
+
+  // Every instance sweeps; each step is conditional, so overlapping sweeps are harmless.
+  if (config.SWEEP_INTERVAL > 0) {
+    let running: Promise<unknown> = Promise.resolve()
+    const timer = setInterval(() => {
+      running = reconciler.sweep().then(
+        (r) => { if (r.abandoned.length > 0 || r.purged > 0) fastify.log.info(r, 'sweep') },
+        (err: unknown) => fastify.log.warn({ err }, 'sweep failed; retrying at the next interval'))
+    }, config.SWEEP_INTERVAL * 1000)
+    timer.unref()
+    fastify.addHook('onClose', async () => {
+      clearInterval(timer)
+      await running
+    })
+  }
 }, { name: 'reconcile', dependencies: ['db', 'redis'] })

@@ -146,8 +146,11 @@ async function reopen (deps: ReconcileDeps, run: RunRow): Promise<void> {
  */
 async function settleKeys (deps: ReconcileDeps, run: RunRow): Promise<void> {
   const { redis, keys } = deps
-  const old = run.baselineRunId === null ? undefined : await deps.runs.getRun(run.baselineRunId)
   const scope = await deps.runs.getScope(run.tenant, run.scope)
+  // The run's old baseline, unless it is still the scope's (then this run never replaced it).
+  const old = run.baselineRunId === null || scope?.baselineRunId === run.baselineRunId
+    ? undefined
+    : await deps.runs.getRun(run.baselineRunId)
   const isBaseline = scope?.baselineRunId === run.id
   await Promise.all([
     ...(old === undefined ? [] : shards(old.shardCount).map((k) => redis.unlink(keys.seen(old, k, old.id)))),
@@ -176,6 +179,8 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
     run = await deps.runs.transition(id, ['open'], 'completing') ?? await requireRun(deps, id)
     if (run.status !== 'completing') return completeRun(deps, id, opts)
   }
+  // A completion is activity: the sweeper must not take this run for abandoned.
+  await deps.redis.multi().hset(deps.keys.counters(id), 'touched', Date.now()).expire(deps.keys.counters(id), deps.settings.runTtl).exec()
 
   // From here on no batch can join: every marker says `closing`, or the state is lost.
   if (!await moveMarkers(deps, run, 'open', 'closing')) {
@@ -241,6 +246,11 @@ async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | '
   })
   // undefined: a concurrent complete of the same run committed first; answer with its result.
   const result = finished ?? await requireRun(deps, run.id)
+  if (result.status === 'aborted') {
+    // The sweeper gave the run up as abandoned while this completion ran; nothing was deleted.
+    await dropRunKeys(deps, result)
+    throw new TallyError('run_not_open', `Run ${run.id} was aborted while completing`)
+  }
   if (result.status === 'superseded') await dropRunKeys(deps, result)
   else await settleKeys(deps, result)
   deps.log.info({ runId: run.id, status: result.status, deleted: result.deleted, finishMs: Math.round(performance.now() - started) }, 'run finished')

@@ -5,6 +5,7 @@
 import { completeRun, type CompleteOptions } from './complete.js'
 import { createIngest } from './ingest.js'
 import { abortRun, getRun, listRuns, openRun, type OpenRunInput } from './runs.js'
+import { sweep } from './sweep.js'
 import type { ReconcileDeps } from './types.js'
 
 export function createReconciler (deps: ReconcileDeps) {
@@ -14,7 +15,8 @@ export function createReconciler (deps: ReconcileDeps) {
     listRuns: (filter: Parameters<typeof listRuns>[1]) => listRuns(deps, filter),
     ingestBatch: createIngest(deps),
     completeRun: (id: number, opts?: CompleteOptions) => completeRun(deps, id, opts),
-    abortRun: (id: number) => abortRun(deps, id)
+    abortRun: (id: number) => abortRun(deps, id),
+    sweep: (now?: number) => sweep(deps, now)
   }
 }
 

@@ -24,6 +24,8 @@ export interface ReconcileSettings {
   defaultShardCount: number
   guardMinBaseline: number
   maxDeleteRatio: number
+  /** Seconds a soft-deleted row is kept before the sweeper purges it; 0 keeps it for good. */
+  deletedRetention: number
 }
 
 /** What reconcile needs, and nothing more: no Fastify, no HTTP. */

@@ -1,0 +1,72 @@
+/**
+ * The sweeper, run periodically by every instance (each step is safe to run twice at once):
+ *
+ * - a run in flight that took no batch for RUN_TTL seconds is abandoned: it is aborted (open)
+ *   or given up (a completion that crashed and was never called again), deleting nothing, and
+ *   its keys are dropped;
+ * - a run in flight that is still active gets its keys' TTLs renewed: markers of shards that
+ *   no batch touched lately must not expire under a long run;
+ * - rows soft-deleted longer ago than DELETED_RETENTION are purged in bounded batches.
+ */
+import type { RunRow } from '../db/runs-repository.js'
+import { dropRunKeys, shards } from './run-keys.js'
+import type { ReconcileDeps } from './types.js'
+
+const PURGE_BATCH = 1000
+// Bounds one sweep's purge; a larger backlog is worked off over the next sweeps.
+const PURGE_MAX_BATCHES = 100
+
+export interface SweepResult {
+  abandoned: number[]
+  renewed: number
+  purged: number
+}
+
+/** When the run last showed life: its last batch (counters' `touched`), else its start. */
+async function lastActive (deps: ReconcileDeps, run: RunRow): Promise<number> {
+  const touched = Number(await deps.redis.hget(deps.keys.counters(run.id), 'touched'))
+  return Math.max(run.startedAt.getTime(), Number.isFinite(touched) ? touched : 0)
+}
+
+async function renew (deps: ReconcileDeps, run: RunRow): Promise<void> {
+  const { redis, keys } = deps
+  const ttl = deps.settings.runTtl
+  await Promise.all([
+    ...shards(run.shardCount).flatMap((k) => [
+      redis.expire(keys.marker(run, k, run.id), ttl, 'XX'),
+      redis.expire(keys.seen(run, k, run.id), ttl, 'XX')
+    ]),
+    redis.expire(keys.counters(run.id), ttl, 'XX'),
+    redis.expire(keys.batches(run.id), ttl, 'XX')
+  ])
+}
+
+async function abandon (deps: ReconcileDeps, run: RunRow): Promise<boolean> {
+  // Conditional: whoever moves it first (another instance's sweep, a batch, a completion) wins.
+  const aborted = await deps.runs.transition(run.id, [run.status], 'aborted')
+  if (aborted === undefined) return false
+  await dropRunKeys(deps, aborted)
+  deps.log.warn({ runId: run.id, scope: run.scope, was: run.status }, 'abandoned run aborted by the sweeper')
+  return true
+}
+
+export async function sweep (deps: ReconcileDeps, now = Date.now()): Promise<SweepResult> {
+  const result: SweepResult = { abandoned: [], renewed: 0, purged: 0 }
+  const ttlMs = deps.settings.runTtl * 1000
+  for (const run of await deps.runs.inFlightRuns()) {
+    if (now - await lastActive(deps, run) > ttlMs) {
+      if (await abandon(deps, run)) result.abandoned.push(run.id)
+    } else if (run.status === 'open') {
+      await renew(deps, run)
+      result.renewed++
+    }
+  }
+  if (deps.settings.deletedRetention > 0) {
+    for (let i = 0; i < PURGE_MAX_BATCHES; i++) {
+      const n = await deps.resources.purgeDeleted(deps.settings.deletedRetention, PURGE_BATCH)
+      result.purged += n
+      if (n < PURGE_BATCH) break
+    }
+  }
+  return result
+}

@@ -1,0 +1,90 @@
+/** The sweeper: abandoned runs are aborted, live runs keep their keys, old deletions are purged. */
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { api, build, liveIds, resource, sqlClient, testEnv } from './helper.js'
+
+const estate = (n: number) => Array.from({ length: n }, (_, i) => resource(`s-${i}`))
+const NO_TIMER = { RUN_TTL: '60', SWEEP_INTERVAL: '0' }
+async function runKeys (app: Awaited<ReturnType<typeof build>>, id: number): Promise<string[]> {
+  const p = app.config.REDIS_KEY_PREFIX
+  const found = await Promise.all([`${p}*:run:${id}`, `${p}*:seen:${id}`, `${p}{run:${id}}*`].map((k) => app.redis.keys(k)))
+  return found.flat()
+}
+
+t.test('an open run idle for RUN_TTL is aborted, its keys dropped, nothing deleted', async (t) => {
+  const app = await build(t, NO_TIMER)
+  const tally = api(app)
+  const db = await sqlClient(t, app)
+  await tally.scan('aws/idle', estate(10))
+  const id = (await tally.open('aws/idle', { shardCount: 4 })).body.id as number
+  await tally.ingest(id, estate(3), { batchId: 'one' })
+  t.ok((await runKeys(app, id)).length > 0)
+
+  const early = await app.reconcile.sweep()
+  t.same(early.abandoned, [], 'an active run is left alone')
+  t.equal(early.renewed, 1)
+
+  const later = await app.reconcile.sweep(Date.now() + 61_000)
+  t.same(later.abandoned, [id])
+  t.equal((await tally.get(id)).body.status, 'aborted')
+  t.same(await runKeys(app, id), [], 'markers, sets, counters and batch records are gone')
+  t.equal((await liveIds(db, 'aws/idle')).length, 10, 'nothing deleted')
+  t.equal((await tally.open('aws/idle')).status, 201, 'the scope takes a new run')
+})
+
+t.test('an active run has every key renewed, including shards no batch touched', async (t) => {
+  const app = await build(t, NO_TIMER)
+  const tally = api(app)
+  const id = (await tally.open('aws/long', { shardCount: 8 })).body.id as number
+  await tally.ingest(id, [resource('only-one')])
+  const markers = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:run:${id}`)
+  t.equal(markers.length, 8)
+  for (const m of markers) await app.redis.expire(m, 5)
+  await app.reconcile.sweep()
+  for (const m of markers) t.ok(await app.redis.ttl(m) > 50, `${m} renewed`)
+})
+
+t.test('a completion that crashed and was never retried is given up; the baseline survives', async (t) => {
+  const app = await build(t, NO_TIMER)
+  const tally = api(app)
+  const db = await sqlClient(t, app)
+  const first = await tally.scan('aws/stuck', estate(20))
+  const id = (await tally.open('aws/stuck')).body.id as number
+  await tally.ingest(id, estate(5))
+  // What a process killed during completion leaves: the run `completing`, nothing committed.
+  await db.query("update runs set status = 'completing' where id = $1", [id])
+  t.same((await app.reconcile.sweep(Date.now() + 61_000)).abandoned, [id])
+  t.match((await tally.complete(id)).body, { status: 409, code: 'run_not_open' })
+  t.equal((await liveIds(db, 'aws/stuck')).length, 20, 'nothing deleted')
+  const baselineSets = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:seen:${first.id}`)
+  t.ok(baselineSets.length > 0, "the baseline's sets are kept")
+  const next = await tally.scan('aws/stuck', estate(19))
+  t.match(next.stats, { deleted: 1 })
+})
+
+t.test('two instances sweeping at once abort each abandoned run once', async (t) => {
+  const env = await testEnv(t)
+  const one = await build(t, NO_TIMER, env)
+  const two = await build(t, NO_TIMER, env)
+  const ids: number[] = []
+  for (let i = 0; i < 6; i++) ids.push((await api(one).open(`aws/many-${i}`)).body.id)
+  const later = Date.now() + 61_000
+  const [a, b] = await Promise.all([one.reconcile.sweep(later), two.reconcile.sweep(later)])
+  t.same([...a.abandoned, ...b.abandoned].sort((x, y) => x - y), ids, 'each run exactly once')
+})
+
+t.test('soft-deleted rows older than DELETED_RETENTION are purged by the timer', async (t) => {
+  const app = await build(t, { SWEEP_INTERVAL: '1', DELETED_RETENTION: '3600' })
+  const tally = api(app)
+  const db = await sqlClient(t, app)
+  await tally.scan('aws/purge', estate(5))
+  await tally.scan('aws/purge', estate(3))
+  t.same((await db.query('select id from resources where deleted_at is not null order by id')).rows, [{ id: 's-3' }, { id: 's-4' }])
+  await db.query("update resources set deleted_at = now() - interval '2 hours' where id = 's-3'")
+  for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(100)) {
+    const { rows } = await db.query("select count(*)::int as n from resources where id = 's-3'")
+    if (rows[0].n === 0) break
+  }
+  t.same((await db.query('select id from resources order by id')).rows.map((r) => r.id), ['s-0', 's-1', 's-2', 's-4'],
+    'the old deletion is purged, the recent one kept')
+})
