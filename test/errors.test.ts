@@ -5,6 +5,10 @@ import { startRedis } from './redis-server.js'
 
 const PROBLEM = 'application/problem+json; charset=utf-8'
 
+/** A batch whose one resource's attributes nest `levels` deep. */
+const deep = (levels: number) =>
+  `{"resources": [{"id": "a", "type": "t", "attributes": {"k": ${'['.repeat(levels)}${']'.repeat(levels)}}}]}`
+
 t.test('bad input is a 400/413/415 problem and changes nothing', async (t) => {
   const app = await build(t, { MAX_BATCH: '10', BODY_LIMIT: '20000' })
   const db = await sqlClient(t, app)
@@ -28,7 +32,17 @@ t.test('bad input is a 400/413/415 problem and changes nothing', async (t) => {
     ['non-string tag value', () => raw('{"resources": [{"id": "a", "type": "t", "tags": {"k": 1}}]}'), 400, 'validation_failed'],
     ['more than MAX_BATCH resources', () => raw(JSON.stringify({ resources: Array.from({ length: 11 }, (_, i) => resource(`r${i}`)) })), 413, 'batch_too_large'],
     ['body over BODY_LIMIT', () => raw(JSON.stringify({ resources: [resource('a', { attributes: { blob: 'x'.repeat(30000) } })] })), 413, 'batch_too_large'],
-    ['wrong content type', () => raw('id,type\na,t', 'text/csv'), 415, 'unsupported_media_type']
+    ['wrong content type', () => raw('id,type\na,t', 'text/csv'), 415, 'unsupported_media_type'],
+    ['U+0000 in an attribute', () => raw('{"resources": [{"id": "a", "type": "t", "attributes": {"k": "x\\u0000"}}]}'), 400, 'validation_failed'],
+    ['U+0000 in an attribute key', () => raw('{"resources": [{"id": "a", "type": "t", "attributes": {"k\\u0000": 1}}]}'), 400, 'validation_failed'],
+    ['U+0000 in a tag', () => raw('{"resources": [{"id": "a", "type": "t", "tags": {"k": "\\u0000"}}]}'), 400, 'validation_failed'],
+    ['U+0000 in a name', () => raw('{"resources": [{"id": "a", "type": "t", "name": "\\u0000"}]}'), 400, 'validation_failed'],
+    ['lone surrogate in an id', () => raw('{"resources": [{"id": "\\ud800", "type": "t"}]}'), 400, 'validation_failed'],
+    ['attributes 40 levels deep', () => raw(deep(40)), 400, 'validation_failed'],
+    ['attributes 9,000 levels deep (past the stack of a recursive walk)', () => raw(deep(9000)), 400, 'validation_failed'],
+    ['__proto__ key', () => raw('{"resources": [{"id": "a", "type": "t", "attributes": {"__proto__": {"x": 1}}}]}'), 400, 'validation_failed'],
+    ['U+0000 in a scanner name', () => app.inject({ method: 'POST', url: '/runs', payload: { scope: 'aws/other', scanner: { name: 'a\u0000' } } }), 400, 'validation_failed'],
+    ['U+0000 in a skip partition', () => app.inject({ method: 'POST', url: `/runs/${runId}/complete`, payload: { skip: [{ type: '\u0000' }] } }), 400, 'validation_failed']
   ]
   for (const [name, send, status, code] of cases) {
     const res = await send()
@@ -38,7 +52,12 @@ t.test('bad input is a 400/413/415 problem and changes nothing', async (t) => {
   }
   const { rows } = await db.query('select count(*)::int as n from resources')
   t.equal(rows[0].n, 0, 'no resource was written')
-  t.match((await tally.get(runId)).body.stats, { seen: 0, batches: 0 }, 'the run counted nothing')
+  t.match((await tally.get(runId)).body, { status: 'open', stats: { seen: 0, batches: 0 } }, 'the run counted nothing and is still open')
+  t.equal((await db.query('select count(*)::int as n from runs')).rows[0].n, 1, 'no run was opened')
+  const keys = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:seen:*`)
+  t.same(keys, [], 'no id reached a seen set')
+  t.match((await tally.ingest(runId, [resource('fine', { attributes: { nested: { ok: [1, { deeper: 'yes' }] } } })])).body, { created: 1 },
+    'the server still serves well-formed batches')
 })
 
 t.test('run and scope errors', async (t) => {

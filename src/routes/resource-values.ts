@@ -1,0 +1,30 @@
+/**
+ * What JSON Schema cannot say about a request body, checked before anything is written: no
+ * string or key holds U+0000 or a lone surrogate (Postgres text and jsonb cannot store them:
+ * they would fail a statement or be stored altered), and nothing nests deeper than MAX_DEPTH
+ * (hashing walks resource attributes). Iterative, so a hostile 100,000-deep body cannot
+ * exhaust the stack.
+ */
+/** Levels below the body: resources, one resource, attributes take 3 of them. */
+export const MAX_DEPTH = 36
+
+const badString = (s: string) => s.includes('\u0000') || !s.isWellFormed()
+
+/** The first offending place in `body`, as a JSON pointer and a reason, or undefined. */
+export function findBadValue (body: unknown): { path: string, message: string } | undefined {
+  const stack: Array<[unknown, string, number]> = [[body, '', 0]]
+  while (stack.length > 0) {
+    const [value, path, depth] = stack.pop()!
+    if (typeof value === 'string') {
+      if (badString(value)) return { path, message: 'must not contain U+0000 or unpaired surrogates' }
+    } else if (typeof value === 'object' && value !== null) {
+      if (depth > MAX_DEPTH) return { path, message: `must not nest deeper than ${MAX_DEPTH} levels` }
+      const entries = Array.isArray(value) ? value.entries() : Object.entries(value)
+      for (const [key, child] of entries) {
+        if (typeof key === 'string' && badString(key)) return { path, message: 'keys must not contain U+0000 or unpaired surrogates' }
+        stack.push([child, `${path}/${key}`, depth + 1])
+      }
+    }
+  }
+  return undefined
+}
