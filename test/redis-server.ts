@@ -1,4 +1,4 @@
-/** A private redis-server on a free loopback port, for tests that stop or disturb Redis. */
+/** A private redis-server on a free loopback port, for tests that stop, restart or flush Redis. */
 import getPort from 'get-port'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
@@ -7,31 +7,48 @@ import { Redis } from 'ioredis'
 
 export interface PrivateRedis {
   url: string
+  port: number
+  /** SIGKILLs the server: everything in it is lost (no persistence). */
   stop (): Promise<void>
+  /** A new empty server on the same port, as after a crash and restart. */
+  start (): Promise<void>
+  restart (): Promise<void>
+}
+
+async function waitForPing (url: string): Promise<void> {
+  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  probe.on('error', () => {})
+  try {
+    for (const deadline = Date.now() + 5000; ; await sleep(25)) {
+      try {
+        await probe.connect()
+        await probe.ping()
+        return
+      } catch (err) {
+        probe.disconnect()
+        if (Date.now() > deadline) throw err
+      }
+    }
+  } finally {
+    probe.disconnect()
+  }
 }
 
 export async function startRedis (t: { teardown (fn: () => unknown): void }): Promise<PrivateRedis> {
   const port = await getPort({ host: '127.0.0.1' })
-  const child: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+  const url = `redis://127.0.0.1:${port}`
+  let child: ChildProcess | undefined
   const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return
+    const exited = once(child, 'exit')
     child.kill('SIGKILL')
-    await once(child, 'exit')
+    await exited
+  }
+  const start = async () => {
+    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+    await waitForPing(url)
   }
   t.teardown(stop)
-  const url = `redis://127.0.0.1:${port}`
-  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-  probe.on('error', () => {})
-  for (const deadline = Date.now() + 5000; ; await sleep(50)) {
-    try {
-      await probe.connect()
-      await probe.ping()
-      break
-    } catch (err) {
-      probe.disconnect()
-      if (Date.now() > deadline) throw err
-    }
-  }
-  probe.disconnect()
-  return { url, stop }
+  await start()
+  return { url, port, stop, start, restart: async () => { await stop(); await start() } }
 }

@@ -4,7 +4,7 @@
  */
 import type {} from '@fastify/postgres'
 import fp from 'fastify-plugin'
-import { createDb, runMigrations, type Db, type Tx } from '../db/client.js'
+import { createDb, runMigrations, withTransaction, type Db, type Tx } from '../db/client.js'
 import { createResourcesRepository, type ResourcesRepository } from '../db/resources-repository.js'
 import { createRunsRepository, type RunsRepository } from '../db/runs-repository.js'
 
@@ -25,12 +25,18 @@ export default fp(async function db (fastify) {
   // An idle pooled connection that Postgres drops (restart, failover, pg_terminate_backend)
   // emits 'error' on the pool; unheard, that would crash the process. The pool replaces it.
   fastify.pg.pool.on('error', (err) => fastify.log.warn({ err }, 'idle postgres connection lost'))
+  // A checked-out connection dropped between two statements (inside a transaction) emits
+  // 'error' on its client with no query to fail: unheard, that too would crash the process.
+  // The next statement fails as unavailable (503) and the pool discards the client on release.
+  fastify.pg.pool.on('connect', (client) => {
+    client.on('error', (err) => fastify.log.warn({ err }, 'postgres connection lost'))
+  })
   if (fastify.config.MIGRATE_ON_START) await runMigrations(fastify.pg.pool)
   const drizzle = createDb(fastify.pg.pool)
   fastify.decorate('db', {
     drizzle,
     runs: createRunsRepository(drizzle),
     resources: createResourcesRepository(drizzle),
-    transaction: (fn) => drizzle.transaction(fn)
+    transaction: (fn) => withTransaction(fastify.pg.pool, fn)
   })
 }, { name: 'db', dependencies: ['config', '@fastify/postgres'] })

@@ -218,6 +218,13 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
       'complete with force: true to delete them, with skip for partitions the scan missed, or abort it',
       { stale: ids.length, baseline: stale.baselineSize, ...held })
   }
+  // Were the sets whole all along? A Redis restarted or flushed during the diff has lost the
+  // markers too, and a diff against a vanished set would take live resources for stale.
+  if (!await moveMarkers(deps, run, 'closing', 'closing')) {
+    await reopen(deps, run)
+    throw new TallyError('run_state_lost',
+      `Run ${id}'s Redis state was lost while it completed, so nothing was deleted; abort it and rescan`)
+  }
   deps.log.info({ runId: id, stale: ids.length, skipped: kept, method: stale.method, diffMs }, 'completing run')
   return finish(deps, run, 'completed', { ...counts, skipped: kept }, ids, skip)
 }

@@ -1,0 +1,189 @@
+/**
+ * Fault injection against real processes: a private redis-server restarted mid-run and
+ * mid-completion, Postgres connections terminated mid-batch and mid-completion, and the server
+ * process itself killed during completion and restarted. After every fault: no resource the
+ * run saw is ever deleted, and retrying (or aborting and rescanning) ends in the exact inventory.
+ */
+import t from 'tap'
+import pg from 'pg'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { api, build, liveIds, resource, sqlClient, testEnv, type App } from './helper.js'
+import { startRedis } from './redis-server.js'
+import { startServer } from './server-process.js'
+
+const ids = (n: number, from = 0) => Array.from({ length: n }, (_, i) => `f-${String(i + from).padStart(6, '0')}`)
+const resources = (list: string[], version = 0) => list.map((id) => resource(id, { attributes: { v: version } }))
+
+interface Reply { status: number, body: any }
+
+/** Repeats a call while it answers 503 (the documented "retry" answer), for up to 20 s. */
+async function retrying (call: () => Promise<Reply>): Promise<Reply> {
+  for (const deadline = Date.now() + 20_000; ; await sleep(20)) {
+    const res = await call()
+    if (res.status !== 503 || Date.now() > deadline) return res
+  }
+}
+
+async function loadBaseline (app: App, scope: string, list: string[]) {
+  return api(app).scan(scope, resources(list), { batch: 2000 })
+}
+
+t.test('Redis restarted mid-run: the run refuses to complete, nothing is deleted, a rescan is exact', async (t) => {
+  const redis = await startRedis(t)
+  const app = await build(t, { REDIS_URL: redis.url })
+  const tally = api(app)
+  const db = await sqlClient(t, app)
+  await loadBaseline(app, 'aws/restart-mid-run', ids(300))
+  const run = (await tally.open('aws/restart-mid-run')).body.id as number
+  t.equal((await tally.ingest(run, resources(ids(100)))).status, 200)
+  await redis.restart()
+  const batch = await retrying(() => tally.ingest(run, resources(ids(100, 100))))
+  t.match(batch.body, { status: 409, code: 'run_state_lost' }, 'a batch after the restart is refused')
+  t.match((await retrying(() => tally.complete(run))).body, { status: 409, code: 'run_state_lost' })
+  t.equal((await liveIds(db, 'aws/restart-mid-run')).length, 300, 'nothing deleted')
+  t.equal((await tally.abort(run)).status, 200)
+  // The baseline's sets died with Redis: the rescan's completion diffs against Postgres.
+  const rescan = await tally.scan('aws/restart-mid-run', resources(ids(250)))
+  t.match(rescan.stats, { seen: 250, deleted: 50 })
+  t.same(await liveIds(db, 'aws/restart-mid-run'), ids(250))
+})
+
+t.test('Redis killed and restarted at moments of a completion: never a seen resource deleted', async (t) => {
+  const redis = await startRedis(t)
+  const app = await build(t, { REDIS_URL: redis.url })
+  const tally = api(app)
+  const db = await sqlClient(t, app)
+  const outcomes: string[] = []
+  for (const delay of [0, 2, 8, 20, 50]) {
+    const scope = `aws/redis-dies-${delay}`
+    await loadBaseline(app, scope, ids(6000))
+    const run = (await tally.open(scope)).body.id as number
+    const seen = ids(5000, 1000)
+    for (let i = 0; i < seen.length; i += 2500) await tally.ingest(run, resources(seen.slice(i, i + 2500)))
+    const completing = tally.complete(run)
+    await sleep(delay)
+    await redis.stop()
+    const first = await completing
+    await redis.start()
+    t.equal((await liveIds(db, scope)).filter((id) => seen.includes(id)).length, 5000, `delay ${delay}: every seen resource is live`)
+    const retried = await retrying(() => tally.complete(run))
+    outcomes.push(`${delay} ms: ${first.status} then ${retried.status} ${retried.body.code ?? retried.body.status}`)
+    if (retried.status === 409) {
+      t.equal(retried.body.code, 'run_state_lost')
+      t.equal((await liveIds(db, scope)).length, 6000, `delay ${delay}: refused, so nothing deleted`)
+      await tally.abort(run)
+      await tally.scan(scope, resources(seen))
+    } else {
+      t.match(retried.body, { status: 'completed', stats: { deleted: 1000 } }, `delay ${delay}: completed exactly once`)
+    }
+    t.same(await liveIds(db, scope), seen, `delay ${delay}: the inventory is exact`)
+  }
+  t.comment(outcomes.join('; '))
+})
+
+t.test('Postgres connections terminated during batches and completion: retries end exact, batches counted once', async (t) => {
+  const env = await testEnv(t)
+  // The app's connections carry a name, so the killer spares the test's own.
+  const app = await build(t, { PG_POOL_MAX: '4', DATABASE_URL: `${env.DATABASE_URL}?application_name=tally_under_fire` }, env)
+  const tally = api(app)
+  const db = new pg.Client({ connectionString: env.DATABASE_URL })
+  await db.connect()
+  t.teardown(() => db.end())
+  const scope = 'aws/pg-killed'
+  await loadBaseline(app, scope, ids(4000))
+
+  let killing = true
+  let killed = 0
+  const admin = new pg.Client({ connectionString: env.DATABASE_URL })
+  await admin.connect()
+  t.teardown(() => admin.end())
+  const killer = (async () => {
+    while (killing) {
+      const { rowCount } = await admin.query(
+        'select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name = $1', ['tally_under_fire'])
+      killed += rowCount ?? 0
+      await sleep(15)
+    }
+  })()
+
+  // The next scan: 500 gone, 500 new, 500 changed, all under fire.
+  const seen = [...ids(3500, 500).map((id, i) => resource(id, { attributes: { v: i < 500 ? 1 : 0 } })), ...resources(ids(500, 4000))]
+  const run = (await retrying(() => tally.open(scope))).body.id as number
+  const batches = Array.from({ length: 16 }, (_, i) => seen.slice(i * 250, (i + 1) * 250))
+  const answers = await Promise.all(batches.map((b, i) => retrying(() => tally.ingest(run, b, { batchId: `b${i}` }))))
+  t.same(answers.map((a) => a.status), Array(16).fill(200), 'every batch applied once retried')
+  const done = await retrying(() => tally.complete(run, { force: true }))
+  killing = false
+  await killer
+  t.ok(killed > 0, `terminated ${killed} backends`)
+  t.match(done.body, { status: 'completed', stats: { seen: 4000, deleted: 500, batches: 16 } })
+  t.same(await liveIds(db, scope), [...ids(3500, 500), ...ids(500, 4000)].sort())
+  const { rows } = await db.query("select count(*)::int as n from resources where scope = $1 and deleted_at is null and attributes->>'v' = '1'", [scope])
+  t.equal(rows[0].n, 500, 'the changed resources carry their new content')
+})
+
+t.test('the server process killed during completion and restarted: calling complete again finishes the job', async (t) => {
+  const env = await testEnv(t)
+  // Every server started here lives until this test ends (a subtest's teardown would kill it early).
+  const restart = () => startServer(t, env)
+  const server = { current: await restart() }
+  const db = new pg.Client({ connectionString: env.DATABASE_URL })
+  await db.connect()
+  t.teardown(() => db.end())
+  const http = async (path: string, body?: unknown): Promise<Reply> => {
+    const res = await fetch(`${server.current.url}${path}`, body === undefined
+      ? { method: 'POST' }
+      : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+    return { status: res.status, body: await res.json() }
+  }
+  const scan = async (scope: string, list: string[]) => {
+    const run = (await http('/runs', { scope })).body.id as number
+    for (let i = 0; i < list.length; i += 2000) await http(`/runs/${run}/resources`, { resources: resources(list.slice(i, i + 2000)) })
+    return run
+  }
+
+  await t.test('blocked inside its transaction, after the soft deletes', async (t) => {
+    const scope = 'aws/killed-in-txn'
+    await http(`/runs/${await scan(scope, ids(3000))}/complete`, {})
+    const run = await scan(scope, ids(2000))
+    const blocker = new pg.Client({ connectionString: env.DATABASE_URL })
+    await blocker.connect()
+    await blocker.query('begin')
+    await blocker.query('select * from scopes where scope = $1 for update', [scope])
+    const completing = http(`/runs/${run}/complete`, { force: true }).catch(() => undefined)
+    for (let i = 0; i < 200; i++) {
+      const { rows } = await db.query("select count(*)::int as n from pg_locks where not granted and relation = 'scopes'::regclass")
+      if (rows[0].n > 0) break
+      await sleep(25)
+    }
+    await server.current.kill('SIGKILL')
+    await completing
+    await blocker.query('rollback')
+    await blocker.end()
+    t.equal((await liveIds(db, scope)).length, 3000, 'the killed transaction deleted nothing')
+    t.equal((await db.query('select status from runs where id = $1', [run])).rows[0].status, 'completing')
+    server.current = await restart()
+    const done = await retrying(() => http(`/runs/${run}/complete`, { force: true }))
+    t.match(done.body, { status: 'completed', stats: { deleted: 1000, seen: 2000 } })
+    t.same(await liveIds(db, scope), ids(2000))
+  })
+
+  await t.test('killed at moments of a completion', async (t) => {
+    for (const delay of [5, 30, 80]) {
+      const scope = `aws/killed-at-${delay}`
+      await http(`/runs/${await scan(scope, ids(6000))}/complete`, {})
+      const run = await scan(scope, ids(4000, 2000))
+      const completing = http(`/runs/${run}/complete`, { force: true }).catch(() => undefined)
+      await sleep(delay)
+      await server.current.kill('SIGKILL')
+      const first = await completing
+      const live = await liveIds(db, scope)
+      t.ok(live.length === 6000 || live.length === 4000, `delay ${delay}: all or nothing (${live.length} live)`)
+      server.current = await restart()
+      const done = await retrying(() => http(`/runs/${run}/complete`, { force: true }))
+      t.match(done.body, { status: 'completed', stats: { deleted: 2000, seen: 4000 } },
+        `delay ${delay}: completed (first answer: ${first === undefined ? 'none, killed' : first.status})`)
+      t.same(await liveIds(db, scope), ids(4000, 2000))
+    }
+  })
+})
