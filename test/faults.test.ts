@@ -92,13 +92,13 @@ t.test('Postgres connections terminated during batches and completion: retries e
   const scope = 'aws/pg-killed'
   await loadBaseline(app, scope, ids(4000))
 
-  let killing = true
+  const firing = { on: true }
   let killed = 0
   const admin = new pg.Client({ connectionString: env.DATABASE_URL })
   await admin.connect()
   t.teardown(() => admin.end())
   const killer = (async () => {
-    while (killing) {
+    while (firing.on) {
       const { rowCount } = await admin.query(
         'select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name = $1', ['tally_under_fire'])
       killed += rowCount ?? 0
@@ -113,7 +113,7 @@ t.test('Postgres connections terminated during batches and completion: retries e
   const answers = await Promise.all(batches.map((b, i) => retrying(() => tally.ingest(run, b, { batchId: `b${i}` }))))
   t.same(answers.map((a) => a.status), Array(16).fill(200), 'every batch applied once retried')
   const done = await retrying(() => tally.complete(run, { force: true }))
-  killing = false
+  firing.on = false
   await killer
   t.ok(killed > 0, `terminated ${killed} backends`)
   t.match(done.body, { status: 'completed', stats: { seen: 4000, deleted: 500, batches: 16 } })
