@@ -180,6 +180,11 @@ t.test('skip: nothing in a partition the scanner failed to enumerate is deleted'
   t.match(done.body.stats, { seen: 9, deleted: 1, skipped: 30 })
   t.same(await liveIds(db, scope), ids(40).filter((id) => id !== 'r-0020'), 'only the lost resource outside the skipped partitions went')
 
+  // The kept resources are part of the new baseline: the next whole scan that misses them deletes them.
+  const whole = await tally.scan(scope, estate.slice(0, 10))
+  t.match(whole.stats, { deleted: 29 }, 'what the skip kept is found stale by the next completion')
+  t.same(await liveIds(db, scope), ids(10))
+
   // A skip entry must name a partition: {} would mean "everything".
   const next = await tally.open(scope)
   t.match((await tally.complete(next.body.id, { skip: [{}] })).body, { status: 400, code: 'validation_failed' })

@@ -115,11 +115,25 @@ async function locate (deps: ReconcileDeps, run: RunRow, ids: string[]): Promise
 const inPartition = (r: Located, p: SkipPartition) =>
   (p.type === undefined || p.type === r.type) && (p.region === undefined || p.region === r.region)
 
-/** Stale ids outside the skipped partitions, and how many were kept for lying inside one. */
-async function withoutSkipped (deps: ReconcileDeps, run: RunRow, ids: string[], skip: SkipPartition[]): Promise<{ ids: string[], kept: number }> {
-  if (skip.length === 0 || ids.length === 0) return { ids, kept: 0 }
-  const outside = (await locate(deps, run, ids)).filter((r) => !skip.some((p) => inPartition(r, p))).map((r) => r.id)
-  return { ids: outside, kept: ids.length - outside.length }
+/** Stale ids outside the skipped partitions, and those kept for lying inside one. */
+async function withoutSkipped (deps: ReconcileDeps, run: RunRow, ids: string[], skip: SkipPartition[]): Promise<{ ids: string[], kept: string[] }> {
+  if (skip.length === 0 || ids.length === 0) return { ids, kept: [] }
+  const outside: string[] = []
+  const kept: string[] = []
+  for (const r of await locate(deps, run, ids)) (skip.some((p) => inPartition(r, p)) ? kept : outside).push(r.id)
+  return { ids: outside, kept }
+}
+
+/**
+ * Adds the ids a skip kept to the run's sets, once its completion has committed. A baseline's
+ * sets must hold every live resource of the scope: the next completion diffs against them, and
+ * a resource missing from them would never be found stale (the model-based test found exactly
+ * that). Should this step be lost (a crash right after the commit), the baseline's recorded
+ * size (seen + kept) no longer matches its sets, and the next completion diffs against Postgres.
+ */
+async function adoptKept (deps: ReconcileDeps, run: RunRow, kept: string[]): Promise<void> {
+  await Promise.all([...groupByShard(kept, run.shardCount)].map(([shard, group]) =>
+    deps.redis.sadd(deps.keys.seen(run, shard, run.id), ...group)))
 }
 
 /** What a tripped guard holds back, for an operator deciding between force and abort. */
@@ -225,12 +239,12 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
     throw new TallyError('run_state_lost',
       `Run ${id}'s Redis state was lost while it completed, so nothing was deleted; abort it and rescan`)
   }
-  deps.log.info({ runId: id, stale: ids.length, skipped: kept, method: stale.method, diffMs }, 'completing run')
-  return finish(deps, run, 'completed', { ...counts, skipped: kept }, ids, skip)
+  deps.log.info({ runId: id, stale: ids.length, skipped: kept.length, method: stale.method, diffMs }, 'completing run')
+  return finish(deps, run, 'completed', { ...counts, skipped: kept.length }, ids, { skip, kept })
 }
 
 async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | 'superseded', counts: RunCounts,
-  stale: string[], skip: SkipPartition[] = []): Promise<RunState> {
+  stale: string[], partial: { skip: SkipPartition[], kept: string[] } = { skip: [], kept: [] }): Promise<RunState> {
   const { redis, keys } = deps
   const started = performance.now()
   // Forget the cached hashes first: a cache entry outliving its row's deletion would make a
@@ -243,9 +257,10 @@ async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | '
     for (let i = 0; i < stale.length; i += DELETE_CHUNK) {
       deleted += await deps.resources.softDelete(run.tenant, run.scope, stale.slice(i, i + DELETE_CHUNK), run.id, tx)
     }
-    const row = await deps.runs.finishRun(run.id, status, { ...counts, deleted }, skip, tx)
+    const row = await deps.runs.finishRun(run.id, status, { ...counts, deleted }, partial.skip, tx)
     if (row === undefined) throw new ConcurrentFinish()
-    if (status === 'completed') await deps.runs.promoteBaseline(run.tenant, run.scope, { ...run, seen: counts.seen }, tx)
+    // The baseline's sets hold what the run saw and what its skip kept (adoptKept).
+    if (status === 'completed') await deps.runs.promoteBaseline(run.tenant, run.scope, { ...run, seen: counts.seen + counts.skipped }, tx)
     return row
   }).catch((err: unknown) => {
     if (err instanceof ConcurrentFinish) return undefined
@@ -259,7 +274,10 @@ async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | '
     throw new TallyError('run_not_open', `Run ${run.id} was aborted while completing`)
   }
   if (result.status === 'superseded') await dropRunKeys(deps, result)
-  else await settleKeys(deps, result)
+  else {
+    if (finished !== undefined) await adoptKept(deps, run, partial.kept)
+    await settleKeys(deps, result)
+  }
   deps.log.info({ runId: run.id, status: result.status, deleted: result.deleted, finishMs: Math.round(performance.now() - started) }, 'run finished')
   return stateOf(deps, result)
 }
