@@ -2,6 +2,8 @@
 import t from 'tap'
 import { api, build, resource, sqlClient, testEnv } from './helper.js'
 import { startRedis } from './redis-server.js'
+import getPort from 'get-port'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 const PROBLEM = 'application/problem+json; charset=utf-8'
 
@@ -143,4 +145,27 @@ t.test('Redis down: 503 unavailable with Retry-After, no internals, and readyz s
   const ready = await tally.call('GET', '/readyz')
   t.match(ready, { status: 503, body: { code: 'unavailable' } })
   t.match((await tally.call('GET', '/healthz')).body, { status: 'ok' })
+
+  // Redis comes back (empty: its state is lost): ready again, and the run says so.
+  await redis.start()
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline; await sleep(50)) {
+    if ((await tally.call('GET', '/readyz')).status === 200) break
+  }
+  t.equal((await tally.call('GET', '/readyz')).status, 200, 'ready again')
+  t.match((await tally.ingest(opened.body.id, [resource('a')])).body, { status: 409, code: 'run_state_lost' })
+})
+
+t.test('Postgres unreachable: 503 unavailable, and readyz says so', async (t) => {
+  const port = await getPort({ host: '127.0.0.1' })
+  const app = await build(t, { DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/none`, MIGRATE_ON_START: 'false' })
+  const tally = api(app)
+  const res = await app.inject({ method: 'POST', url: '/runs', payload: { scope: 'aws/no-pg' } })
+  t.equal(res.statusCode, 503)
+  t.equal(res.headers['retry-after'], '1')
+  t.match(res.json(), { code: 'unavailable', detail: 'Postgres or Redis is unreachable; retry the request' })
+  t.notMatch(res.body, /ECONNREFUSED|127\.0\.0\.1/, 'no internals')
+  t.match(await tally.call('GET', '/readyz'), { status: 503, body: { code: 'unavailable' } })
+  const graphql = await tally.call('POST', '/graphql', { query: '{ scopes { edges { node { scope } } } }' })
+  t.match(graphql, { status: 503, body: { errors: [{ message: 'Postgres is unreachable; retry the request', extensions: { code: 'UNAVAILABLE' } }] } },
+    'GraphQL says so too')
 })

@@ -1,0 +1,38 @@
+/** Run fencing: an older run neither deletes on top of a newer baseline nor overwrites a newer version. */
+import t from 'tap'
+import { api, build, liveIds, resource, sqlClient } from './helper.js'
+
+t.test('a run that started before the current baseline completes as superseded and deletes nothing', async (t) => {
+  const app = await build(t)
+  const tally = api(app)
+  const db = await sqlClient(t, app)
+  const scope = 'aws/fenced'
+  await tally.scan(scope, ['a', 'b', 'c'].map((id) => resource(id)))
+  const stale = (await tally.open(scope)).body.id as number
+  await tally.ingest(stale, [resource('a')])
+  // Another run completed meanwhile (as a replica restored from elsewhere, or an operator's
+  // import would make it): the scope's baseline is now newer than the one `stale` started from.
+  const { rows } = await db.query(
+    "insert into runs (tenant, scope, status, shard_count, completed_at) values ('default', $1, 'completed', 64, now()) returning id", [scope])
+  await db.query('update scopes set baseline_run_id = $1 where scope = $2', [rows[0].id, scope])
+
+  const done = await tally.complete(stale, { force: true })
+  t.match(done.body, { status: 'superseded', stats: { deleted: 0 } })
+  t.same(await liveIds(db, scope), ['a', 'b', 'c'], 'nothing deleted')
+  t.same(await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:run:${stale}`), [], 'its keys are dropped')
+})
+
+t.test('an older run never overwrites the version a newer run wrote', async (t) => {
+  const app = await build(t)
+  const tally = api(app)
+  const db = await sqlClient(t, app)
+  const scope = 'aws/versions'
+  await tally.scan(scope, [resource('x', { attributes: { v: 1 } })])
+  const newer = await tally.scan(scope, [resource('x', { attributes: { v: 2 } })])
+  // A batch of an older run that was delayed past the newer run's write lands now.
+  const row = { id: 'x', type: 't', name: null, region: null, tags: {}, attributes: { v: 0 }, contentHash: Buffer.alloc(8, 7) }
+  const written = await app.db.resources.upsertChanged('default', scope, newer.id - 1, [row])
+  t.equal(written.size, 0, 'the guard refused the write')
+  const { rows } = await db.query("select attributes->>'v' as v, changed_run_id from resources where scope = $1 and id = 'x'", [scope])
+  t.same(rows, [{ v: '2', changed_run_id: String(newer.id) }])
+})
