@@ -4,7 +4,7 @@
  */
 import fastifyPostgres from '@fastify/postgres'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import Fastify, { type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.js'
 import configPlugin from './plugins/config.js'
 import dbPlugin from './plugins/db.js'
@@ -25,8 +25,11 @@ export function serverOptions (config: Config): FastifyServerOptions {
   }
 }
 
-export async function buildApp (config: Config) {
-  const app = Fastify(serverOptions(config)).withTypeProvider<TypeBoxTypeProvider>()
+/** `logger`: a pino logger to log through instead of one made from LOG_LEVEL (the server shares its own). */
+export async function buildApp (config: Config, logger?: FastifyBaseLogger) {
+  const options = serverOptions(config)
+  const app = Fastify(logger === undefined ? options : { ...options, logger: undefined, loggerInstance: logger })
+    .withTypeProvider<TypeBoxTypeProvider>()
   await app.register(configPlugin, { config })
   await app.register(fastifyPostgres, { connectionString: config.DATABASE_URL, max: config.PG_POOL_MAX })
   await app.register(dbPlugin)

@@ -6,8 +6,9 @@ import { Type, type Static } from '@sinclair/typebox'
 import envSchema from 'env-schema'
 
 export const EnvSchema = Type.Object({
-  DATABASE_URL: Type.String({ minLength: 1, description: 'PostgreSQL connection string' }),
-  REDIS_URL: Type.String({ minLength: 1, description: 'Redis connection string' }),
+  DATABASE_URL: Type.Optional(Type.String({ minLength: 1, description: 'PostgreSQL connection string; npm start without it runs an embedded PostgreSQL' })),
+  REDIS_URL: Type.Optional(Type.String({ minLength: 1, description: 'Redis connection string; npm start without it runs a private redis-server' })),
+  DATA_DIR: Type.String({ default: '.data', description: 'where the embedded PostgreSQL and Redis keep their data' }),
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
   HOST: Type.String({ default: '127.0.0.1' }),
   LOG_LEVEL: Type.Union(
@@ -31,13 +32,26 @@ export const EnvSchema = Type.Object({
   GRAPHQL_MAX_COST: Type.Integer({ minimum: 1, default: 50000 })
 })
 
-export type Config = Static<typeof EnvSchema>
+/** The environment as read: the connection strings may still be missing (the server then embeds). */
+export type Settings = Static<typeof EnvSchema>
+/** What the app runs with: both connection strings known. */
+export type Config = Settings & { DATABASE_URL: string, REDIS_URL: string }
 
 /** Reads and validates the environment; throws one readable error naming every bad variable. */
-export function loadConfig (env: Record<string, string | undefined> = process.env): Config {
+export function loadSettings (env: Record<string, string | undefined> = process.env): Settings {
   try {
-    return envSchema<Config>({ schema: EnvSchema, data: { ...env }, dotenv: false })
+    return envSchema<Settings>({ schema: EnvSchema, data: { ...env }, dotenv: false })
   } catch (err) {
     throw new Error(`Invalid configuration: ${(err as Error).message}. See the configuration table in README.md.`)
   }
+}
+
+/** Like loadSettings, and both connection strings must be there. */
+export function loadConfig (env: Record<string, string | undefined> = process.env): Config {
+  const missing = ['DATABASE_URL', 'REDIS_URL'].filter((name) => !env[name])
+  const settings = loadSettings(env)
+  if (missing.length > 0) {
+    throw new Error(`Invalid configuration: ${missing.join(' and ')} must be set. See the configuration table in README.md.`)
+  }
+  return settings as Config
 }

@@ -1,19 +1,57 @@
-/** The only file that listens: load config, build the app, start, and shut down gracefully. */
+/**
+ * The only file that listens: read the configuration, start an embedded PostgreSQL and Redis
+ * for what it does not name (see embedded.ts), build the app, listen, and shut everything
+ * down gracefully.
+ */
 import closeWithGrace from 'close-with-grace'
+import { pino } from 'pino'
 import { buildApp } from './app.js'
-import { loadConfig } from './config.js'
+import { loadConfig, loadSettings, type Settings } from './config.js'
+import { RedisServerMissing, findOnPath, startEmbeddedPostgres, startEmbeddedRedis, type Service } from './embedded.js'
 
-let config
+let settings: Settings
 try {
-  config = loadConfig()
+  settings = loadSettings()
 } catch (err) {
   console.error((err as Error).message)
   process.exit(1)
 }
+// Before anything starts: the one thing the zero-config start needs from the machine.
+if (settings.REDIS_URL === undefined && findOnPath('redis-server') === undefined) {
+  console.error(new RedisServerMissing().message)
+  process.exit(1)
+}
 
-const app = await buildApp(config)
+const log = pino({ level: settings.LOG_LEVEL })
+const embedded: Service[] = []
+const stopEmbedded = async () => {
+  for (const service of embedded.reverse()) await service.stop()
+}
+// Set once the app is built; shutdown may come before that (a signal during startup).
+const running: { app?: Awaited<ReturnType<typeof buildApp>> } = {}
 closeWithGrace({ delay: 10_000 }, async ({ err }) => {
-  if (err !== undefined) app.log.error({ err }, 'shutting down after an error')
-  await app.close()
+  if (err !== undefined) log.error({ err }, 'shutting down after an error')
+  await running.app?.close()
+  await stopEmbedded()
 })
+
+const env = { ...process.env }
+if (settings.DATABASE_URL === undefined) {
+  const postgres = await startEmbeddedPostgres(settings.DATA_DIR, log)
+  embedded.push(postgres)
+  env.DATABASE_URL = postgres.url
+}
+if (settings.REDIS_URL === undefined) {
+  const redis = await startEmbeddedRedis(settings.DATA_DIR, log)
+  embedded.push(redis)
+  env.REDIS_URL = redis.url
+}
+const config = loadConfig(env)
+const app = running.app = await buildApp(config, log)
 await app.listen({ port: config.PORT, host: config.HOST })
+
+const { port } = app.server.address() as { port: number }
+const base = `http://${config.HOST.includes(':') ? `[${config.HOST}]` : config.HOST}:${port}`
+const graphiql = config.GRAPHIQL ?? config.NODE_ENV !== 'production'
+log.info({ url: base, docs: `${base}/docs`, graphiql: graphiql ? `${base}/graphiql` : null },
+  `Tally is listening on ${base}: API docs at ${base}/docs${graphiql ? `, GraphiQL at ${base}/graphiql` : ''}`)

