@@ -61,6 +61,14 @@ t.test('zero-config start, scan, restart: the inventory and the baseline survive
   const second = await scan(server, ['A', 'B', 'D'])
   t.match(second, { status: 'completed', baselineRunId: first.id, stats: { created: 1, unchanged: 2, deleted: 1 } })
 
+  // The demo scanner: three scans, and its counts must agree with Tally's.
+  const demo = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/demo.ts'], {
+    cwd: new URL('..', import.meta.url), env: { PATH: process.env.PATH ?? '', TALLY_URL: server.url }, encoding: 'utf8', timeout: 60_000
+  })
+  t.equal(demo.status, 0, 'npm run demo passes')
+  t.match(demo.stdout, /scan\s+seen\s+created\s+updated\s+unchanged\s+deleted/)
+  t.match(demo.stdout, /Tally agrees with the scanner on every count/)
+
   // Killed outright: its PostgreSQL and Redis outlive it; the next start stops and reuses them.
   await server.kill('SIGKILL')
   server = await startServer(t, env)
