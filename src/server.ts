@@ -26,6 +26,7 @@ const log = pino({ level: settings.LOG_LEVEL })
 const embedded: Service[] = []
 const stopEmbedded = async () => {
   for (const service of embedded.reverse()) await service.stop()
+  if (embedded.length > 0) log.info({ count: embedded.length }, 'embedded services stopped')
 }
 // Set once the app is built; shutdown may come before that (a signal during startup).
 const running: { app?: Awaited<ReturnType<typeof buildApp>> } = {}
