@@ -59,6 +59,28 @@ t.test('two app instances sharing Postgres and Redis serve one run', async (t) =
   t.match((await b.ingest(next.body.id, [resource('late')])).body, { code: 'run_not_open' }, 'a late batch on the other instance is refused')
 })
 
+t.test('concurrent completes of one run on two instances: one result, deletions applied once', async (t) => {
+  const env = await testEnv(t)
+  const one = await build(t, {}, env)
+  const two = await build(t, {}, env)
+  const db = await sqlClient(t, one)
+  const scope = 'aws/racing-completes'
+  const all = ids(3000)
+  await api(one).scan(scope, all.map((id) => resource(id)))
+  const run = (await api(one).open(scope)).body.id as number
+  await api(two).ingest(run, all.slice(0, 2500).map((id) => resource(id)))
+  const answers = await Promise.all(Array.from({ length: 6 }, (_, i) => api(i % 2 === 0 ? one : two).complete(run)))
+  for (const a of answers) {
+    t.ok(a.status === 200 || (a.status === 409 && a.body.code === 'run_not_open'), `200 or run_not_open, got ${a.status} ${a.body.code ?? ''}`)
+  }
+  const completed = answers.filter((a) => a.status === 200)
+  t.ok(completed.length >= 1, 'at least one answer is the completed run')
+  for (const a of completed) t.match(a.body, { status: 'completed', stats: { seen: 2500, deleted: 500 } }, 'every 200 is the same final result')
+  t.same(await liveIds(db, scope), all.slice(0, 2500).sort())
+  const { rows } = await db.query('select count(*)::int as n from resources where scope = $1 and deleted_run_id = $2', [scope, run])
+  t.equal(rows[0].n, 500, 'each stale resource deleted once, by this run')
+})
+
 t.test('GET /runs filters by scope and status and pages with a cursor', async (t) => {
   const app = await build(t)
   const tally = api(app)
