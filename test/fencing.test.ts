@@ -1,5 +1,8 @@
 /** Run fencing: an older run neither deletes on top of a newer baseline nor overwrites a newer version. */
 import t from 'tap'
+import pg from 'pg'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { createKeys, shardOf } from '../src/reconcile/keys.js'
 import { api, build, liveIds, resource, sqlClient } from './helper.js'
 
 t.test('a run that started before the current baseline completes as superseded and deletes nothing', async (t) => {
@@ -35,4 +38,36 @@ t.test('an older run never overwrites the version a newer run wrote', async (t) 
   t.equal(written.size, 0, 'the guard refused the write')
   const { rows } = await db.query("select attributes->>'v' as v, changed_run_id from resources where scope = $1 and id = 'x'", [scope])
   t.same(rows, [{ v: '2', changed_run_id: String(newer.id) }])
+})
+
+t.test('a completion whose attempt ended under it (reopened, fed, completing again) cannot commit its diff', async (t) => {
+  const app = await build(t)
+  const tally = api(app)
+  const db = await sqlClient(t, app)
+  const scope = 'aws/attempts'
+  await tally.scan(scope, ['a', 'b', 'c'].map((id) => resource(id)))
+  const run = (await tally.open(scope)).body.id as number
+  await tally.ingest(run, [resource('a'), resource('b')])
+
+  // Hold c's row: the completion diffs (c is stale), then waits in its transaction to delete it.
+  const blocker = new pg.Client({ connectionString: app.config.DATABASE_URL })
+  await blocker.connect()
+  t.teardown(() => blocker.end())
+  await blocker.query('begin')
+  await blocker.query("select * from resources where scope = $1 and id = 'c' for update", [scope])
+  const completing = tally.complete(run)
+  for (let i = 0; i < 200; i++) {
+    const { rows } = await db.query("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")
+    if (rows[0].n > 0) break
+    await sleep(25)
+  }
+  // Meanwhile, as when a concurrent complete was refused: the run reopened, a batch brought c
+  // back, and a new attempt began.
+  await app.redis.sadd(createKeys(app.config.REDIS_KEY_PREFIX).seen({ tenant: 'default', scope }, shardOf('c', 64), run), 'c')
+  await blocker.query('update runs set attempt = attempt + 1 where id = $1', [run])
+  await blocker.query('commit')
+
+  const done = await completing
+  t.match(done.body, { status: 'completed', stats: { seen: 3, deleted: 0 } }, 'the stale diff was dropped and done again')
+  t.same(await liveIds(db, scope), ['a', 'b', 'c'], 'c, seen by the run after all, is live')
 })

@@ -89,16 +89,22 @@ export function createRunsRepository (db: Db) {
     /** Moves a run from one of `from` to `to`; undefined when it was in none of them (someone else won). */
     async transition (id: number, from: RunStatus[], to: RunStatus, counts?: RunCounts, tx: Executor = db): Promise<RunRow | undefined> {
       const [row] = await tx.update(runs)
-        .set({ status: to, ...counts, ...(to === 'open' || to === 'completing' ? {} : { completedAt: sql`now()` }) })
+        .set({
+          status: to,
+          ...counts,
+          ...(to === 'completing' ? { attempt: sql`${runs.attempt} + 1` } : {}),
+          ...(to === 'open' || to === 'completing' ? {} : { completedAt: sql`now()` })
+        })
         .where(and(eq(runs.id, id), inArray(runs.status, from)))
         .returning()
       return row
     },
 
-    async finishRun (id: number, status: 'completed' | 'superseded', counts: RunCounts, skip: SkipPartition[], tx: Tx): Promise<RunRow | undefined> {
+    /** Finishes a run still completing in `attempt`; undefined when it is not (see runs.attempt). */
+    async finishRun (id: number, attempt: number, status: 'completed' | 'superseded', counts: RunCounts, skip: SkipPartition[], tx: Tx): Promise<RunRow | undefined> {
       const [row] = await tx.update(runs)
         .set({ status, completedAt: sql`now()`, ...counts, skip })
-        .where(and(eq(runs.id, id), eq(runs.status, 'completing')))
+        .where(and(eq(runs.id, id), eq(runs.status, 'completing'), eq(runs.attempt, attempt)))
         .returning()
       return row
     },

@@ -55,6 +55,12 @@ export const runs = pgTable('runs', {
   unchanged: bigint({ mode: 'number' }).notNull().default(0),
   deleted: bigint({ mode: 'number' }).notNull().default(0),
   batches: bigint({ mode: 'number' }).notNull().default(0),
+  /**
+   * Bumped by every move to `completing`. A completion commits only if the attempt it diffed in
+   * is still the current one: one that was refused and reopened meanwhile (batches joined
+   * since) cannot commit a diff that does not know them.
+   */
+  attempt: integer().notNull().default(0),
   /** Partitions the scanner could not enumerate (complete's `skip`): nothing in them was deleted. */
   skip: jsonb().$type<SkipPartition[]>().notNull().default([]),
   /** Resources the run did not see but kept because they lie in a skipped partition. */

@@ -150,8 +150,10 @@ async function quarantine (deps: ReconcileDeps, run: RunRow, ids: string[]) {
 
 /** Puts a refused completion back: the run is open again and takes batches. */
 async function reopen (deps: ReconcileDeps, run: RunRow): Promise<void> {
+  // Status first: if a concurrent complete already finished the run, its markers stay closed
+  // and no batch can join a completed run.
+  if (await deps.runs.transition(run.id, ['completing'], 'open') === undefined) return
   await moveMarkers(deps, run, 'closing', 'open')
-  await deps.runs.transition(run.id, ['completing'], 'open')
 }
 
 /**
@@ -213,7 +215,7 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
   const scope = await deps.runs.getScope(run.tenant, run.scope)
   if (scope === undefined || scope.baselineRunId !== run.baselineRunId) {
     // Another run completed after this one started: its view is older, it deletes nothing.
-    return finish(deps, run, 'superseded', counts, [])
+    return await finish(deps, run, 'superseded', counts, []) ?? completeRun(deps, id, opts)
   }
 
   const diffStarted = performance.now()
@@ -240,11 +242,12 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
       `Run ${id}'s Redis state was lost while it completed, so nothing was deleted; abort it and rescan`)
   }
   deps.log.info({ runId: id, stale: ids.length, skipped: kept.length, method: stale.method, diffMs }, 'completing run')
-  return finish(deps, run, 'completed', { ...counts, skipped: kept.length }, ids, { skip, kept })
+  return await finish(deps, run, 'completed', { ...counts, skipped: kept.length }, ids, { skip, kept }) ?? completeRun(deps, id, opts)
 }
 
+/** Commits the outcome; undefined when the run is no longer this completion's to finish (start over). */
 async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | 'superseded', counts: RunCounts,
-  stale: string[], partial: { skip: SkipPartition[], kept: string[] } = { skip: [], kept: [] }): Promise<RunState> {
+  stale: string[], partial: { skip: SkipPartition[], kept: string[] } = { skip: [], kept: [] }): Promise<RunState | undefined> {
   const { redis, keys } = deps
   const started = performance.now()
   // Forget the cached hashes first: a cache entry outliving its row's deletion would make a
@@ -257,7 +260,7 @@ async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | '
     for (let i = 0; i < stale.length; i += DELETE_CHUNK) {
       deleted += await deps.resources.softDelete(run.tenant, run.scope, stale.slice(i, i + DELETE_CHUNK), run.id, tx)
     }
-    const row = await deps.runs.finishRun(run.id, status, { ...counts, deleted }, partial.skip, tx)
+    const row = await deps.runs.finishRun(run.id, run.attempt, status, { ...counts, deleted }, partial.skip, tx)
     if (row === undefined) throw new ConcurrentFinish()
     // The baseline's sets hold what the run saw and what its skip kept (adoptKept).
     if (status === 'completed') await deps.runs.promoteBaseline(run.tenant, run.scope, { ...run, seen: counts.seen + counts.skipped }, tx)
@@ -268,6 +271,8 @@ async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | '
   })
   // undefined: a concurrent complete of the same run committed first; answer with its result.
   const result = finished ?? await requireRun(deps, run.id)
+  // Or a concurrent complete with other options was refused and reopened the run: start over.
+  if (result.status === 'open' || result.status === 'completing') return undefined
   if (result.status === 'aborted') {
     // The sweeper gave the run up as abandoned while this completion ran; nothing was deleted.
     await dropRunKeys(deps, result)
