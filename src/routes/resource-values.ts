@@ -5,8 +5,8 @@
  * (hashing walks resource attributes). Iterative, so a hostile 100,000-deep body cannot
  * exhaust the stack.
  */
-/** Levels below the body: resources, one resource, attributes take 3 of them. */
-export const MAX_DEPTH = 36
+/** Levels below the body; the resources array and a resource take 2, so attributes nest up to 32 levels. */
+export const MAX_DEPTH = 34
 
 const badString = (s: string) => s.includes('\u0000') || !s.isWellFormed()
 
@@ -18,7 +18,7 @@ export function findBadValue (body: unknown): { path: string, message: string } 
     if (typeof value === 'string') {
       if (badString(value)) return { path, message: 'must not contain U+0000 or unpaired surrogates' }
     } else if (typeof value === 'object' && value !== null) {
-      if (depth > MAX_DEPTH) return { path, message: `must not nest deeper than ${MAX_DEPTH} levels` }
+      if (depth > MAX_DEPTH) return { path, message: `nests too deep (attributes hold at most ${MAX_DEPTH - 2} levels)` }
       const entries = Array.isArray(value) ? value.entries() : Object.entries(value)
       for (const [key, child] of entries) {
         if (typeof key === 'string' && badString(key)) return { path, message: 'keys must not contain U+0000 or unpaired surrogates' }
