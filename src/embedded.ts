@@ -116,6 +116,29 @@ export async function startEmbeddedPostgres (dataDir: string, log: Logger): Prom
   return { url, stop: () => server.stop() }
 }
 
+/**
+ * Resolves once the Redis at `url` answers PING (a Redis loading a large AOF answers LOADING
+ * until done); `check` may throw to give up early, e.g. when the server process died.
+ */
+export async function waitForRedis (url: string, timeoutMs: number, check: () => void = () => {}): Promise<void> {
+  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  probe.on('error', () => {})
+  try {
+    for (const deadline = Date.now() + timeoutMs; ; await sleep(25)) {
+      check()
+      try {
+        await probe.connect()
+        if (await probe.ping() === 'PONG') return
+      } catch (err) {
+        probe.disconnect()
+        if (Date.now() > deadline) throw err
+      }
+    }
+  } finally {
+    probe.disconnect()
+  }
+}
+
 export class RedisServerMissing extends Error {
   constructor () {
     super('redis-server is not on the PATH: install it (apt-get install redis-server, or brew install redis) or set REDIS_URL to a running Redis')
@@ -136,23 +159,9 @@ export async function startEmbeddedRedis (dataDir: string, log: Logger): Promise
   ], { stdio: 'ignore' })
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
   const url = `redis://127.0.0.1:${port}`
-  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-  probe.on('error', () => {})
-  try {
-    for (const deadline = Date.now() + 15_000; ; await sleep(50)) {
-      if (child.exitCode !== null) throw new Error(`redis-server exited at start (code ${child.exitCode}); see ${join(dir, 'redis.log')}`)
-      try {
-        await probe.connect()
-        // Loading a large AOF answers LOADING until done.
-        if (await probe.ping() === 'PONG') break
-      } catch (err) {
-        probe.disconnect()
-        if (Date.now() > deadline) throw err
-      }
-    }
-  } finally {
-    probe.disconnect()
-  }
+  await waitForRedis(url, 15_000, () => {
+    if (child.exitCode !== null) throw new Error(`redis-server exited at start (code ${child.exitCode}); see ${join(dir, 'redis.log')}`)
+  })
   log.info({ dir, port }, 'embedded Redis ready')
   return {
     url,

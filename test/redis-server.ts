@@ -2,8 +2,7 @@
 import getPort from 'get-port'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { Redis } from 'ioredis'
+import { waitForRedis } from '../src/embedded.js'
 
 export interface PrivateRedis {
   url: string
@@ -13,25 +12,6 @@ export interface PrivateRedis {
   /** A new empty server on the same port, as after a crash and restart. */
   start (): Promise<void>
   restart (): Promise<void>
-}
-
-async function waitForPing (url: string): Promise<void> {
-  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-  probe.on('error', () => {})
-  try {
-    for (const deadline = Date.now() + 5000; ; await sleep(25)) {
-      try {
-        await probe.connect()
-        await probe.ping()
-        return
-      } catch (err) {
-        probe.disconnect()
-        if (Date.now() > deadline) throw err
-      }
-    }
-  } finally {
-    probe.disconnect()
-  }
 }
 
 export async function startRedis (t: { teardown (fn: () => unknown): void }): Promise<PrivateRedis> {
@@ -46,7 +26,7 @@ export async function startRedis (t: { teardown (fn: () => unknown): void }): Pr
   }
   const start = async () => {
     child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-    await waitForPing(url)
+    await waitForRedis(url, 5000)
   }
   t.teardown(stop)
   await start()
