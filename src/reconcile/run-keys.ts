@@ -7,12 +7,10 @@ type Deps = Pick<ReconcileDeps, 'redis' | 'keys'>
 
 export const shards = (count: number) => Array.from({ length: count }, (_, k) => k)
 
-/** Writes the `open` marker in every shard of a new run, and marks it touched now. */
+/** Writes the `open` marker in every shard of a new run. */
 export async function writeMarkers (deps: Deps, run: RunRow, ttl: number): Promise<void> {
-  await Promise.all([
-    ...shards(run.shardCount).map((k) => deps.redis.set(deps.keys.marker(run, k, run.id), 'open', 'EX', ttl)),
-    deps.redis.multi().hset(deps.keys.counters(run.id), 'touched', Date.now()).expire(deps.keys.counters(run.id), ttl).exec()
-  ])
+  await Promise.all(shards(run.shardCount).map((k) =>
+    deps.redis.set(deps.keys.marker(run, k, run.id), 'open', 'EX', ttl)))
 }
 
 /**

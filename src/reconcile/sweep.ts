@@ -22,7 +22,7 @@ export interface SweepResult {
   purged: number
 }
 
-/** When the run last showed life: its last batch (counters' `touched`), else its start. */
+/** When the run last showed life: its last batch or completion call (counters' `touched`), else its start. */
 async function lastActive (deps: ReconcileDeps, run: RunRow): Promise<number> {
   const touched = Number(await deps.redis.hget(deps.keys.counters(run.id), 'touched'))
   return Math.max(run.startedAt.getTime(), Number.isFinite(touched) ? touched : 0)
@@ -42,7 +42,7 @@ async function renew (deps: ReconcileDeps, run: RunRow): Promise<void> {
 }
 
 async function abandon (deps: ReconcileDeps, run: RunRow): Promise<boolean> {
-  // Conditional: whoever moves it first (another instance's sweep, a batch, a completion) wins.
+  // Conditional: whoever moves it first (another instance's sweep, a completion, an abort) wins.
   const aborted = await deps.runs.transition(run.id, [run.status], 'aborted')
   if (aborted === undefined) return false
   await dropRunKeys(deps, aborted)
