@@ -19,7 +19,7 @@ try {
   if (env.TEST_PG_ADMIN_URL === undefined) {
     if (env.DATABASE_URL !== undefined) env.TEST_PG_ADMIN_URL = env.DATABASE_URL
     else {
-      const postgres = await startEmbeddedPostgres(`${DATA_DIR}`, log)
+      const postgres = await startEmbeddedPostgres(DATA_DIR, log)
       services.push(postgres)
       const admin = new URL(postgres.url)
       admin.pathname = '/postgres'
