@@ -28,3 +28,36 @@ export function findBadValue (body: unknown): { path: string, message: string } 
   }
   return undefined
 }
+
+/**
+ * Limits in UTF-8 bytes on the values Postgres indexes: a btree entry holds at most about
+ * 2.7 kB, and (tenant, scope, type, id) must fit. JSON Schema's maxLength counts characters,
+ * and 1,000 CJK characters are 3,000 bytes.
+ */
+export const BYTE_LIMITS = { scope: 256, id: 1024, type: 256, region: 64 } as const
+
+type Limited = keyof typeof BYTE_LIMITS
+
+function oversize (value: unknown, field: Limited, path: string): { path: string, message: string } | undefined {
+  if (typeof value !== 'string' || Buffer.byteLength(value) <= BYTE_LIMITS[field]) return undefined
+  return { path, message: `must be at most ${BYTE_LIMITS[field]} bytes in UTF-8 (is ${Buffer.byteLength(value)})` }
+}
+
+/** The first scope, id, type or region in a runs body longer in bytes than its index allows. */
+export function findOversize (body: unknown): { path: string, message: string } | undefined {
+  if (typeof body !== 'object' || body === null) return undefined
+  const b = body as { scope?: unknown, resources?: unknown, skip?: unknown }
+  const found = oversize(b.scope, 'scope', '/scope')
+  if (found !== undefined) return found
+  for (const [list, name] of [[b.resources, 'resources'], [b.skip, 'skip']] as const) {
+    if (!Array.isArray(list)) continue
+    for (const [i, item] of list.entries()) {
+      if (typeof item !== 'object' || item === null) continue
+      for (const field of ['id', 'type', 'region'] as const) {
+        const bad = oversize((item as Record<string, unknown>)[field], field, `/${name}/${i}/${field}`)
+        if (bad !== undefined) return bad
+      }
+    }
+  }
+  return undefined
+}

@@ -1,7 +1,7 @@
 /** The REST surface of scan runs: thin handlers that validate, call the reconciler and shape the reply. */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TallyError } from '../errors.js'
-import { findBadValue } from './resource-values.js'
+import { findBadValue, findOversize } from './resource-values.js'
 import type { RunState } from '../reconcile/index.js'
 import { Type } from '@sinclair/typebox'
 import {
@@ -39,7 +39,7 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   const tags = ['runs']
 
   fastify.addHook('preHandler', async (request) => {
-    const bad = findBadValue(request.body)
+    const bad = findBadValue(request.body) ?? findOversize(request.body)
     if (bad !== undefined) {
       throw new TallyError('validation_failed', `body${bad.path} ${bad.message}`, { errors: [bad] })
     }

@@ -7,7 +7,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { problemCodes, type ProblemCode } from '../errors.js'
 import { runStatuses } from '../db/schema.js'
 
-// 1–256 chars, no whitespace, control characters, `{` or `}` (they would break Redis hash tags).
+// 1–256 bytes (checked in bytes by findOversize), no whitespace, control characters, `{` or `}` (they would break Redis hash tags).
 export const ScopeNameSchema = Type.String({ minLength: 1, maxLength: 256, pattern: '^[^\\s{}\\u0000-\\u001f\\u007f]+$' })
 
 export const RunIdSchema = Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER })
@@ -80,10 +80,10 @@ export const ListRunsQuerySchema = Type.Object({
 }, { additionalProperties: false })
 
 export const ResourceSchema = Type.Object({
-  id: Type.String({ minLength: 1, maxLength: 2048, pattern: '^[^\\u0000-\\u001f\\u007f]+$' }),
-  type: Type.String({ minLength: 1, maxLength: 256 }),
+  id: Type.String({ minLength: 1, maxLength: 1024, pattern: '^[^\\u0000-\\u001f\\u007f]+$', description: 'at most 1,024 bytes in UTF-8' }),
+  type: Type.String({ minLength: 1, maxLength: 256, description: 'at most 256 bytes in UTF-8' }),
   name: Type.Optional(Type.String({ maxLength: 1024 })),
-  region: Type.Optional(Type.String({ maxLength: 64 })),
+  region: Type.Optional(Type.String({ maxLength: 64, description: 'at most 64 bytes in UTF-8' })),
   tags: Type.Optional(Type.Record(Type.String({ maxLength: 512 }), Type.String({ maxLength: 4096 }), { maxProperties: 256 })),
   attributes: Type.Optional(Type.Record(Type.String(), Type.Unknown()))
 }, { $id: 'Resource', additionalProperties: false })
