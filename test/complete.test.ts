@@ -1,5 +1,6 @@
 /** Completion: the guard, revival, abort, and the paths that diff without the baseline's sets. */
 import t from 'tap'
+import { createKeys, shardOf } from '../src/reconcile/keys.js'
 import { api, build, liveIds, redisClient, resource, sqlClient } from './helper.js'
 
 const ids = (n: number, from = 0) => Array.from({ length: n }, (_, i) => `r-${String(i + from).padStart(4, '0')}`)
@@ -190,4 +191,25 @@ t.test('skip: nothing in a partition the scanner failed to enumerate is deleted'
   t.match((await tally.complete(next.body.id, { skip: [{}] })).body, { status: 400, code: 'validation_failed' })
   t.match((await tally.complete(next.body.id, { skip: [{ zone: 'a' }] })).body, { status: 400, code: 'validation_failed' })
   t.equal((await tally.get(next.body.id)).body.status, 'open', 'a refused body changes nothing')
+})
+
+t.test('what the baseline wrote but its sets lack is found stale by the next completion', async (t) => {
+  const app = await build(t)
+  const db = await sqlClient(t, app)
+  const tally = api(app)
+  const scope = 'aws/missing-from-sets'
+  const keys = createKeys(app.config.REDIS_KEY_PREFIX)
+  await tally.scan(scope, ids(10).map((id) => resource(id)), { open: { shardCount: 4 } })
+
+  // The next run writes a new resource whose id then goes missing from its sets (however that happens).
+  const run = (await tally.open(scope)).body.id as number
+  await tally.ingest(run, [...ids(10).map((id) => resource(id)), resource('NEW')])
+  t.equal(await app.redis.srem(keys.seen({ tenant: 'default', scope }, shardOf('NEW', 4), run), 'NEW'), 1)
+  t.equal((await tally.complete(run)).status, 200)
+  t.ok((await liveIds(db, scope)).includes('NEW'), 'the run wrote it')
+
+  // A scan that does not report it must delete it.
+  const next = await tally.scan(scope, ids(10).map((id) => resource(id)))
+  t.match(next.stats, { deleted: 1 })
+  t.same(await liveIds(db, scope), ids(10))
 })

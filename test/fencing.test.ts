@@ -30,14 +30,18 @@ t.test('an older run never overwrites the version a newer run wrote', async (t) 
   const tally = api(app)
   const db = await sqlClient(t, app)
   const scope = 'aws/versions'
-  await tally.scan(scope, [resource('x', { attributes: { v: 1 } })])
+  const older = await tally.scan(scope, [resource('x', { attributes: { v: 1 } })])
   const newer = await tally.scan(scope, [resource('x', { attributes: { v: 2 } })])
-  // A batch of an older run that was delayed past the newer run's write lands now.
+  // A batch of the older run, delayed past the newer run's write, lands now.
   const row = { id: 'x', type: 't', name: null, region: null, tags: {}, attributes: { v: 0 }, contentHash: Buffer.alloc(8, 7) }
-  const written = await app.db.resources.upsertChanged('default', scope, newer.id - 1, [row])
-  t.equal(written.size, 0, 'the guard refused the write')
-  const { rows } = await db.query("select attributes->>'v' as v, changed_run_id from resources where scope = $1 and id = 'x'", [scope])
-  t.same(rows, [{ v: '2', changed_run_id: String(newer.id) }])
+  const late = await app.db.resources.writeChanged('default', scope, older.id, [row])
+  t.same(late, { runOpen: false, inserted: new Set(), updated: new Set() }, 'a finished run writes nothing')
+  // Second line of defence, should an older run still be in flight: the row's changed_run_id.
+  await db.query("update runs set status = 'open' where id = $1", [older.id])
+  const guarded = await app.db.resources.writeChanged('default', scope, older.id, [row])
+  t.same(guarded, { runOpen: true, inserted: new Set(), updated: new Set() }, 'the guard refused the write')
+  const { rows } = await db.query("select attributes->>'v' as v, changed_run_id, xmax from resources where scope = $1 and id = 'x'", [scope])
+  t.same(rows, [{ v: '2', changed_run_id: String(newer.id), xmax: '0' }], 'the newer version stands, unlocked')
 })
 
 t.test('a completion whose attempt ended under it (reopened, fed, completing again) cannot commit its diff', async (t) => {

@@ -4,6 +4,7 @@
  * removes both at teardown, so test files run in parallel and leave nothing behind.
  */
 import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import { Redis } from 'ioredis'
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js'
@@ -13,6 +14,23 @@ import { loadConfig } from '../src/config.js'
 
 type Tap = {
   teardown (fn: () => unknown): void
+}
+
+/**
+ * Polls `check` every 20 ms until it holds, for up to `timeoutMs`; a pass when it does, and a
+ * failure (and a throw, so nothing runs on a false premise) when it never does. For tests that
+ * must see a state (a lock waited on, a run closing) before they act.
+ */
+export async function waitFor (t: { pass (m: string): void, fail (m: string): void }, what: string,
+  check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; await sleep(20)) {
+    if (await check()) {
+      t.pass(what)
+      return
+    }
+  }
+  t.fail(`${what}: not within ${timeoutMs} ms`)
+  throw new Error(`timed out: ${what}`)
 }
 
 const PG_ADMIN_URL = process.env.TEST_PG_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'

@@ -2,7 +2,7 @@
  * Resource rows. Every function takes a whole batch: one statement however many resources,
  * because a query per resource is what this server exists to avoid.
  */
-import { and, asc, eq, gt, isNull, lt, sql, type SQL } from 'drizzle-orm'
+import { and, asc, eq, gt, gte, isNull, lt, sql, type SQL } from 'drizzle-orm'
 import type { Db, Executor } from './client.js'
 import { resources } from './schema.js'
 
@@ -14,6 +14,20 @@ export interface ResourceWrite {
   tags: Record<string, string>
   attributes: Record<string, unknown>
   contentHash: Buffer
+}
+
+/** A live row as Postgres holds it: its content hash, and the runs that created it and last wrote it. */
+export interface StoredVersion {
+  contentHash: Buffer
+  changedRunId: number
+  firstSeenRunId: number
+}
+
+export interface WriteResult {
+  /** False when the run was no longer open or completing: nothing was written. */
+  runOpen: boolean
+  inserted: Set<string>
+  updated: Set<string>
 }
 
 /**
@@ -35,48 +49,73 @@ const ORPHAN_PAGE = 5000
 
 export function createResourcesRepository (db: Db) {
   return {
-    /** Content hashes of the live rows among `ids`; a soft-deleted row counts as absent. */
-    async liveHashes (tenant: string, scope: string, ids: string[], tx: Executor = db): Promise<Map<string, Buffer>> {
+    /**
+     * What Postgres holds for the live rows among `ids`: content hash, and which runs created
+     * and last wrote the row. A soft-deleted row counts as absent.
+     */
+    async liveVersions (tenant: string, scope: string, ids: string[]): Promise<Map<string, StoredVersion>> {
       if (ids.length === 0) return new Map()
-      const result = await tx.execute<{ id: string, content_hash: Buffer }>(sql`
-        select u.id, r.content_hash
+      const result = await db.execute<{ id: string, content_hash: Buffer, changed_run_id: string, first_seen_run_id: string }>(sql`
+        select u.id, r.content_hash, r.changed_run_id, r.first_seen_run_id
         from unnest(${sql.param(ids)}::text[]) as u(id)
-        cross join lateral (${primaryKeyProbe(tenant, scope, sql`content_hash`)}) r
+        cross join lateral (${primaryKeyProbe(tenant, scope, sql`content_hash, changed_run_id, first_seen_run_id`)}) r
         where r.deleted_at is null`)
-      return new Map(result.rows.map((r) => [r.id, r.content_hash]))
+      return new Map(result.rows.map((r) => [r.id, {
+        contentHash: r.content_hash, changedRunId: Number(r.changed_run_id), firstSeenRunId: Number(r.first_seen_run_id)
+      }]))
     },
 
     /**
-     * Inserts new and rewrites changed rows in one statement. The guard makes an equal hash a
-     * no-op at the row level (a racing twin of the batch writes nothing), revives a
-     * soft-deleted row, and never lets an older run overwrite a newer run's version.
-     * Returns the ids actually written.
+     * Writes what is new or changed, in one statement, and nothing else: no row whose content
+     * is equal is locked or rewritten (an `INSERT … ON CONFLICT DO UPDATE … WHERE` would lock
+     * it even when its WHERE says no). New rows are inserted (`ON CONFLICT DO NOTHING` takes no
+     * lock); existing ones are updated only if their hash differs or they were soft-deleted
+     * (revived), and never by an older run than the one that last wrote them. Existing rows are
+     * found by primary-key probes and updated by ctid, so the plan never depends on statistics
+     * (a plain join reads the whole scope). Writes nothing unless the run is still open or
+     * completing: a batch of an aborted or finished run cannot change the inventory.
+     *
+     * A row another writer changed meanwhile may be skipped: the caller reads back every id
+     * that was neither inserted nor updated.
      */
-    async upsertChanged (tenant: string, scope: string, runId: number, rows: ResourceWrite[], tx: Executor = db): Promise<Set<string>> {
-      if (rows.length === 0) return new Set()
-      const result = await tx.execute<{ id: string }>(sql`
-        insert into resources as r (tenant, scope, id, type, name, region, tags, attributes,
-                                    content_hash, first_seen_run_id, changed_run_id)
-        select ${tenant}, ${scope}, u.id, u.type, u.name, u.region, u.tags, u.attributes,
-               u.content_hash, ${runId}, ${runId}
-        from unnest(${sql.param(rows.map((r) => r.id))}::text[],
-                    ${sql.param(rows.map((r) => r.type))}::text[],
-                    ${sql.param(rows.map((r) => r.name))}::text[],
-                    ${sql.param(rows.map((r) => r.region))}::text[],
-                    ${sql.param(rows.map((r) => JSON.stringify(r.tags)))}::jsonb[],
-                    ${sql.param(rows.map((r) => JSON.stringify(r.attributes)))}::jsonb[],
-                    ${sql.param(rows.map((r) => r.contentHash))}::bytea[])
-             as u(id, type, name, region, tags, attributes, content_hash)
-        on conflict (tenant, scope, id) do update set
-          type = excluded.type, name = excluded.name, region = excluded.region,
-          tags = excluded.tags, attributes = excluded.attributes,
-          content_hash = excluded.content_hash,
-          changed_at = now(), changed_run_id = excluded.changed_run_id,
-          deleted_at = null, deleted_run_id = null
-        where (r.content_hash is distinct from excluded.content_hash or r.deleted_at is not null)
-          and r.changed_run_id <= excluded.changed_run_id
-        returning r.id`)
-      return new Set(result.rows.map((r) => r.id))
+    async writeChanged (tenant: string, scope: string, runId: number, rows: ResourceWrite[]): Promise<WriteResult> {
+      if (rows.length === 0) return { runOpen: true, inserted: new Set(), updated: new Set() }
+      const result = await db.execute<{ run_open: boolean, inserted: string[], updated: string[] }>(sql`
+        with fence as (select 1 from runs where id = ${runId} and status in ('open', 'completing')),
+        u as (
+          select * from unnest(${sql.param(rows.map((r) => r.id))}::text[],
+                               ${sql.param(rows.map((r) => r.type))}::text[],
+                               ${sql.param(rows.map((r) => r.name))}::text[],
+                               ${sql.param(rows.map((r) => r.region))}::text[],
+                               ${sql.param(rows.map((r) => JSON.stringify(r.tags)))}::jsonb[],
+                               ${sql.param(rows.map((r) => JSON.stringify(r.attributes)))}::jsonb[],
+                               ${sql.param(rows.map((r) => r.contentHash))}::bytea[])
+            as u(id, type, name, region, tags, attributes, content_hash)),
+        ins as (
+          insert into resources (tenant, scope, id, type, name, region, tags, attributes,
+                                 content_hash, first_seen_run_id, changed_run_id)
+          select ${tenant}, ${scope}, u.id, u.type, u.name, u.region, u.tags, u.attributes,
+                 u.content_hash, ${runId}, ${runId}
+          from u where exists (select 1 from fence)
+          on conflict (tenant, scope, id) do nothing
+          returning id),
+        upd as (
+          update resources as r set
+            type = x.type, name = x.name, region = x.region, tags = x.tags, attributes = x.attributes,
+            content_hash = x.content_hash, changed_at = now(), changed_run_id = ${runId},
+            deleted_at = null, deleted_run_id = null
+          from (select u.*, p.ctid as tid from u
+                cross join lateral (${primaryKeyProbe(tenant, scope, sql`ctid`)}) p) x
+          where exists (select 1 from fence)
+            and r.ctid = x.tid
+            and (r.content_hash is distinct from x.content_hash or r.deleted_at is not null)
+            and r.changed_run_id <= ${runId}
+          returning r.id)
+        select exists (select 1 from fence) as run_open,
+               array(select id from ins) as inserted,
+               array(select id from upd) as updated`)
+      const row = result.rows[0]!
+      return { runOpen: row.run_open, inserted: new Set(row.inserted), updated: new Set(row.updated) }
     },
 
     /** Type and region of the live rows among `ids`: what partition each lies in. */
@@ -92,14 +131,16 @@ export function createResourcesRepository (db: Db) {
 
     /**
      * Removes up to `limit` rows soft-deleted more than `retentionSeconds` ago, oldest first,
-     * across every scope; returns how many. Bounded, so a large backlog never holds locks long.
+     * across every scope; returns how many. Bounded, so a large backlog never holds locks long;
+     * rows another instance's purge holds are skipped, not waited for.
      */
     async purgeDeleted (retentionSeconds: number, limit: number): Promise<number> {
       const result = await db.execute(sql`
         delete from resources where ctid = any(array(
           select ctid from resources
           where deleted_at is not null and deleted_at < now() - make_interval(secs => ${retentionSeconds})
-          order by deleted_at limit ${limit}))`)
+          order by deleted_at limit ${limit}
+          for update skip locked))`)
       return result.rowCount ?? 0
     },
 
@@ -130,13 +171,16 @@ export function createResourcesRepository (db: Db) {
     },
 
     /**
-     * Live ids last written by a run after `afterRunId` and before `beforeRunId`: what runs that
-     * never completed created or changed since the baseline. Read in pages ordered like
-     * `resources_live_changed_run_idx`: the order and limit make that index the planner's
-     * choice even without statistics (otherwise it may take another index on tenant and scope
-     * and read the whole scope: 2 s at 1M rows), and the rows the current run rewrote are never read.
+     * Live ids last written by run `fromRunId` or a later one before `beforeRunId`: what the
+     * baseline itself and the runs that never completed since created or changed. A completion
+     * checks each against its own sets: whatever left such an id out of every set (an aborted
+     * run, a batch that failed after its write, a lost SADD), it is found stale. Read in pages
+     * ordered like `resources_live_changed_run_idx`: the order and limit make that index the
+     * planner's choice even without statistics (otherwise it may take another index on tenant
+     * and scope and read the whole scope: 2 s at 1M rows), and the rows the current run
+     * rewrote are never read.
      */
-    async liveIdsWrittenBetween (tenant: string, scope: string, afterRunId: number, beforeRunId: number): Promise<string[]> {
+    async liveIdsWrittenBetween (tenant: string, scope: string, fromRunId: number, beforeRunId: number): Promise<string[]> {
       const ids: string[] = []
       let after: { runId: number, id: string } | null = null
       for (;;) {
@@ -144,7 +188,7 @@ export function createResourcesRepository (db: Db) {
           .from(resources)
           .where(and(
             eq(resources.tenant, tenant), eq(resources.scope, scope), isNull(resources.deletedAt),
-            gt(resources.changedRunId, afterRunId), lt(resources.changedRunId, beforeRunId),
+            gte(resources.changedRunId, fromRunId), lt(resources.changedRunId, beforeRunId),
             after === null ? undefined : sql`(${resources.changedRunId}, ${resources.id}) > (${after.runId}, ${after.id})`
           ))
           .orderBy(asc(resources.changedRunId), asc(resources.id))

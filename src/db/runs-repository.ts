@@ -114,9 +114,9 @@ export function createRunsRepository (db: Db) {
       return row
     },
 
-    /** The scope's row, created on first use with the given shard count. */
+    /** The scope's row, created on first use with the given shard count (which its hash cache keeps for good). */
     async ensureScope (tenant: string, scope: string, shardCount: number, tx: Executor = db): Promise<ScopeRow> {
-      await tx.insert(scopes).values({ tenant, scope, shardCount }).onConflictDoNothing()
+      await tx.insert(scopes).values({ tenant, scope, shardCount, cacheShardCount: shardCount }).onConflictDoNothing()
       const [row] = await tx.select().from(scopes).where(and(eq(scopes.tenant, tenant), eq(scopes.scope, scope)))
       return row!
     },

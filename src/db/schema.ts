@@ -13,6 +13,14 @@ const bytea = customType<{ data: Buffer, driverData: Buffer }>({
   dataType: () => 'bytea'
 })
 
+/**
+ * Text compared byte by byte. Resource ids are opaque (ARNs, URLs, UUIDs): a linguistic
+ * collation buys nothing, and only "C" lets a btree serve `LIKE 'prefix%'` (the idPrefix filter).
+ */
+const bytewiseText = customType<{ data: string, driverData: string }>({
+  dataType: () => 'text COLLATE "C"'
+})
+
 const tenant = () => text().notNull().default('default')
 const runRef = () => bigint({ mode: 'number' })
 const at = () => timestamp({ withTimezone: true, mode: 'date' })
@@ -29,6 +37,11 @@ export const scopes = pgTable('scopes', {
   tenant: tenant(),
   scope: text().notNull(),
   shardCount: integer().notNull(),
+  /**
+   * Shards of the scope's hash cache, fixed when the scope is created. Runs choose their own
+   * shard count; the cache does not follow them, so there is one cache per scope to keep right.
+   */
+  cacheShardCount: integer().notNull(),
   baselineRunId: runRef(),
   /** Σ SCARD of the baseline's seen sets when it completed: a smaller set later means lost state. */
   baselineSeen: bigint({ mode: 'number' }).notNull().default(0),
@@ -76,7 +89,7 @@ export const runs = pgTable('runs', {
 export const resources = pgTable('resources', {
   tenant: tenant(),
   scope: text().notNull(),
-  id: text().notNull(),
+  id: bytewiseText().notNull(),
   type: text().notNull(),
   name: text(),
   region: text(),

@@ -1,18 +1,20 @@
 /**
  * Completing a run: find what vanished since the baseline and soft-delete it, safely.
  *
- * Nothing is deleted unless the run's own sets are provably whole (every shard marker still
- * there), the count matches what the scanner expected, and the deletion stays under the
- * mass-deletion guard. Deletions, the run's stats and the baseline promotion commit in one
- * transaction, so a crash anywhere leaves either nothing done or everything done, and calling
- * complete again finishes the job.
+ * The run first stops taking batches and waits for those in flight, so every batch that is
+ * acknowledged is in its sets and its stats. Nothing is deleted unless the run's own sets are
+ * provably whole (every shard marker still there, before and after the diff), the count
+ * matches what the scanner expected, and the deletion stays under the mass-deletion guard.
+ * Deletions, the run's stats and the baseline promotion commit in one transaction, so a crash
+ * anywhere leaves either nothing done or everything done, and calling complete again finishes
+ * the job. Concurrent completes of one run all answer with the one result.
  */
 import pLimit from 'p-limit'
 import type { RunCounts, RunRow, ScopeRow } from '../db/runs-repository.js'
 import type { SkipPartition } from '../db/schema.js'
 import { TallyError } from '../errors.js'
 import { groupByShard } from './keys.js'
-import { liveCounts, moveMarkers, seenCount, shards, dropRunKeys } from './run-keys.js'
+import { drain, dropRunKeys, liveCounts, moveMarkers, runStateKeys, seenCount, shards } from './run-keys.js'
 import { requireRun, stateOf } from './runs.js'
 import type { ReconcileDeps, RunState } from './types.js'
 
@@ -53,13 +55,14 @@ async function notSeen (deps: ReconcileDeps, run: RunRow, ids: string[]): Promis
 }
 
 /**
- * What runs that never completed wrote since the baseline (or ever, for a scope without one)
- * and this run did not see. The baseline's sets cannot know of them; an index on
- * `changed_run_id` finds them without reading the scope. Such runs all opened after the
- * baseline and before this run: a scope has one run in flight at a time.
+ * What the baseline itself and the runs since it (every run, for a scope without one) wrote
+ * and this run did not see. The baseline's sets cannot know of what runs that never completed
+ * wrote, nor of an id that went missing from them (a batch that failed after its write, a lost
+ * SADD); an index on `changed_run_id` finds all of them without reading the scope. Such runs
+ * all opened after the baseline and before this run: a scope has one run in flight at a time.
  */
-async function orphans (deps: ReconcileDeps, run: RunRow, sinceRunId: number): Promise<string[]> {
-  return notSeen(deps, run, await deps.resources.liveIdsWrittenBetween(run.tenant, run.scope, sinceRunId, run.id))
+async function orphans (deps: ReconcileDeps, run: RunRow, fromRunId: number): Promise<string[]> {
+  return notSeen(deps, run, await deps.resources.liveIdsWrittenBetween(run.tenant, run.scope, fromRunId, run.id))
 }
 
 /**
@@ -154,6 +157,28 @@ async function reopen (deps: ReconcileDeps, run: RunRow): Promise<void> {
   // and no batch can join a completed run.
   if (await deps.runs.transition(run.id, ['completing'], 'open') === undefined) return
   await moveMarkers(deps, run, 'closing', 'open')
+  await deps.redis.tallyReopen(deps.keys.counters(run.id))
+}
+
+/**
+ * The run's Redis state was found incomplete. That is what a concurrent complete leaves once it
+ * has finished the run (it drops the run's keys after its commit): then this caller answers
+ * with that result. Only a run still in flight has really lost its state.
+ */
+async function stateGone (deps: ReconcileDeps, run: RunRow, during: string): Promise<RunState> {
+  const current = await requireRun(deps, run.id)
+  if (current.status === 'completed' || current.status === 'superseded') return stateOf(deps, current)
+  if (current.status === 'aborted') throw new TallyError('run_not_open', `Run ${run.id} was aborted while completing`)
+  await reopen(deps, run)
+  throw new TallyError('run_state_lost', during === 'diff'
+    ? `Run ${run.id}'s Redis state was lost while it completed, so nothing was deleted; abort it and rescan`
+    : `Run ${run.id}'s Redis state is incomplete (restart, flush or expiry), so nothing can be deleted safely; abort it and rescan`)
+}
+
+/** Forgets cached hashes of the ids in every cache shard they fall in, and bumps those shards' epochs. */
+async function invalidate (deps: ReconcileDeps, run: RunRow, cacheShards: number, ids: string[]): Promise<void> {
+  await Promise.all([...groupByShard(ids, cacheShards)].map(([shard, group]) =>
+    deps.redis.tallyInvalidate(deps.keys.cache(run, shard), ...group)))
 }
 
 /**
@@ -174,12 +199,7 @@ async function settleKeys (deps: ReconcileDeps, run: RunRow): Promise<void> {
     ...shards(run.shardCount).map((k) => isBaseline
       ? redis.persist(keys.seen(run, k, run.id))
       : redis.unlink(keys.seen(run, k, run.id))),
-    ...shards(run.shardCount).map((k) => redis.unlink(keys.marker(run, k, run.id))),
-    redis.unlink(keys.counters(run.id), keys.batches(run.id)),
-    // Hash caches kept under another shard count answer for ids they were not written for.
-    ...(old === undefined || old.shardCount === run.shardCount
-      ? []
-      : shards(old.shardCount).map((k) => redis.unlink(keys.hash(run, k, old.shardCount))))
+    ...runStateKeys(deps, run).map((key) => redis.unlink(key))
   ])
 }
 
@@ -196,14 +216,11 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
     if (run.status !== 'completing') return completeRun(deps, id, opts)
   }
   // A completion is activity: the sweeper must not take this run for abandoned.
-  await deps.redis.multi().hset(deps.keys.counters(id), 'touched', Date.now()).expire(deps.keys.counters(id), deps.settings.runTtl).exec()
+  await deps.redis.hset(deps.keys.counters(id), 'touched', Date.now())
 
-  // From here on no batch can join: every marker says `closing`, or the state is lost.
-  if (!await moveMarkers(deps, run, 'open', 'closing')) {
-    await reopen(deps, run)
-    throw new TallyError('run_state_lost',
-      `Run ${id}'s Redis state is incomplete (restart, flush or expiry), so nothing can be deleted safely; abort it and rescan`)
-  }
+  // No new batch may begin, and the ones that began are waited for: an acknowledged batch is
+  // in the stats. Then every marker says `closing`, or the state is lost.
+  if (!await drain(deps, run) || !await moveMarkers(deps, run, 'open', 'closing')) return stateGone(deps, run, 'start')
   const counts: RunCounts = await liveCounts(deps, run)
   if (opts.expectedResources !== undefined && opts.expectedResources !== counts.seen) {
     await reopen(deps, run)
@@ -215,7 +232,7 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
   const scope = await deps.runs.getScope(run.tenant, run.scope)
   if (scope === undefined || scope.baselineRunId !== run.baselineRunId) {
     // Another run completed after this one started: its view is older, it deletes nothing.
-    return await finish(deps, run, 'superseded', counts, []) ?? completeRun(deps, id, opts)
+    return await finish(deps, run, scope?.cacheShardCount ?? run.shardCount, 'superseded', counts, []) ?? completeRun(deps, id, opts)
   }
 
   const diffStarted = performance.now()
@@ -236,24 +253,19 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
   }
   // Were the sets whole all along? A Redis restarted or flushed during the diff has lost the
   // markers too, and a diff against a vanished set would take live resources for stale.
-  if (!await moveMarkers(deps, run, 'closing', 'closing')) {
-    await reopen(deps, run)
-    throw new TallyError('run_state_lost',
-      `Run ${id}'s Redis state was lost while it completed, so nothing was deleted; abort it and rescan`)
-  }
+  if (!await moveMarkers(deps, run, 'closing', 'closing')) return stateGone(deps, run, 'diff')
   deps.log.info({ runId: id, stale: ids.length, skipped: kept.length, method: stale.method, diffMs }, 'completing run')
-  return await finish(deps, run, 'completed', { ...counts, skipped: kept.length }, ids, { skip, kept }) ?? completeRun(deps, id, opts)
+  return await finish(deps, run, scope.cacheShardCount, 'completed', { ...counts, skipped: kept.length }, ids, { skip, kept }) ?? completeRun(deps, id, opts)
 }
 
 /** Commits the outcome; undefined when the run is no longer this completion's to finish (start over). */
-async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | 'superseded', counts: RunCounts,
+async function finish (deps: ReconcileDeps, run: RunRow, cacheShards: number, status: 'completed' | 'superseded', counts: RunCounts,
   stale: string[], partial: { skip: SkipPartition[], kept: string[] } = { skip: [], kept: [] }): Promise<RunState | undefined> {
-  const { redis, keys } = deps
   const started = performance.now()
-  // Forget the cached hashes first: a cache entry outliving its row's deletion would make a
-  // reappearing resource look unchanged and leave it deleted. A miss only costs a read.
-  await Promise.all([...groupByShard(stale, run.shardCount)].map(([shard, ids]) =>
-    redis.hdel(keys.hash(run, shard, run.shardCount), ...ids)))
+  // Forget the cached hashes first, and again after the commit (a fill prepared in between is
+  // dropped by the epoch): a cache entry outliving its row's deletion would make a reappearing
+  // resource look unchanged and leave it deleted. A miss only costs a read.
+  await invalidate(deps, run, cacheShards, stale)
 
   const finished = await deps.transaction(async (tx) => {
     let deleted = 0
@@ -278,6 +290,7 @@ async function finish (deps: ReconcileDeps, run: RunRow, status: 'completed' | '
     await dropRunKeys(deps, result)
     throw new TallyError('run_not_open', `Run ${run.id} was aborted while completing`)
   }
+  if (finished !== undefined) await invalidate(deps, run, cacheShards, stale)
   if (result.status === 'superseded') await dropRunKeys(deps, result)
   else {
     if (finished !== undefined) await adoptKept(deps, run, partial.kept)

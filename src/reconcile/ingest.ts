@@ -1,18 +1,29 @@
 /**
- * Ingesting one batch of a run. Unchanged resources cost one Redis round trip and no
- * database write: all shards' scripts go out together (ioredis pipelines them), misses of
- * the hash cache are read from Postgres in one query, and everything new or changed is
- * written by one upsert statement. A failure at any step leaves a state that a retry of
- * the same batch repairs.
+ * Ingesting one batch of a run. Unchanged resources cost Redis round trips and no database
+ * write: the cache is read for every shard at once (ioredis pipelines), its misses are read
+ * from Postgres in one query, and everything new or changed is written by one statement.
+ *
+ * The order is what makes every guarantee hold:
+ * 1. `tallyBegin` registers the batch in flight (and claims its batch id), unless the run has
+ *    stopped taking batches: a completion waits for every registered batch before it reads.
+ * 2. The hash cache is read; misses and wrong entries are settled against Postgres.
+ * 3. The write: only rows whose content differs, and only while the run is open (see writeChanged).
+ * 4. `tallyCommit` adds the ids to the run's seen sets and counts them, each id once, in the same
+ *    script per shard: an id joins a set only once its content is in Postgres, and the counts
+ *    always agree with the sets.
+ * 5. The cache is filled (guarded: see tallyFill); the batch is recorded and unregistered.
+ * A batch that fails anywhere is unregistered and leaves nothing a completion counts as applied;
+ * rows it wrote before failing carry the run's id, and a completion finds them by it.
  */
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LRUCache } from 'lru-cache'
 import type { RunRow } from '../db/runs-repository.js'
-import type { ResourceWrite } from '../db/resources-repository.js'
+import type { ResourceWrite, StoredVersion } from '../db/resources-repository.js'
 import { TallyError } from '../errors.js'
 import { contentHash, digest } from './content-hash.js'
-import { groupByShard } from './keys.js'
+import { groupByShard, shardOf } from './keys.js'
+import { BATCH_STALE_MS } from './run-keys.js'
 import { requireRun } from './runs.js'
 import { MARKER_MISSING } from './scripts.js'
 import type { BatchResult, ReconcileDeps, ResourceIn } from './types.js'
@@ -23,21 +34,42 @@ interface Item {
   resource: ResourceIn
   /** The content hash, 16 hex digits, as kept in the Redis cache. */
   hash: string
+  /** What the cache held for the id when the batch read it; '' for nothing. */
+  cached: string
+  /** Relative to the inventory before this run: what the run's stats count this id as. */
   kind: Kind
+  /** Its content still has to be written. */
+  pending: boolean
+  /** The hash Postgres holds for it, as far as this batch knows, to put in the cache; '' for none. */
+  fill: string
 }
 
-type RunCache = LRUCache<number, RunRow>
+/** A run as ingestion needs it: the row (scope and shard count never change) and the scope's cache shards. */
+interface RunContext {
+  run: RunRow
+  cacheShards: number
+}
 
-async function runFor (deps: ReconcileDeps, runCache: RunCache, runId: number): Promise<RunRow> {
+type RunCache = LRUCache<number, RunContext>
+
+const POLL_MS = 25
+/** How long a batch waits for a run that stopped taking batches but is still open (an abort, or a refused completion reopening it). */
+const CLOSED_WAIT_MS = 2000
+/** Writes of one batch retried after another writer changed the same rows in between. */
+const WRITE_ATTEMPTS = 3
+
+async function runFor (deps: ReconcileDeps, runCache: RunCache, runId: number): Promise<RunContext> {
   const cached = runCache.get(runId)
   if (cached !== undefined) return cached
   const run = await requireRun(deps, runId)
   if (run.status !== 'open') throw new TallyError('run_not_open', `Run ${runId} is ${run.status}`)
-  runCache.set(runId, run)
-  return run
+  const scope = await deps.runs.getScope(run.tenant, run.scope)
+  const context = { run, cacheShards: scope?.cacheShardCount ?? run.shardCount }
+  runCache.set(runId, context)
+  return context
 }
 
-/** Why the markers refused a batch, told from the run's row. */
+/** Why the run refused a batch, told from the run's row. */
 async function refusal (deps: ReconcileDeps, run: RunRow, missing: boolean): Promise<TallyError> {
   const current = await requireRun(deps, run.id)
   if (current.status === 'open' && missing) {
@@ -68,10 +100,6 @@ function toWrite (r: ResourceIn, hash: string): ResourceWrite {
   }
 }
 
-/** How long a claim on a batch id holds before another copy may take it over (its holder died). */
-const CLAIM_STALE_MS = 30_000
-const CLAIM_POLL_MS = 25
-
 /** What a batch id's record holds: the first copy's result, and a fingerprint of its content. */
 interface BatchRecord {
   received: number
@@ -98,24 +126,39 @@ function replayOf (deps: ReconcileDeps, run: RunRow, batchId: string, stored: st
   return { runId: run.id, received: record.received, created: record.created, updated: record.updated, unchanged: record.unchanged, duplicate: true }
 }
 
+function itemsOf (resources: ResourceIn[]): Map<string, Item> {
+  const items = new Map<string, Item>()
+  for (const [id, resource] of dedupe(resources)) {
+    items.set(id, { resource, hash: contentHash(resource), cached: '', kind: 'created', pending: true, fill: '' })
+  }
+  return items
+}
+
 /**
  * Returns `ingestBatch`. A run's scope and shard count never change, so its row is cached for
- * good; whether it is still open is never cached: the shard markers answer that, atomically,
- * on every batch.
+ * good; whether it still takes batches is never cached: Redis answers that on every batch.
  *
  * With a batch id, a batch applies and counts once: the first copy claims the id, a copy that
  * arrives meanwhile waits for its result, and later copies get that result with
- * `duplicate: true`. A copy whose claim holder died takes the claim over after CLAIM_STALE_MS;
- * should both finish, the batch is recorded (and counted) by whichever finishes first.
+ * `duplicate: true`. A copy whose claim holder died takes the claim over after BATCH_STALE_MS;
+ * should both finish, each id still counts once (the seen sets say so), and the batch is
+ * recorded by whichever finishes first.
  */
 export function createIngest (deps: ReconcileDeps) {
-  const runCache: RunCache = new LRUCache<number, RunRow>({ max: 10_000 })
+  const runCache: RunCache = new LRUCache<number, RunContext>({ max: 10_000 })
   return async function ingestBatch (runId: number, resources: ResourceIn[], batchId?: string): Promise<BatchResult> {
     try {
-      const run = await runFor(deps, runCache, runId)
+      const context = await runFor(deps, runCache, runId)
       const items = itemsOf(resources)
-      if (batchId === undefined) return await ingest(deps, run, items, resources.length)
-      return await ingestOnce(deps, run, items, resources.length, batchId)
+      const batch = { id: batchId ?? '', fingerprint: batchId === undefined ? '' : fingerprintOf(items), token: randomUUID() }
+      const replayed = await begin(deps, context.run, batch)
+      if (replayed !== undefined) return replayed
+      try {
+        return await apply(deps, context, items, resources.length, batch)
+      } catch (err) {
+        await deps.redis.tallyRelease(deps.keys.batches(runId), deps.keys.inflight(runId), batch.id, batch.token).catch(() => {})
+        throw err
+      }
     } catch (err) {
       if (err instanceof TallyError) runCache.delete(runId)
       throw err
@@ -123,95 +166,162 @@ export function createIngest (deps: ReconcileDeps) {
   }
 }
 
-function itemsOf (resources: ResourceIn[]): Map<string, Item> {
-  const items = new Map<string, Item>()
-  for (const [id, resource] of dedupe(resources)) {
-    items.set(id, { resource, hash: contentHash(resource), kind: 'created' })
-  }
-  return items
-}
+interface BatchRef { id: string, fingerprint: string, token: string }
 
-async function ingestOnce (deps: ReconcileDeps, run: RunRow, items: Map<string, Item>, received: number, batchId: string): Promise<BatchResult> {
+/** Registers the batch in flight; or answers it from an earlier copy's result; or refuses it. */
+async function begin (deps: ReconcileDeps, run: RunRow, batch: BatchRef): Promise<BatchResult | undefined> {
   const { redis, keys } = deps
-  const fingerprint = fingerprintOf(items)
-  const token = randomUUID()
+  const deadline = Date.now() + CLOSED_WAIT_MS
   for (;;) {
-    const [state, stored] = await redis.tallyBatchClaim(keys.batches(run.id), batchId, token, CLAIM_STALE_MS, deps.settings.runTtl)
-    if (state === 'done') return replayOf(deps, run, batchId, stored, fingerprint)
-    if (state === 'claimed') break
-    await sleep(CLAIM_POLL_MS)
-  }
-  try {
-    return await ingest(deps, run, items, received, { batchId, fingerprint })
-  } catch (err) {
-    await redis.tallyBatchRelease(keys.batches(run.id), batchId, token).catch(() => {})
-    throw err
+    const [state, stored] = await redis.tallyBegin(keys.counters(run.id), keys.batches(run.id), keys.inflight(run.id),
+      batch.id, batch.token, BATCH_STALE_MS, deps.settings.runTtl)
+    if (state === 'begun') return undefined
+    if (state === 'done') return replayOf(deps, run, batch.id, stored, batch.fingerprint)
+    if (state === 'missing') throw await refusal(deps, run, true)
+    if (state === 'closed') {
+      const current = await requireRun(deps, run.id)
+      if (current.status !== 'open' || Date.now() > deadline) {
+        throw new TallyError('run_not_open', `Run ${run.id} is ${current.status === 'open' ? 'closing' : current.status}`)
+      }
+    }
+    await sleep(POLL_MS)
   }
 }
 
-async function ingest (deps: ReconcileDeps, run: RunRow, items: Map<string, Item>, received: number,
-  batch?: { batchId: string, fingerprint: string }): Promise<BatchResult> {
+/**
+ * Settles an item against what Postgres holds for it. Equal content is unchanged unless this
+ * run itself wrote it already (another batch, or an earlier attempt of this one): the run's
+ * stats count what the run changed, whichever of its batches wrote it.
+ */
+function settle (item: Item, stored: StoredVersion | undefined, runId: number): void {
+  if (stored === undefined) { // absent, or soft-deleted: to be inserted or revived
+    item.kind = 'created'
+    item.pending = true
+    item.fill = ''
+    return
+  }
+  const storedHash = stored.contentHash.toString('hex')
+  item.fill = storedHash
+  if (storedHash !== item.hash && stored.changedRunId <= runId) {
+    item.kind = 'updated'
+    item.pending = true
+    return
+  }
+  item.pending = false
+  item.kind = stored.changedRunId !== runId ? 'unchanged' : stored.firstSeenRunId === runId ? 'created' : 'updated'
+}
+
+/**
+ * Reads the cached hash of every id, and the epoch of each cache shard; throws if a marker of
+ * the run is not `open`. When the run's shards are the cache's (the usual case), marker and
+ * cache share a slot and one script per shard reads both; otherwise they are read apart.
+ */
+async function readCache (deps: ReconcileDeps, run: RunRow, cacheShards: number, byCache: Map<number, string[]>) {
+  const { redis, keys } = deps
+  const hashes = new Map<string, string>()
+  const epochs = new Map<number, string>()
+  const markers: Array<number | string | null> = []
+  const take = (shard: number, ids: string[], [epoch, ...values]: Array<string | null>) => {
+    epochs.set(shard, epoch ?? '0')
+    ids.forEach((id, i) => hashes.set(id, values[i] ?? ''))
+  }
+  if (cacheShards === run.shardCount) {
+    await Promise.all([...byCache].map(async ([shard, ids]) => {
+      const reply = await redis.tallyRead(keys.marker(run, shard, run.id), keys.cache(run, shard), ...ids)
+      if (typeof reply === 'number') markers.push(reply)
+      else take(shard, ids, reply)
+    }))
+  } else {
+    const runShards = [...new Set([...byCache.values()].flat().map((id) => shardOf(id, run.shardCount)))]
+    await Promise.all([
+      ...runShards.map(async (shard) => { markers.push(await redis.get(keys.marker(run, shard, run.id))) }),
+      ...[...byCache].map(async ([shard, ids]) => take(shard, ids, await redis.hmget(keys.cache(run, shard), '', ...ids)))
+    ])
+  }
+  const refused = markers.filter((m) => m !== 'open')
+  if (refused.length > 0) throw await refusal(deps, run, refused.some((m) => m === null || m === MARKER_MISSING))
+  return { hashes, epochs }
+}
+
+async function apply (deps: ReconcileDeps, { run, cacheShards }: RunContext, items: Map<string, Item>, received: number,
+  batch: BatchRef): Promise<BatchResult> {
   const { redis, keys } = deps
 
-  // 1. One script per shard: check the marker, SADD the ids, HMGET their cached hashes.
-  const byShard = groupByShard(items.keys(), run.shardCount)
-  const replies = await Promise.all([...byShard].map(([shard, ids]) => redis.tallyObserve(
-    keys.marker(run, shard, run.id), keys.seen(run, shard, run.id),
-    keys.hash(run, shard, run.shardCount), deps.settings.runTtl, ...ids)))
-
-  const misses: string[] = []
-  let refused: number | undefined
-  let shardIndex = 0
-  for (const ids of byShard.values()) {
-    const reply = replies[shardIndex++]!
-    if (typeof reply === 'number') {
-      refused = refused === MARKER_MISSING ? refused : reply
-      continue
+  // 2. The markers (a run whose state is lost writes nothing) and the cache, every shard at once.
+  const byCache = groupByShard(items.keys(), cacheShards)
+  const cached = await readCache(deps, run, cacheShards, byCache)
+  for (const [id, value] of cached.hashes) {
+    const item = items.get(id)!
+    item.cached = value
+    if (value === item.hash) {
+      item.kind = 'unchanged'
+      item.pending = false
+    } else if (value !== '') {
+      item.kind = 'updated' // or the entry is wrong: the write finds out, and the read-back repairs it
     }
-    ids.forEach((id, i) => {
-      const cached = reply[i]
-      const item = items.get(id)!
-      if (cached === null || cached === undefined) misses.push(id)
-      else item.kind = cached === item.hash ? 'unchanged' : 'updated'
-    })
   }
-  if (refused !== undefined) throw await refusal(deps, run, refused === MARKER_MISSING)
-
-  // 2. A cold cache must not turn into writes: misses are compared against Postgres.
-  const cacheFill = new Map<string, string>()
+  // A cold cache must not turn into writes: misses are compared against Postgres.
+  const misses = [...items.values()].filter((i) => i.cached === '')
   if (misses.length > 0) {
-    const live = await deps.resources.liveHashes(run.tenant, run.scope, misses)
-    for (const [id, stored] of live) {
-      const item = items.get(id)!
-      const storedHash = stored.toString('hex')
-      item.kind = storedHash === item.hash ? 'unchanged' : 'updated'
-      cacheFill.set(id, storedHash)
+    const stored = await deps.resources.liveVersions(run.tenant, run.scope, misses.map((i) => i.resource.id))
+    for (const item of misses) settle(item, stored.get(item.resource.id), run.id)
+  }
+
+  // 3. Write what differs. What the statement neither inserted nor updated was equal after all
+  // (a wrong cache entry, or a twin batch wrote it first): read back, and written again only if
+  // another writer's content landed in between.
+  for (let attempt = 1; ; attempt++) {
+    const pending = [...items.values()].filter((i) => i.pending)
+    if (pending.length === 0) break
+    const written = await deps.resources.writeChanged(run.tenant, run.scope, run.id, pending.map((i) => toWrite(i.resource, i.hash)))
+    if (!written.runOpen) throw await refusal(deps, run, false)
+    const left: Item[] = []
+    for (const item of pending) {
+      const id = item.resource.id
+      if (written.inserted.has(id) || written.updated.has(id)) {
+        if (written.inserted.has(id)) item.kind = 'created'
+        item.pending = false
+        item.fill = item.hash
+      } else {
+        left.push(item)
+      }
+    }
+    if (left.length === 0) break
+    const stored = await deps.resources.liveVersions(run.tenant, run.scope, left.map((i) => i.resource.id))
+    for (const item of left) settle(item, stored.get(item.resource.id), run.id)
+    if (attempt === WRITE_ATTEMPTS) {
+      // Concurrent batches of this run keep writing other content for these ids: the last one wins.
+      for (const item of left.filter((i) => i.pending)) Object.assign(item, { pending: false, kind: 'updated', fill: '' })
     }
   }
 
-  // 3. One statement writes what is new or changed; the row guard skips what a twin already wrote.
-  const changed = [...items.values()].filter((i) => i.kind !== 'unchanged')
-  const written = await deps.resources.upsertChanged(run.tenant, run.scope, run.id,
-    changed.map((i) => toWrite(i.resource, i.hash)))
+  // 4. Into the run's sets and counts: each shard's ids in one script, created first, then updated, then unchanged.
+  const order: Kind[] = ['created', 'updated', 'unchanged']
+  const byRunShard = groupByShard(items.keys(), run.shardCount)
+  const replies = await Promise.all([...byRunShard].map(([shard, ids]) => {
+    const sorted = order.flatMap((kind) => ids.filter((id) => items.get(id)!.kind === kind))
+    const n = (kind: Kind) => ids.filter((id) => items.get(id)!.kind === kind).length
+    return redis.tallyCommit(keys.marker(run, shard, run.id), keys.seen(run, shard, run.id), keys.counts(run, shard, run.id),
+      deps.settings.runTtl, n('created'), n('updated'), ...sorted)
+  }))
+  const refused = replies.filter((r) => r !== 1)
+  if (refused.length > 0) throw await refusal(deps, run, refused.includes(MARKER_MISSING))
+
+  // 5. The cache learns what Postgres holds, unless someone else touched the entry meanwhile.
+  await Promise.all([...byCache].map(([shard, ids]) => {
+    const fills = ids.map((id) => items.get(id)!).filter((i) => i.fill !== '' && i.fill !== i.cached)
+    if (fills.length === 0) return undefined
+    return redis.tallyFill(keys.cache(run, shard), cached.epochs.get(shard)!, ...fills.flatMap((i) => [i.resource.id, i.cached, i.fill]))
+  }))
+
   const counts = { created: 0, updated: 0, unchanged: 0 }
-  for (const [id, item] of items) {
-    if (item.kind !== 'unchanged' && written.has(id)) {
-      counts[item.kind]++
-      cacheFill.set(id, item.hash)
-    } else {
-      counts.unchanged++
-    }
+  for (const item of items.values()) counts[item.kind]++
+  const record: BatchRecord = { received, ...counts, fingerprint: batch.fingerprint }
+  const [outcome, earlier] = await redis.tallyDone(keys.batches(run.id), keys.counters(run.id), keys.inflight(run.id),
+    batch.id, batch.token, JSON.stringify(record), deps.settings.runTtl)
+  if (outcome === 'revoked') {
+    throw new TallyError('run_not_open', `Run ${run.id} stopped waiting for this batch (in flight for over ${BATCH_STALE_MS / 1000} s); it was not counted as a batch`)
   }
-
-  // 4. After commit: refresh the hash cache; record the batch and count it, in one step.
-  const fills = groupByShard(cacheFill.keys(), run.shardCount)
-  const record: BatchRecord = { received, ...counts, fingerprint: batch?.fingerprint ?? '' }
-  const [, earlier] = await Promise.all([
-    Promise.all([...fills].map(([shard, ids]) => redis.hset(
-      keys.hash(run, shard, run.shardCount), ...ids.flatMap((id) => [id, cacheFill.get(id)!])))),
-    redis.tallyBatchDone(keys.batches(run.id), keys.counters(run.id), batch?.batchId ?? '', JSON.stringify(record),
-      counts.created, counts.updated, counts.unchanged, deps.settings.runTtl)
-  ])
-  if (batch !== undefined && earlier !== '') return replayOf(deps, run, batch.batchId, earlier, batch.fingerprint)
+  if (outcome === 'replay') return replayOf(deps, run, batch.id, earlier, batch.fingerprint)
   return { runId: run.id, received, ...counts, duplicate: false }
 }

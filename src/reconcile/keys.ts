@@ -30,20 +30,27 @@ export interface ScopeRef {
 export function createKeys (prefix: string) {
   const tag = (s: ScopeRef, shard: number) => `${prefix}{${s.tenant}/${s.scope}/${shard}}`
   return {
-    /** SET of ids the run saw in this shard. */
+    /** SET of ids the run saw in this shard: only ids whose batch reached Postgres join it. */
     seen: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:seen:${runId}`,
     /**
-     * HASH id -> content hash, a cache of resources.content_hash. The shard count is part of
-     * the name: under another count the same shard number holds other ids, and a stale entry
-     * must never answer for an id it was not written for.
+     * HASH created / updated / unchanged: the run's counts of this shard's ids, each id counted
+     * once, in the same script that adds it to the seen set (so Σ counts = SCARD, always).
      */
-    hash: (s: ScopeRef, shard: number, shardCount: number) => `${tag(s, shard)}:hash:${shardCount}`,
+    counts: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:count:${runId}`,
     /** STRING marker open | closing: proves the shard's set is whole and fences ingestion. */
     marker: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:run:${runId}`,
-    /** HASH of the open run's counters, and `touched`: when it last took a batch (ms). */
+    /**
+     * HASH id -> content hash, a cache of resources.content_hash, sharded by the scope's own
+     * cache shard count (whatever count each run uses). Field '' is the epoch: every
+     * invalidation bumps it, and a fill prepared before it is dropped.
+     */
+    cache: (s: ScopeRef, cacheShard: number) => `${tag(s, cacheShard)}:hash`,
+    /** HASH of the run in flight: state open | closing, batches, touched (ms of its last batch). */
     counters: (runId: number) => `${prefix}{run:${runId}}`,
     /** HASH batch id -> the batch's result, or a claim while a copy is being applied. Same slot as the counters. */
-    batches: (runId: number) => `${prefix}{run:${runId}}:batches`
+    batches: (runId: number) => `${prefix}{run:${runId}}:batches`,
+    /** HASH token -> ms: the batches in flight; a completion waits until it is empty. */
+    inflight: (runId: number) => `${prefix}{run:${runId}}:inflight`
   }
 }
 

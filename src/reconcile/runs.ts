@@ -3,7 +3,7 @@ import type { RunCounts, RunRow } from '../db/runs-repository.js'
 import { isOpenRunConflict } from '../db/runs-repository.js'
 import type { RunStatus } from '../db/schema.js'
 import { TallyError } from '../errors.js'
-import { dropRunKeys, liveCounts, writeMarkers } from './run-keys.js'
+import { drain, dropRunKeys, liveCounts, writeMarkers } from './run-keys.js'
 import type { ReconcileDeps, RunState } from './types.js'
 
 export interface OpenRunInput {
@@ -82,7 +82,8 @@ export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promis
 
 /**
  * Aborts an open run: deletes nothing, keeps its counters in the row, drops its Redis state.
- * Aborting an aborted run answers the same again.
+ * Batches in flight are waited for first, so none writes after the abort and its counters are
+ * whole. Aborting an aborted run answers the same again.
  */
 export async function abortRun (deps: ReconcileDeps, id: number): Promise<RunState> {
   const run = await requireRun(deps, id)
@@ -93,6 +94,8 @@ export async function abortRun (deps: ReconcileDeps, id: number): Promise<RunSta
   if (run.status !== 'open') {
     throw new TallyError('run_not_open', `Run ${id} is ${run.status}; only an open run can be aborted`)
   }
+  // A run whose state is already gone has nothing in flight to wait for.
+  await drain(deps, run)
   const aborted = await deps.runs.transition(id, ['open'], 'aborted', await liveCounts(deps, run))
   if (aborted === undefined) return abortRun(deps, id)
   deps.log.info({ runId: id, scope: run.scope }, 'run aborted')

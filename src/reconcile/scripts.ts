@@ -1,19 +1,84 @@
 /**
- * Lua scripts, each confined to one scope-shard (all its keys share a hash tag), so each is
- * atomic in that shard and runs on whichever Cluster node owns it.
+ * Lua scripts, each confined to one hash tag (a scope-shard, or a run), so each is atomic
+ * and runs on whichever Cluster node owns that slot.
+ *
+ * A batch goes through them in this order: `tallyBegin` (run slot: the run still takes
+ * batches; claim the batch id; register the batch as in flight), `tallyRead` (scope-shard
+ * slots: the markers are there; the cached hashes), its write to Postgres, `tallyCommit` (scope-shard slots: add the ids
+ * to the seen sets and count them), `tallyFill` (cache), `tallyDone` (run slot: record and
+ * unregister). A completion runs `tallyClose` (run slot: take no new batch; wait until the
+ * registered ones are done) before it seals the markers with `tallyMarker` and reads anything.
  */
 import type { Redis, Cluster, Result } from 'ioredis'
 
-/** What the scripts return when a shard's marker is gone (1 means done, -1 another state). */
+/** What the scripts return when a key that must exist is gone (the run's state is lost), or is in another state. */
 export const MARKER_MISSING = -2
+export const MARKER_OTHER = -1
+
+const now = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
 
 const commands = {
   /**
-   * KEYS marker, seen, hash; ARGV ttl, id…
-   * If the marker says `open`: SADD the ids, refresh the TTLs and return HMGET of their hashes.
-   * Otherwise add nothing and return -1 (closing) or -2 (missing: the run's state is lost).
+   * KEYS counters, batches, inflight; ARGV batchId ('' for none), token, staleMs, ttl.
+   * Returns {'done', result} when a copy of the batch was already applied, {'pending', ''}
+   * while another copy holds a claim younger than staleMs (even while the run closes: that copy
+   * is in flight, and the completion waits for it), {'closed', ''} when the run takes no
+   * batch (a completion or abort is under way), {'missing', ''} when the run's state is gone,
+   * else {'begun', ''}: the batch is registered in flight (and its id claimed) under `token`.
+   * Claims and registrations carry Redis time, so instances need no common clock.
    */
-  tallyObserve: {
+  tallyBegin: {
+    numberOfKeys: 3,
+    lua: `${now}
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'missing', ''} end
+if ARGV[1] ~= '' then
+  local v = redis.call('HGET', KEYS[2], ARGV[1])
+  if v then
+    if string.sub(v, 1, 8) ~= 'pending:' then return {'done', v} end
+    local since = tonumber(string.match(v, ':(%d+)$'))
+    if since and now - since < tonumber(ARGV[3]) then return {'pending', ''} end
+  end
+end
+if state ~= 'open' then return {'closed', ''} end
+if ARGV[1] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[1], 'pending:' .. ARGV[2] .. ':' .. now)
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('HSET', KEYS[3], ARGV[2], now)
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return {'begun', ''}`
+  },
+  /**
+   * KEYS marker, cache; ARGV id… The cache read of a batch, when the run's shard and the
+   * cache's shard are one slot: -1 / -2 (as tallyCommit) if the marker is not `open`, else the
+   * cache's epoch followed by the cached hash of each id (nil for none).
+   */
+  tallyRead: {
+    numberOfKeys: 2,
+    lua: `
+local m = redis.call('GET', KEYS[1])
+if m ~= 'open' then
+  if m then return -1 end
+  return -2
+end
+local out = {redis.call('HGET', KEYS[2], '') or '0'}
+local n = #ARGV
+for i = 1, n, 1000 do
+  local got = redis.call('HMGET', KEYS[2], unpack(ARGV, i, math.min(i + 999, n)))
+  for j = 1, #got do out[#out + 1] = got[j] end
+end
+return out`
+  },
+  /**
+   * KEYS marker, seen, counts; ARGV ttl, nCreated, nUpdated, id… (the created ids, then the
+   * updated, then the unchanged). If the marker says `open`: SADD each id, and count each one
+   * new to the set under its kind, so the counts never disagree with the set. Returns 1, or
+   * -1 (sealed) / -2 (missing: the run's state is lost) having added nothing.
+   */
+  tallyCommit: {
     numberOfKeys: 3,
     lua: `
 local m = redis.call('GET', KEYS[1])
@@ -21,18 +86,115 @@ if m ~= 'open' then
   if m then return -1 end
   return -2
 end
-local n = #ARGV
-for i = 2, n, 1000 do
-  redis.call('SADD', KEYS[2], unpack(ARGV, i, math.min(i + 999, n)))
+local created, updated = tonumber(ARGV[2]), tonumber(ARGV[3])
+local c, u, n = 0, 0, 0
+for i = 4, #ARGV do
+  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+    local k = i - 3
+    if k <= created then c = c + 1 elseif k <= created + updated then u = u + 1 else n = n + 1 end
+  end
 end
-redis.call('EXPIRE', KEYS[2], ARGV[1])
+if c > 0 then redis.call('HINCRBY', KEYS[3], 'created', c) end
+if u > 0 then redis.call('HINCRBY', KEYS[3], 'updated', u) end
+if n > 0 then redis.call('HINCRBY', KEYS[3], 'unchanged', n) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-local out = {}
-for i = 2, n, 1000 do
-  local got = redis.call('HMGET', KEYS[3], unpack(ARGV, i, math.min(i + 999, n)))
-  for j = 1, #got do out[#out + 1] = got[j] end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+return 1`
+  },
+  /**
+   * KEYS cache; ARGV epoch, then id, expected, value… Writes `value` for each id whose entry is
+   * still what the batch read (`expected`, '' for none) or already `value`; drops any other
+   * entry (a concurrent writer: a miss is safe, a wrong hash is not). Does nothing if the epoch
+   * moved since the batch read it: an invalidation happened in between.
+   */
+  tallyFill: {
+    numberOfKeys: 1,
+    lua: `
+if (redis.call('HGET', KEYS[1], '') or '0') ~= ARGV[1] then return 0 end
+for i = 2, #ARGV, 3 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i]) or ''
+  if cur == ARGV[i + 1] or cur == ARGV[i + 2] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+  else
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
 end
-return out`
+return 1`
+  },
+  /** KEYS cache; ARGV id…: forgets the ids and bumps the epoch, so fills prepared earlier are dropped. */
+  tallyInvalidate: {
+    numberOfKeys: 1,
+    lua: `
+local n = #ARGV
+for i = 1, n, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 999, n)))
+end
+return redis.call('HINCRBY', KEYS[1], '', 1)`
+  },
+  /**
+   * KEYS batches, counters, inflight; ARGV batchId ('' for none), token, result, ttl.
+   * Records a batch as applied, counts it and unregisters it, atomically. Returns {'revoked', ''}
+   * when its registration is gone (a completion gave it up as dead, or the run was dropped):
+   * nothing is recorded or counted. If a copy of the batch was recorded first, returns
+   * {'replay', that copy's result}. Else {'done', ''}.
+   */
+  tallyDone: {
+    numberOfKeys: 3,
+    lua: `${now}
+if redis.call('HDEL', KEYS[3], ARGV[2]) == 0 then return {'revoked', ''} end
+if ARGV[1] ~= '' then
+  local v = redis.call('HGET', KEYS[1], ARGV[1])
+  if v and string.sub(v, 1, 8) ~= 'pending:' then return {'replay', v} end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+redis.call('HINCRBY', KEYS[2], 'batches', 1)
+redis.call('HSET', KEYS[2], 'touched', now)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {'done', ''}`
+  },
+  /** KEYS batches, inflight; ARGV batchId ('' for none), token. A failed batch unregisters, and drops its claim so a retry need not wait. */
+  tallyRelease: {
+    numberOfKeys: 2,
+    lua: `
+redis.call('HDEL', KEYS[2], ARGV[2])
+if ARGV[1] ~= '' then
+  local v = redis.call('HGET', KEYS[1], ARGV[1])
+  if v and string.find(v, 'pending:' .. ARGV[2] .. ':', 1, true) == 1 then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+  end
+end
+return 0`
+  },
+  /**
+   * KEYS counters, inflight; ARGV staleMs. The run takes no new batch (state `closing`);
+   * registrations older than staleMs are revoked (their holder is taken for dead). Returns how
+   * many batches are still in flight, or -2 when the run's state is gone. Called until it says 0.
+   */
+  tallyClose: {
+    numberOfKeys: 2,
+    lua: `${now}
+if not redis.call('HGET', KEYS[1], 'state') then return -2 end
+redis.call('HSET', KEYS[1], 'state', 'closing')
+local fresh = 0
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if now - tonumber(all[i + 1]) >= tonumber(ARGV[1]) then
+    redis.call('HDEL', KEYS[2], all[i])
+  else
+    fresh = fresh + 1
+  end
+end
+return fresh`
+  },
+  /** KEYS counters. A refused completion opens the run to batches again; -2 if its state is gone. */
+  tallyReopen: {
+    numberOfKeys: 1,
+    lua: `
+if not redis.call('HGET', KEYS[1], 'state') then return -2 end
+redis.call('HSET', KEYS[1], 'state', 'open')
+return 1`
   },
   /**
    * KEYS marker; ARGV from, to. Moves the marker from one state to the other, keeping its TTL.
@@ -48,71 +210,23 @@ if m == ARGV[1] or m == ARGV[2] then
   return 1
 end
 return -1`
-  },
-  /**
-   * KEYS batches; ARGV batchId, token, staleMs, ttl. Claims a batch id for one copy of a batch.
-   * Returns {'done', result} when a copy already applied it, {'pending', ''} while another copy
-   * holds a claim younger than staleMs, else {'claimed', ''}: the caller applies the batch.
-   * A claim is `pending:<token>:<ms>`, in Redis time, so instances need no common clock.
-   */
-  tallyBatchClaim: {
-    numberOfKeys: 1,
-    lua: `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v then
-  if string.sub(v, 1, 8) ~= 'pending:' then return {'done', v} end
-  local since = tonumber(string.match(v, ':(%d+)$'))
-  if since and now - since < tonumber(ARGV[3]) then return {'pending', ''} end
-end
-redis.call('HSET', KEYS[1], ARGV[1], 'pending:' .. ARGV[2] .. ':' .. now)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return {'claimed', ''}`
-  },
-  /**
-   * KEYS batches, counters; ARGV batchId ('' for none), result, created, updated, unchanged, ttl.
-   * Records a batch as applied and counts it, atomically: if a copy of the batch was recorded
-   * first, counts nothing and returns that copy's result; else returns ''.
-   */
-  tallyBatchDone: {
-    numberOfKeys: 2,
-    lua: `
-if ARGV[1] ~= '' then
-  local v = redis.call('HGET', KEYS[1], ARGV[1])
-  if v and string.sub(v, 1, 8) ~= 'pending:' then return v end
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
-end
-local t = redis.call('TIME')
-redis.call('HINCRBY', KEYS[2], 'created', ARGV[3])
-redis.call('HINCRBY', KEYS[2], 'updated', ARGV[4])
-redis.call('HINCRBY', KEYS[2], 'unchanged', ARGV[5])
-redis.call('HINCRBY', KEYS[2], 'batches', 1)
-redis.call('HSET', KEYS[2], 'touched', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-return ''`
-  },
-  /** KEYS batches; ARGV batchId, token. Drops this copy's claim after it failed, so a retry need not wait. */
-  tallyBatchRelease: {
-    numberOfKeys: 1,
-    lua: `
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v and string.find(v, 'pending:' .. ARGV[2] .. ':', 1, true) == 1 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return 0`
   }
 } as const
 
+type BeginState = 'done' | 'pending' | 'closed' | 'missing' | 'begun'
+
 declare module 'ioredis' {
   interface RedisCommander<Context> {
-    tallyObserve(marker: string, seen: string, hash: string, ttl: number, ...ids: string[]): Result<number | Array<string | null>, Context>
+    tallyBegin(counters: string, batches: string, inflight: string, batchId: string, token: string, staleMs: number, ttl: number): Result<[BeginState, string], Context>
+    tallyRead(marker: string, cache: string, ...ids: string[]): Result<number | Array<string | null>, Context>
+    tallyCommit(marker: string, seen: string, counts: string, ttl: number, created: number, updated: number, ...ids: string[]): Result<number, Context>
+    tallyFill(cache: string, epoch: string, ...idExpectedValue: string[]): Result<number, Context>
+    tallyInvalidate(cache: string, ...ids: string[]): Result<number, Context>
+    tallyDone(batches: string, counters: string, inflight: string, batchId: string, token: string, result: string, ttl: number): Result<['revoked' | 'replay' | 'done', string], Context>
+    tallyRelease(batches: string, inflight: string, batchId: string, token: string): Result<number, Context>
+    tallyClose(counters: string, inflight: string, staleMs: number): Result<number, Context>
+    tallyReopen(counters: string): Result<number, Context>
     tallyMarker(marker: string, from: string, to: string): Result<number, Context>
-    tallyBatchClaim(batches: string, batchId: string, token: string, staleMs: number, ttl: number): Result<[ 'done' | 'pending' | 'claimed', string ], Context>
-    tallyBatchDone(batches: string, counters: string, batchId: string, result: string,
-      created: number, updated: number, unchanged: number, ttl: number): Result<string, Context>
-    tallyBatchRelease(batches: string, batchId: string, token: string): Result<number, Context>
   }
 }
 

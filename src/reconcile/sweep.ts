@@ -9,7 +9,7 @@
  * - rows soft-deleted longer ago than DELETED_RETENTION are purged in bounded batches.
  */
 import type { RunRow } from '../db/runs-repository.js'
-import { dropRunKeys, shards } from './run-keys.js'
+import { dropRunKeys, runStateKeys, shards } from './run-keys.js'
 import type { ReconcileDeps } from './types.js'
 
 const PURGE_BATCH = 1000
@@ -29,16 +29,9 @@ async function lastActive (deps: ReconcileDeps, run: RunRow): Promise<number> {
 }
 
 async function renew (deps: ReconcileDeps, run: RunRow): Promise<void> {
-  const { redis, keys } = deps
   const ttl = deps.settings.runTtl
-  await Promise.all([
-    ...shards(run.shardCount).flatMap((k) => [
-      redis.expire(keys.marker(run, k, run.id), ttl, 'XX'),
-      redis.expire(keys.seen(run, k, run.id), ttl, 'XX')
-    ]),
-    redis.expire(keys.counters(run.id), ttl, 'XX'),
-    redis.expire(keys.batches(run.id), ttl, 'XX')
-  ])
+  await Promise.all([...shards(run.shardCount).map((k) => deps.keys.seen(run, k, run.id)), ...runStateKeys(deps, run)]
+    .map((key) => deps.redis.expire(key, ttl, 'XX')))
 }
 
 async function abandon (deps: ReconcileDeps, run: RunRow): Promise<boolean> {
