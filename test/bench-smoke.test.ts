@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
+import { PG_ADMIN_URL, REDIS_URL } from './helper.js'
 
 t.test('npm run bench -- --resources 2000 --scans 2', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'tally-bench-'))
@@ -17,7 +18,11 @@ t.test('npm run bench -- --resources 2000 --scans 2', async (t) => {
   await promisify(execFile)(process.execPath, [
     '--import', 'tsx', 'bench/run.ts', '--resources', '2000', '--scans', '2', '--batch', '250',
     '--json', json, '--chart', chart, '--database', `tally_bench_smoke_${process.pid}`
-  ], { timeout: 150_000 })
+  ], {
+    timeout: 150_000,
+    // The services this test run uses (npm test's embedded ones, or CI's), never a fallback.
+    env: { ...process.env, BENCH_PG_ADMIN_URL: PG_ADMIN_URL, BENCH_REDIS_URL: REDIS_URL }
+  })
   const result = JSON.parse(await readFile(json, 'utf8'))
 
   t.same(Object.keys(result).sort(), ['config', 'machine', 'naive', 'ratios', 'tally'])
