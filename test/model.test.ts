@@ -1,9 +1,14 @@
 /**
- * Model-based: random sequences of open / batch / replayed batch / batch racing a completion /
- * complete (with and without skipped partitions) / abort / Redis flush / Redis restart / app
- * restart over a small id space with random churn. After every step the live inventory in
- * Postgres must equal what a simple model says; a resource the completing run saw is never
- * deleted. Fixed seed in CI; TALLY_MODEL_RUNS and TALLY_MODEL_SEED run more or other sequences.
+ * Model-based: random sequences of open (at a random shard count) / batch / replayed batch /
+ * batch that fails midway / batch racing a completion / complete (with and without skipped
+ * partitions) / abort, and faults: Redis flushed or restarted, the hash cache corrupted or
+ * evicted, the app restarted, over a small id space with random churn.
+ *
+ * Every expectation comes from the model, never from the system under test: after every step
+ * the live inventory in Postgres must equal the model's; every completed or aborted run's stats
+ * must equal the model's count (each id once, as the run first found it); a batch's answer must
+ * agree with the model; and a resource the model calls unchanged keeps its row's xmin, xmax
+ * and ctid. Fixed seed in CI; TALLY_MODEL_RUNS and TALLY_MODEL_SEED run more or other sequences.
  */
 import t from 'tap'
 import fc from 'fast-check'
@@ -15,7 +20,7 @@ import { testEnv } from './helper.js'
 import { startRedis, type PrivateRedis } from './redis-server.js'
 
 const RUNS = Number(process.env.TALLY_MODEL_RUNS ?? 100)
-const SEED = Number(process.env.TALLY_MODEL_SEED ?? 20261122)
+const SEED = Number(process.env.TALLY_MODEL_SEED ?? 20261123)
 const ID_SPACE = 24
 const idOf = (n: number) => `arn:aws:model:::r-${String(n).padStart(2, '0')}`
 // The type is fixed per id (partitions hold still); two types, so `skip` can spare one.
@@ -24,11 +29,19 @@ const typeOf = (n: number) => (n % 2 === 0 ? 'even' : 'odd')
 type App = Awaited<ReturnType<typeof buildApp>>
 interface Reply { status: number, body: any }
 interface Pick { n: number, v: number }
+type Kind = 'created' | 'updated' | 'unchanged'
+interface Stats { seen: number, created: number, updated: number, unchanged: number, deleted: number, batches: number, skipped: number }
 
 interface Model {
   /** id -> content version of every live resource. */
   live: Map<string, number>
-  run: { id: number, seen: Set<string>, last?: { batchId: string, picks: Pick[] } } | null
+  run: {
+    id: number
+    /** Each id the run has seen, as it first found it. */
+    seen: Map<string, Kind>
+    batches: number
+    last?: { batchId: string, picks: Pick[] }
+  } | null
   /** The open run's Redis state is gone: it can only be aborted. */
   lost: boolean
   batches: number
@@ -40,7 +53,7 @@ interface Real {
   redis: PrivateRedis
   db: pg.Client
   scope: string
-  /** Faults injected and refusals seen, for the closing report. */
+  /** Faults injected and outcomes seen, for the closing report. */
   tally: Record<string, number>
 }
 
@@ -53,40 +66,92 @@ async function call (r: Real, method: 'GET' | 'POST', url: string, payload?: obj
   }
 }
 
-const body = (picks: Pick[]) => picks.map(({ n, v }) => ({ id: idOf(n), type: typeOf(n), attributes: { v } }))
+/** The resources of a batch; a poisoned one makes Postgres refuse the write (see the trigger below). */
+const body = (picks: Pick[], poison = false) => picks.map(({ n, v }, i) =>
+  ({ id: idOf(n), type: typeOf(n), attributes: poison && i === picks.length - 1 ? { v, poison: true } : { v } }))
 
-function applyBatch (m: Model, picks: Pick[]) {
-  for (const { n, v } of picks) {
-    m.live.set(idOf(n), v)
-    m.run!.seen.add(idOf(n))
-  }
-}
+/** The batch as the server keeps it: one entry per id, the last one winning. */
+const distinct = (picks: Pick[]) => [...new Map(picks.map((p) => [idOf(p.n), p.v]))]
 
-async function assertInventory (m: Model, r: Real, step: string) {
-  const { rows } = await r.db.query(
-    "select id, (attributes->>'v')::int as v from resources where scope = $1 and deleted_at is null order by id", [r.scope])
-  const actual = Object.fromEntries(rows.map((row: { id: string, v: number }) => [row.id, row.v]))
-  const expected = Object.fromEntries([...m.live].sort(([a], [b]) => a.localeCompare(b)))
-  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
-    throw new Error(`after ${step}: inventory ${JSON.stringify(actual)} but the model says ${JSON.stringify(expected)}`)
-  }
+function kindOf (m: Model, id: string, v: number): Kind {
+  const now = m.live.get(id)
+  return now === undefined ? 'created' : now === v ? 'unchanged' : 'updated'
 }
 
 function expect (cond: boolean, what: string, res: Reply) {
   if (!cond) throw new Error(`${what}: got ${res.status} ${JSON.stringify(res.body)}`)
 }
 
+function expectStats (actual: Stats, expected: Stats, what: string) {
+  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
+    throw new Error(`${what}: stats ${JSON.stringify(actual)} but the model says ${JSON.stringify(expected)}`)
+  }
+}
+
+/** The model's stats of the open run so far. */
+function runStats (m: Model, extra: Partial<Stats> = {}): Stats {
+  const kinds = [...m.run!.seen.values()]
+  const n = (k: Kind) => kinds.filter((x) => x === k).length
+  return { seen: kinds.length, created: n('created'), updated: n('updated'), unchanged: n('unchanged'), deleted: 0, batches: m.run!.batches, skipped: 0, ...extra }
+}
+
+async function rowVersions (r: Real, ids: string[]): Promise<Map<string, string>> {
+  const { rows } = await r.db.query(
+    "select id, xmin::text || '/' || xmax::text || '/' || ctid::text as v from resources where scope = $1 and id = any($2)", [r.scope, ids])
+  return new Map(rows.map((row: { id: string, v: string }) => [row.id, row.v]))
+}
+
+async function assertInventory (m: Model, r: Real, step: string) {
+  const { rows } = await r.db.query(
+    "select id, (attributes->>'v')::int as v from resources where scope = $1 and deleted_at is null order by id", [r.scope])
+  const actual = Object.fromEntries(rows.map((row: { id: string, v: number }) => [row.id, row.v]))
+  const expected = Object.fromEntries([...m.live].sort(([a], [b]) => a < b ? -1 : 1))
+  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
+    throw new Error(`after ${step}: inventory ${JSON.stringify(actual)} but the model says ${JSON.stringify(expected)}`)
+  }
+}
+
+/** Applies an acknowledged batch to the model; returns what its answer must say, when the model can tell. */
+function applyBatch (m: Model, picks: Pick[]): { created: number, updated: number, unchanged: number } | undefined {
+  const entries = distinct(picks)
+  // Ids this run already wrote may be answered from the cache or from Postgres: the answer is
+  // then the server's to choose, and only the run's stats are checked.
+  const repeat = entries.some(([id]) => m.run!.seen.has(id))
+  const answer = { created: 0, updated: 0, unchanged: 0 }
+  for (const [id, v] of entries) {
+    const kind = kindOf(m, id, v)
+    answer[kind]++
+    if (!m.run!.seen.has(id)) m.run!.seen.set(id, kind)
+    m.live.set(id, v)
+  }
+  m.run!.batches++
+  return repeat ? undefined : answer
+}
+
+/** Sends a batch and checks what it must: the answer, and that no unchanged row was touched. */
+async function sendBatch (m: Model, r: Real, picks: Pick[], batchId: string): Promise<Reply> {
+  const unchanged = distinct(picks).filter(([id, v]) => m.live.get(id) === v).map(([id]) => id)
+  const before = await rowVersions(r, unchanged)
+  const res = await call(r, 'POST', `/runs/${m.run!.id}/resources`, { batchId, resources: body(picks) })
+  const after = await rowVersions(r, unchanged)
+  for (const id of unchanged) {
+    if (before.get(id) !== after.get(id)) throw new Error(`batch ${batchId}: unchanged ${id} was written (${before.get(id)} -> ${after.get(id)})`)
+  }
+  return res
+}
+
 class Open implements fc.AsyncCommand<Model, Real> {
+  constructor (readonly shardCount: number | undefined) {}
   check = () => true
   async run (m: Model, r: Real) {
-    const res = await call(r, 'POST', '/runs', { scope: r.scope })
+    const res = await call(r, 'POST', '/runs', { scope: r.scope, ...(this.shardCount === undefined ? {} : { shardCount: this.shardCount }) })
     if (m.run !== null) return expect(res.status === 409 && res.body.code === 'scope_has_open_run', 'open while a run is open', res)
     expect(res.status === 201, 'open', res)
-    m.run = { id: res.body.id, seen: new Set() }
+    m.run = { id: res.body.id, seen: new Map(), batches: 0 }
     m.lost = false
   }
 
-  toString = () => 'open'
+  toString = () => `open(${this.shardCount ?? 'default'})`
 }
 
 class Batch implements fc.AsyncCommand<Model, Real> {
@@ -94,24 +159,43 @@ class Batch implements fc.AsyncCommand<Model, Real> {
   check = (m: Readonly<Model>) => m.run !== null
   async run (m: Model, r: Real) {
     const batchId = `b${++m.batches}`
-    const res = await call(r, 'POST', `/runs/${m.run!.id}/resources`, { batchId, resources: body(this.picks) })
+    const res = await sendBatch(m, r, this.picks, batchId)
     if (m.lost) {
-      count(r, 'batch refused: run_state_lost')
+      count(r, 'batches refused: run_state_lost')
       return expect(res.status === 409 && res.body.code === 'run_state_lost', 'batch after lost state', res)
     }
-    expect(res.status === 200 && res.body.duplicate === false, 'batch', res)
-    applyBatch(m, this.picks)
+    expect(res.status === 200 && res.body.duplicate === false && res.body.received === this.picks.length, 'batch', res)
+    count(r, 'batches applied')
+    const answer = applyBatch(m, this.picks)
+    if (answer !== undefined) expect(res.body.created === answer.created && res.body.updated === answer.updated && res.body.unchanged === answer.unchanged, `batch answer (model: ${JSON.stringify(answer)})`, res)
     m.run!.last = { batchId, picks: this.picks }
+    const live = await call(r, 'GET', `/runs/${m.run!.id}`)
+    expectStats(live.body.stats, runStats(m), 'stats of the open run')
   }
 
   toString = () => `batch(${this.picks.map((p) => `${p.n}v${p.v}`).join(' ')})`
+}
+
+/** A batch whose last resource Postgres refuses: it fails midway (after the cache read) and must leave no trace. */
+class FailingBatch implements fc.AsyncCommand<Model, Real> {
+  constructor (readonly picks: Pick[]) {}
+  check = (m: Readonly<Model>) => m.run !== null && !m.lost
+  async run (m: Model, r: Real) {
+    const res = await call(r, 'POST', `/runs/${m.run!.id}/resources`, { batchId: `b${++m.batches}`, resources: body(this.picks, true) })
+    expect(res.status === 500 && res.body.code === 'internal', 'batch failing in Postgres', res)
+    count(r, 'batches failed midway')
+    const live = await call(r, 'GET', `/runs/${m.run!.id}`)
+    expectStats(live.body.stats, runStats(m), 'stats after a failed batch')
+  }
+
+  toString = () => `failing-batch(${this.picks.map((p) => `${p.n}v${p.v}`).join(' ')})`
 }
 
 class Replay implements fc.AsyncCommand<Model, Real> {
   check = (m: Readonly<Model>) => m.run?.last !== undefined
   async run (m: Model, r: Real) {
     const { batchId, picks } = m.run!.last!
-    const res = await call(r, 'POST', `/runs/${m.run!.id}/resources`, { batchId, resources: body(picks) })
+    const res = await sendBatch(m, r, picks, batchId)
     if (m.lost) return expect(res.status === 409 && res.body.code === 'run_state_lost', 'replay after lost state', res)
     expect(res.status === 200 && res.body.duplicate === true, 'replay', res)
     count(r, 'replays answered as duplicates')
@@ -120,13 +204,21 @@ class Replay implements fc.AsyncCommand<Model, Real> {
   toString = () => 'replay'
 }
 
-/** Expected inventory after a completion: what the run saw, and what lies in a skipped partition. */
-function completeModel (m: Model, skipType: string | undefined) {
+/** Expected inventory and stats after a completion: what the run saw stays, and what lies in a skipped partition. */
+function completeModel (m: Model, skipType: string | undefined): Stats {
+  let deleted = 0
+  let skipped = 0
   for (const id of [...m.live.keys()]) {
-    const n = Number(id.slice(-2))
-    if (!m.run!.seen.has(id) && typeOf(n) !== skipType) m.live.delete(id)
+    if (m.run!.seen.has(id)) continue
+    if (typeOf(Number(id.slice(-2))) === skipType) skipped++
+    else {
+      m.live.delete(id)
+      deleted++
+    }
   }
+  const stats = runStats(m, { deleted, skipped })
   m.run = null
+  return stats
 }
 
 class Complete implements fc.AsyncCommand<Model, Real> {
@@ -140,41 +232,35 @@ class Complete implements fc.AsyncCommand<Model, Real> {
       return expect(res.status === 409 && res.body.code === 'run_state_lost', 'complete after lost state', res)
     }
     expect(res.status === 200 && res.body.status === 'completed', 'complete', res)
-    completeModel(m, this.skipType)
+    count(r, this.skipType === undefined ? 'completions' : 'completions with skip')
+    expectStats(res.body.stats, completeModel(m, this.skipType), 'completed run')
   }
 
   toString = () => `complete(${this.skipType === undefined ? '' : `skip ${this.skipType}`})`
 }
 
-/** A batch and the completion sent at once: the batch is counted (200) or refused (409), never lost. */
+/** A batch and the completion sent at once: the batch is in the completed run (200) or left no trace (409). */
 class Race implements fc.AsyncCommand<Model, Real> {
-  constructor (readonly picks: Pick[]) {}
+  constructor (readonly picks: Pick[], readonly delayMs: number) {}
   check = (m: Readonly<Model>) => m.run !== null && !m.lost
   async run (m: Model, r: Real) {
     const runId = m.run!.id
-    const [batch, done] = await Promise.all([
-      call(r, 'POST', `/runs/${runId}/resources`, { batchId: `b${++m.batches}`, resources: body(this.picks) }),
-      call(r, 'POST', `/runs/${runId}/complete`, {})
+    const [done, batch] = await Promise.all([
+      call(r, 'POST', `/runs/${runId}/complete`, {}),
+      sleep(this.delayMs).then(() => call(r, 'POST', `/runs/${runId}/resources`, { batchId: `b${++m.batches}`, resources: body(this.picks) }))
     ])
     expect(done.status === 200, 'complete racing a batch', done)
     if (batch.status === 200) {
       count(r, 'racing batches counted')
       applyBatch(m, this.picks)
-      completeModel(m, undefined)
-      return
+    } else {
+      expect(batch.status === 409 && batch.body.code === 'run_not_open', 'batch racing a completion', batch)
+      count(r, 'racing batches refused')
     }
-    expect(batch.status === 409 && batch.body.code === 'run_not_open', 'batch racing a completion', batch)
-    count(r, 'racing batches refused')
-    // Shards that took the batch before their marker closed count its ids as seen: a refused
-    // batch may keep a resource alive (never delete one). Its content was not written.
-    const maybeKept = new Set(this.picks.map((p) => idOf(p.n)).filter((id) => m.live.has(id) && !m.run!.seen.has(id)))
-    const before = new Map(m.live)
-    completeModel(m, undefined)
-    const { rows } = await r.db.query('select id from resources where scope = $1 and deleted_at is null and id = any($2)', [r.scope, [...maybeKept]])
-    for (const { id } of rows as Array<{ id: string }>) m.live.set(id, before.get(id)!)
+    expectStats(done.body.stats, completeModel(m, undefined), 'completed run, raced')
   }
 
-  toString = () => `race(${this.picks.map((p) => `${p.n}v${p.v}`).join(' ')})`
+  toString = () => `race(${this.delayMs} ms: ${this.picks.map((p) => `${p.n}v${p.v}`).join(' ')})`
 }
 
 class Abort implements fc.AsyncCommand<Model, Real> {
@@ -182,6 +268,7 @@ class Abort implements fc.AsyncCommand<Model, Real> {
   async run (m: Model, r: Real) {
     const res = await call(r, 'POST', `/runs/${m.run!.id}/abort`)
     expect(res.status === 200 && res.body.status === 'aborted', 'abort', res)
+    if (!m.lost) expectStats(res.body.stats, runStats(m), 'aborted run')
     m.run = null
     m.lost = false
   }
@@ -211,6 +298,40 @@ class RestartRedis implements fc.AsyncCommand<Model, Real> {
   toString = () => 'restart-redis'
 }
 
+/** The scope's hash cache, every shard of it. */
+async function cacheKeys (r: Real): Promise<string[]> {
+  return r.app.redis.keys(`${r.env.REDIS_KEY_PREFIX}{default/${r.scope}/*}:hash`)
+}
+
+/** Every cached hash of the scope made wrong (the epoch field '' left alone). */
+class CorruptCache implements fc.AsyncCommand<Model, Real> {
+  check = () => true
+  async run (_m: Model, r: Real) {
+    for (const key of await cacheKeys(r)) {
+      const ids = (await r.app.redis.hkeys(key)).filter((f) => f !== '')
+      if (ids.length > 0) await r.app.redis.hset(key, ...ids.flatMap((id) => [id, '0123456789abcdef']))
+    }
+    count(r, 'cache corruptions')
+  }
+
+  toString = () => 'corrupt-cache'
+}
+
+/** Some of the scope's cached hashes gone, as under memory pressure. */
+class EvictCache implements fc.AsyncCommand<Model, Real> {
+  constructor (readonly every: number) {}
+  check = () => true
+  async run (_m: Model, r: Real) {
+    for (const key of await cacheKeys(r)) {
+      const ids = (await r.app.redis.hkeys(key)).filter((f, i) => f !== '' && i % this.every === 0)
+      if (ids.length > 0) await r.app.redis.hdel(key, ...ids)
+    }
+    count(r, 'cache evictions')
+  }
+
+  toString = () => `evict-cache(1 in ${this.every})`
+}
+
 class RestartApp implements fc.AsyncCommand<Model, Real> {
   check = () => true
   async run (_m: Model, r: Real) {
@@ -231,22 +352,23 @@ async function startApp (env: Record<string, string>): Promise<App> {
 const pick = fc.record({ n: fc.integer({ min: 0, max: ID_SPACE - 1 }), v: fc.integer({ min: 0, max: 2 }) })
 const batch = fc.array(pick, { minLength: 1, maxLength: 12 })
 // Weighted by repetition: scans mostly, faults now and then.
+const times = <T>(n: number, arb: fc.Arbitrary<T>) => Array.from({ length: n }, () => arb)
+const shardCount = fc.option(fc.constantFrom(1, 3, 4, 16), { nil: undefined, freq: 2 })
 const commands = [
-  fc.constant(new Open()),
-  fc.constant(new Open()),
-  ...Array.from({ length: 4 }, () => batch.map((p) => new Batch(p))),
-  fc.constant(new Replay()),
-  fc.constant(new Replay()),
-  ...Array.from({ length: 2 }, () => fc.option(fc.constantFrom('even', 'odd'), { nil: undefined, freq: 3 }).map((s) => new Complete(s))),
-  batch.map((p) => new Race(p)),
-  batch.map((p) => new Race(p)),
+  ...times(3, shardCount.map((s) => new Open(s))),
+  ...times(8, batch.map((p) => new Batch(p))),
+  batch.map((p) => new FailingBatch(p)),
+  ...times(2, fc.constant(new Replay())),
+  ...times(3, fc.option(fc.constantFrom('even', 'odd'), { nil: undefined, freq: 3 }).map((s) => new Complete(s))),
+  ...times(2, fc.tuple(batch, fc.integer({ min: 0, max: 6 })).map(([p, d]) => new Race(p, d))),
   fc.constant(new Abort()),
-  fc.constant(new FlushRedis()),
-  fc.constant(new RestartRedis()),
+  // Faults: Redis state lost, the cache wrong or partly gone, the app restarted.
+  fc.oneof(fc.constant(new FlushRedis()), fc.constant(new RestartRedis())),
+  fc.oneof(fc.constant(new CorruptCache()), fc.integer({ min: 1, max: 3 }).map((e) => new EvictCache(e))),
   fc.constant(new RestartApp())
 ]
 
-t.test(`model-based: ${RUNS} random sequences (seed ${SEED}) keep the inventory equal to the model`, async (t) => {
+t.test(`model-based: ${RUNS} random sequences (seed ${SEED}) keep inventory and stats equal to the model`, async (t) => {
   const redis = await startRedis(t)
   const env: Record<string, string> = {
     ...await testEnv(t),
@@ -261,6 +383,14 @@ t.test(`model-based: ${RUNS} random sequences (seed ${SEED}) keep the inventory 
   t.teardown(() => db.end())
   const real: Real = { app: await startApp(env), env, redis, db, scope: '', tally: {} }
   t.teardown(() => real.app.close())
+  // A batch whose write Postgres refuses, as a constraint or an outage mid-statement would.
+  await db.query(`
+    create function tally_test_poison() returns trigger language plpgsql as $$
+    begin
+      if new.attributes ? 'poison' then raise exception 'poisoned resource %', new.id; end if;
+      return new;
+    end $$;
+    create trigger tally_test_poison before insert or update on resources for each row execute function tally_test_poison();`)
   let sequences = 0
   let steps = 0
 
