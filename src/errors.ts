@@ -18,6 +18,10 @@ export const problemCodes = {
   mass_deletion_guard: { status: 422, title: 'Completion would delete too large a part of the inventory' },
   unauthorized: { status: 401, title: 'Authentication is required' },
   forbidden: { status: 403, title: 'Not allowed' },
+  method_not_allowed: { status: 405, title: 'The route does not take this method' },
+  not_acceptable: { status: 406, title: 'No acceptable representation' },
+  rate_limited: { status: 429, title: 'Too many requests; retry later' },
+  client_error: { status: 400, title: 'The request cannot be served; its status says why' },
   unavailable: { status: 503, title: 'A dependency is unavailable; retry later' },
   internal: { status: 500, title: 'Internal error' }
 } as const

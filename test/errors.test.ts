@@ -3,6 +3,8 @@ import t from 'tap'
 import { api, build, resource, sqlClient, testEnv } from './helper.js'
 import { startRedis } from './redis-server.js'
 import getPort from 'get-port'
+import { buildApp } from '../src/app.js'
+import { loadConfig } from '../src/config.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 const PROBLEM = 'application/problem+json; charset=utf-8'
@@ -172,4 +174,30 @@ t.test('Postgres unreachable: 503 unavailable, and readyz says so', async (t) =>
   const graphql = await tally.call('POST', '/graphql', { query: '{ scopes { edges { node { scope } } } }' })
   t.match(graphql, { status: 503, body: { errors: [{ message: 'Postgres is unreachable; retry the request', extensions: { code: 'UNAVAILABLE' } }] } },
     'GraphQL says so too')
+})
+
+t.test('a 4xx keeps its status and gets the code that names it', async (t) => {
+  // The real app, and one route of the test's own that fails as a plugin would (a rate limiter,
+  // an authentication hook): every 4xx must go out with its own status.
+  const app = await buildApp(loadConfig(await testEnv(t)))
+  t.teardown(() => app.close())
+  app.get('/test-failure/:status', async (request) => {
+    const status = Number((request.params as { status: string }).status)
+    throw Object.assign(new Error(`failed with ${status}`), { statusCode: status })
+  })
+  await app.ready()
+  const expected: Array<[number, string]> = [
+    [400, 'validation_failed'], [401, 'unauthorized'], [403, 'forbidden'], [405, 'method_not_allowed'],
+    [406, 'not_acceptable'], [409, 'client_error'], [418, 'client_error'], [429, 'rate_limited']
+  ]
+  for (const [status, code] of expected) {
+    const res = await app.inject({ method: 'GET', url: `/test-failure/${status}` })
+    t.equal(res.statusCode, status, `${status} stays ${status}`)
+    t.equal(res.headers['content-type'], PROBLEM)
+    t.match(res.json(), { status, code, detail: `failed with ${status}` }, `${status}: ${code}`)
+  }
+  const unauthorized = await app.inject({ method: 'GET', url: '/test-failure/401' })
+  t.equal(unauthorized.headers['www-authenticate'], 'Bearer', 'a 401 says how to authenticate')
+  const server = await app.inject({ method: 'GET', url: '/test-failure/500' })
+  t.match(server.json(), { status: 500, code: 'internal', detail: 'An internal error occurred; it has been logged' }, 'no internals in a 5xx')
 })

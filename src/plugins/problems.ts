@@ -13,8 +13,22 @@ const fastifyCodes: Record<string, ProblemCode> = {
   FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type'
 }
 
-function send (reply: FastifyReply, code: ProblemCode, detail: string, extra: Record<string, unknown> = {}) {
-  const { status, title } = problemCodes[code]
+/** Other 4xx errors (Fastify's, or a plugin's: a rate limiter's 429) keep their status, under the code that names it. */
+const statusCodes: Record<number, ProblemCode> = {
+  400: 'validation_failed',
+  401: 'unauthorized',
+  403: 'forbidden',
+  404: 'not_found',
+  405: 'method_not_allowed',
+  406: 'not_acceptable',
+  413: 'batch_too_large',
+  415: 'unsupported_media_type',
+  429: 'rate_limited'
+}
+
+function send (reply: FastifyReply, code: ProblemCode, detail: string, extra: Record<string, unknown> = {}, statusOverride?: number) {
+  const { title } = problemCodes[code]
+  const status = statusOverride ?? problemCodes[code].status
   return reply.code(status).type('application/problem+json').send({
     type: `urn:tally:problem:${code}`, title, status, detail, code, ...extra
   })
@@ -31,7 +45,12 @@ export default fp(async function problems (fastify) {
     const mapped = fastifyCodes[error.code]
     if (mapped !== undefined) return send(reply, mapped, error.message)
     const status = error.statusCode ?? 500
-    if (status >= 400 && status < 500) return send(reply, 'validation_failed', error.message)
+    if (status >= 400 && status < 500) {
+      const code = statusCodes[status] ?? 'client_error'
+      // RFC 9110: a 401 says how to authenticate.
+      if (status === 401 && reply.getHeader('www-authenticate') === undefined) reply.header('www-authenticate', 'Bearer')
+      return send(reply, code, error.message, {}, status)
+    }
     if (isUnavailable(error)) {
       request.log.warn({ err: error }, 'dependency unavailable')
       reply.header('retry-after', '1')
