@@ -1,7 +1,8 @@
 /** The sweeper: abandoned runs are aborted, live runs keep their keys, old deletions are purged. */
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { api, build, liveIds, resource, sqlClient, testEnv } from './helper.js'
+import pg from 'pg'
+import { api, build, liveIds, resource, sqlClient, testEnv, waitFor } from './helper.js'
 
 const estate = (n: number) => Array.from({ length: n }, (_, i) => resource(`s-${i}`))
 const NO_TIMER = { RUN_TTL: '60', SWEEP_INTERVAL: '0' }
@@ -87,4 +88,41 @@ t.test('soft-deleted rows older than DELETED_RETENTION are purged by the timer',
   }
   t.same((await db.query('select id from resources order by id')).rows.map((r) => r.id), ['s-0', 's-1', 's-2', 's-4'],
     'the old deletion is purged, the recent one kept')
+})
+
+t.test("one instance's sweeps never overlap, however long one takes", async (t) => {
+  const app = await build(t, { SWEEP_INTERVAL: '1' })
+  const db = await sqlClient(t, app)
+  const holder = new pg.Client({ connectionString: app.config.DATABASE_URL })
+  await holder.connect()
+  t.teardown(() => holder.end())
+  // A sweep that cannot read the runs for 3.5 s: three intervals pass while it waits.
+  await holder.query('begin')
+  await holder.query('lock table runs in access exclusive mode')
+  const waiting = async () => (await db.query(`select count(*)::int as n from pg_stat_activity
+    where datname = current_database() and wait_event_type = 'Lock' and query like 'select%from "runs"%'`)).rows[0].n as number
+  await waitFor(t, 'a sweep waits for the lock', async () => await waiting() > 0)
+  await sleep(2500)
+  t.equal(await waiting(), 1, 'only that sweep: none started behind it')
+  await holder.query('commit')
+})
+
+t.test('the purge skips rows another instance holds instead of waiting for them', async (t) => {
+  const app = await build(t, { ...NO_TIMER, DELETED_RETENTION: '3600' })
+  const tally = api(app)
+  const db = await sqlClient(t, app)
+  await tally.scan('aws/purge-held', estate(6))
+  await tally.scan('aws/purge-held', estate(2))
+  await db.query("update resources set deleted_at = now() - interval '2 hours' where deleted_at is not null")
+  const holder = new pg.Client({ connectionString: app.config.DATABASE_URL })
+  await holder.connect()
+  t.teardown(() => holder.end())
+  await holder.query('begin')
+  await holder.query("select 1 from resources where id = 's-5' for update")
+  const swept = await Promise.race([app.reconcile.sweep(), sleep(10_000).then(() => 'still waiting' as const)])
+  t.not(swept, 'still waiting', 'the sweep did not wait for the held row')
+  t.match(swept, { purged: 3 })
+  await holder.query('commit')
+  t.same((await db.query('select id from resources order by id')).rows.map((r) => r.id), ['s-0', 's-1', 's-5'])
+  t.match(await app.reconcile.sweep(), { purged: 1 }, 'the next sweep takes it')
 })

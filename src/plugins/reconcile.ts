@@ -28,17 +28,26 @@ export default fp(async function reconcile (fastify) {
   })
   fastify.decorate('reconcile', reconciler)
 
-  // Every instance sweeps; each step is conditional, so overlapping sweeps are harmless.
+  // Every instance sweeps; each step is conditional, so sweeps of two instances may overlap.
+  // One instance's sweeps never do: the next is scheduled when the last has ended.
   if (config.SWEEP_INTERVAL > 0) {
-    let running: Promise<unknown> = Promise.resolve()
-    const timer = setInterval(() => {
-      running = reconciler.sweep().then(
-        (r) => { if (r.abandoned.length > 0 || r.purged > 0) fastify.log.info(r, 'sweep') },
-        (err: unknown) => fastify.log.warn({ err }, 'sweep failed; retrying at the next interval'))
-    }, config.SWEEP_INTERVAL * 1000)
-    timer.unref()
+    let timer: NodeJS.Timeout | undefined
+    let running: Promise<void> = Promise.resolve()
+    let closed = false
+    const schedule = () => {
+      if (closed) return
+      timer = setTimeout(() => {
+        running = reconciler.sweep().then(
+          (r) => { if (r.abandoned.length > 0 || r.purged > 0) fastify.log.info(r, 'sweep') },
+          (err: unknown) => fastify.log.warn({ err }, 'sweep failed; retrying at the next interval')
+        ).finally(schedule)
+      }, config.SWEEP_INTERVAL * 1000)
+      timer.unref()
+    }
+    schedule()
     fastify.addHook('onClose', async () => {
-      clearInterval(timer)
+      closed = true
+      clearTimeout(timer)
       await running
     })
   }
