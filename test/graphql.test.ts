@@ -195,4 +195,14 @@ t.test('the main page query is an index scan on 200k rows, first page and deep p
     }
   }
   t.equal(plans.length, 8)
+
+  // idPrefix is a range of the primary key: ids compare byte by byte (COLLATE "C"), so LIKE 'p%' can use the btree.
+  const { result, statements } = await countStatements(app, () => gql(app,
+    'query { resources(scope: "aws/big", idPrefix: "arn:aws:x:::r-01234", first: 100) { edges { node { id } } } }'))
+  t.notOk(result.errors)
+  t.equal(result.data.resources.edges.length, 100, 'r-0123400 … r-0123499')
+  const { rows } = await db.query(`explain (format json) ${statements[0]!.text}`, statements[0]!.values)
+  const plan = JSON.stringify(rows[0]['QUERY PLAN'])
+  t.match(plan, /"Index Cond":"[^"]*\(id >= 'arn:aws:x:::r-01234'::text\) AND \(id < 'arn:aws:x:::r-01235'::text\)/,
+    'the prefix is an index range, not a filter over the scope')
 })
