@@ -30,17 +30,23 @@ export async function buildApp (config: Config, logger?: FastifyBaseLogger) {
   const options = serverOptions(config)
   const app = Fastify(logger === undefined ? options : { ...options, logger: undefined, loggerInstance: logger })
     .withTypeProvider<TypeBoxTypeProvider>()
-  await app.register(configPlugin, { config })
-  await app.register(fastifyPostgres, { connectionString: config.DATABASE_URL, max: config.PG_POOL_MAX })
-  await app.register(dbPlugin)
-  await app.register(redisPlugin)
-  await app.register(reconcilePlugin)
-  await app.register(problemsPlugin)
-  await app.register(validationPlugin)
-  for (const schema of sharedSchemas) app.addSchema(schema)
-  await app.register(openapiPlugin)
-  await app.register(healthRoutes)
-  await app.register(runsRoutes)
-  await app.register(graphql)
+  // A plugin that fails (no database, a Redis that evicts) must not leave the others' pools open.
+  try {
+    await app.register(configPlugin, { config })
+    await app.register(fastifyPostgres, { connectionString: config.DATABASE_URL, max: config.PG_POOL_MAX })
+    await app.register(dbPlugin)
+    await app.register(redisPlugin)
+    await app.register(reconcilePlugin)
+    await app.register(problemsPlugin)
+    await app.register(validationPlugin)
+    for (const schema of sharedSchemas) app.addSchema(schema)
+    await app.register(openapiPlugin)
+    await app.register(healthRoutes)
+    await app.register(runsRoutes)
+    await app.register(graphql)
+  } catch (err) {
+    await app.close().catch(() => {})
+    throw err
+  }
   return app
 }

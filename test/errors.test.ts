@@ -201,3 +201,19 @@ t.test('a 4xx keeps its status and gets the code that names it', async (t) => {
   const server = await app.inject({ method: 'GET', url: '/test-failure/500' })
   t.match(server.json(), { status: 500, code: 'internal', detail: 'An internal error occurred; it has been logged' }, 'no internals in a 5xx')
 })
+
+t.test('a Redis that may evict keys is refused at start, and makes /readyz unready', async (t) => {
+  const evicting = await startRedis(t, ['--maxmemory-policy', 'allkeys-lru'])
+  await t.rejects(buildApp(loadConfig({ ...await testEnv(t), REDIS_URL: evicting.url })),
+    /maxmemory-policy allkeys-lru.*needs maxmemory-policy noeviction/, 'the server does not start, and says why')
+
+  const redis = await startRedis(t)
+  const app = await build(t, { REDIS_URL: redis.url })
+  const tally = api(app)
+  t.equal((await tally.call('GET', '/readyz')).status, 200)
+  await app.redis.config('SET', 'maxmemory-policy', 'volatile-lru')
+  t.match(await tally.call('GET', '/readyz'), { status: 503, body: { code: 'unavailable', detail: /maxmemory-policy volatile-lru/ } },
+    'changed at run time: unready')
+  await app.redis.config('SET', 'maxmemory-policy', 'noeviction')
+  t.equal((await tally.call('GET', '/readyz')).status, 200, 'ready again')
+})

@@ -14,7 +14,8 @@ export interface PrivateRedis {
   restart (): Promise<void>
 }
 
-export async function startRedis (t: { teardown (fn: () => unknown): void }): Promise<PrivateRedis> {
+/** `args`: more redis-server options (`['--maxmemory-policy', 'allkeys-lru']`). */
+export async function startRedis (t: { teardown (fn: () => unknown): void }, args: string[] = []): Promise<PrivateRedis> {
   const port = await getPort({ host: '127.0.0.1' })
   const url = `redis://127.0.0.1:${port}`
   let child: ChildProcess | undefined
@@ -25,7 +26,7 @@ export async function startRedis (t: { teardown (fn: () => unknown): void }): Pr
     await exited
   }
   const start = async () => {
-    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...args], { stdio: 'ignore' })
     await waitForRedis(url, 5000)
   }
   t.teardown(stop)

@@ -1,6 +1,7 @@
-/** Liveness (the process answers) and readiness (Postgres and Redis answer too). */
+/** Liveness (the process answers) and readiness (Postgres and Redis answer too, and Redis will not evict keys). */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TallyError } from '../errors.js'
+import { evictionMessage, evictionPolicy } from '../plugins/redis.js'
 import { HealthSchema, problems } from './schemas.js'
 
 const READY_TIMEOUT_MS = 2000
@@ -18,11 +19,16 @@ const health: FastifyPluginAsyncTypebox = async function (fastify) {
   fastify.get('/readyz', {
     schema: { tags, operationId: 'readyz', summary: 'Readiness: Postgres and Redis answer', response: { 200: HealthSchema, ...problems() } }
   }, async (request) => {
+    let policy: string
     try {
-      await withTimeout(Promise.all([fastify.pg.query('select 1'), fastify.redis.ping()]), READY_TIMEOUT_MS)
+      [, policy] = await withTimeout(Promise.all([fastify.pg.query('select 1'), evictionPolicy(fastify.redis)]), READY_TIMEOUT_MS)
     } catch (err) {
       request.log.warn({ err }, 'not ready')
       throw new TallyError('unavailable', 'Postgres or Redis does not answer')
+    }
+    if (policy !== 'noeviction') {
+      request.log.error({ policy }, 'not ready: Redis may evict keys')
+      throw new TallyError('unavailable', evictionMessage(policy))
     }
     return { status: 'ok' as const }
   })
