@@ -8,6 +8,17 @@ import envSchema from 'env-schema'
 export const EnvSchema = Type.Object({
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1, description: 'PostgreSQL connection string; npm start without it runs an embedded PostgreSQL' })),
   REDIS_URL: Type.Optional(Type.String({ minLength: 1, description: 'Redis connection string; npm start without it runs a private redis-server' })),
+  REDIS_CLUSTER_NODES: Type.Optional(Type.String({
+    pattern: '^[^\\s,:]+:\\d+(,[^\\s,:]+:\\d+)*$',
+    description: 'host:port,host:port… of Redis Cluster seed nodes; selects cluster mode instead of REDIS_URL'
+  })),
+  REDIS_USERNAME: Type.Optional(Type.String({ minLength: 1, description: 'Redis Cluster ACL user (with REDIS_URL, put it in the URL)' })),
+  REDIS_PASSWORD: Type.Optional(Type.String({ minLength: 1, description: 'Redis Cluster password (with REDIS_URL, put it in the URL)' })),
+  REDIS_TLS: Type.Boolean({ default: false, description: 'connect to the Redis Cluster nodes over TLS (with REDIS_URL, use rediss://)' }),
+  REDIS_NAT_MAP: Type.Optional(Type.String({
+    pattern: '^[^\\s,=]+:\\d+=[^\\s,=]+:\\d+(,[^\\s,=]+:\\d+=[^\\s,=]+:\\d+)*$',
+    description: 'internal-host:port=external-host:port,…: how to reach cluster nodes that announce addresses the server cannot reach'
+  })),
   DATA_DIR: Type.String({ default: '.data', description: 'where the embedded PostgreSQL and Redis keep their data' }),
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
   HOST: Type.String({ default: '127.0.0.1' }),
@@ -34,8 +45,8 @@ export const EnvSchema = Type.Object({
 
 /** The environment as read: the connection strings may still be missing (the server then embeds). */
 export type Settings = Static<typeof EnvSchema>
-/** What the app runs with: both connection strings known. */
-export type Config = Settings & { DATABASE_URL: string, REDIS_URL: string }
+/** What the app runs with: the database known, and Redis as a URL or as cluster seed nodes. */
+export type Config = Settings & { DATABASE_URL: string }
 
 /** Reads and validates the environment; throws one readable error naming every bad variable. */
 export function loadSettings (env: Record<string, string | undefined> = process.env): Settings {
@@ -46,12 +57,36 @@ export function loadSettings (env: Record<string, string | undefined> = process.
   }
 }
 
-/** Like loadSettings, and both connection strings must be there. */
+/** Like loadSettings, and the database and Redis must be named. */
 export function loadConfig (env: Record<string, string | undefined> = process.env): Config {
-  const missing = ['DATABASE_URL', 'REDIS_URL'].filter((name) => !env[name])
+  const missing = [
+    ...(env.DATABASE_URL ? [] : ['DATABASE_URL']),
+    ...(env.REDIS_URL || env.REDIS_CLUSTER_NODES ? [] : ['REDIS_URL (or REDIS_CLUSTER_NODES)'])
+  ]
   const settings = loadSettings(env)
   if (missing.length > 0) {
     throw new Error(`Invalid configuration: ${missing.join(' and ')} must be set. See the configuration table in README.md.`)
   }
+  if (settings.REDIS_URL !== undefined && settings.REDIS_CLUSTER_NODES !== undefined) {
+    throw new Error('Invalid configuration: set REDIS_URL or REDIS_CLUSTER_NODES, not both. See the configuration table in README.md.')
+  }
   return settings as Config
+}
+
+function hostPort (node: string): { host: string, port: number } {
+  const at = node.lastIndexOf(':')
+  return { host: node.slice(0, at), port: Number(node.slice(at + 1)) }
+}
+
+/** `host:port,host:port` as ioredis Cluster startup nodes. */
+export function clusterNodes (list: string): Array<{ host: string, port: number }> {
+  return list.split(',').map(hostPort)
+}
+
+/** `internal=external,…` as an ioredis Cluster natMap. */
+export function natMap (list: string): Record<string, { host: string, port: number }> {
+  return Object.fromEntries(list.split(',').map((pair) => {
+    const at = pair.indexOf('=')
+    return [pair.slice(0, at), hostPort(pair.slice(at + 1))]
+  }))
 }

@@ -54,7 +54,10 @@ const UNAVAILABLE_MESSAGES = [
   "Stream isn't writeable", // ioredis, offline queue off
   'Connection terminated', // pg, server went away
   'timeout exceeded when trying to connect', // pg pool
-  'Client has encountered a connection error' // pg
+  'Client has encountered a connection error', // pg
+  'Too many Cluster redirections', // ioredis Cluster, topology changing faster than it follows
+  'Failed to refresh slots cache', // ioredis Cluster, no node answered
+  'None of startup nodes is available' // ioredis Cluster
 ]
 
 /**
@@ -68,9 +71,12 @@ export function isUnavailable (err: unknown): boolean {
     if (UNAVAILABLE_NET_CODES.has(code)) return true
     // SQLSTATE class 08: connection exception; 57P0x: server shutting down or starting up.
     if (/^(08...|57P0[1-4]|53300)$/.test(code)) return true
-    if (e.name === 'MaxRetriesPerRequestError') return true
+    if (e.name === 'MaxRetriesPerRequestError' || e.name === 'ClusterAllFailedError') return true
     const message = typeof e.message === 'string' ? e.message : ''
     if (UNAVAILABLE_MESSAGES.some((m) => message.includes(m))) return true
+    // Redis Cluster moving or failing over: a redirection ioredis gave up on, a slot in
+    // migration, no primary for a slot, a node still loading or demoted to replica.
+    if (/^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN|NOREPLICAS|MASTERDOWN|LOADING|READONLY) /.test(message)) return true
   }
   return false
 }

@@ -17,7 +17,8 @@ try {
   process.exit(1)
 }
 // Before anything starts: the one thing the zero-config start needs from the machine.
-if (settings.REDIS_URL === undefined && findOnPath('redis-server') === undefined) {
+const embedRedis = settings.REDIS_URL === undefined && settings.REDIS_CLUSTER_NODES === undefined
+if (embedRedis && findOnPath('redis-server') === undefined) {
   console.error(new RedisServerMissing().message)
   process.exit(1)
 }
@@ -42,7 +43,7 @@ if (settings.DATABASE_URL === undefined) {
   embedded.push(postgres)
   env.DATABASE_URL = postgres.url
 }
-if (settings.REDIS_URL === undefined) {
+if (embedRedis) {
   const redis = await startEmbeddedRedis(settings.DATA_DIR, log)
   embedded.push(redis)
   env.REDIS_URL = redis.url

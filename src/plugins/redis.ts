@@ -1,21 +1,65 @@
 /**
- * The Redis plugin: one ioredis client, registered through @fastify/redis (which closes it),
- * with Tally's Lua scripts defined on it. Auto-pipelining sends the per-shard commands of a
- * batch in one write; a short retry budget turns an outage into a prompt 503. A Redis that may
- * evict keys is refused.
+ * The Redis plugin: one ioredis client — a `Redis` for REDIS_URL, a `Cluster` for
+ * REDIS_CLUSTER_NODES — registered through @fastify/redis (which closes it), with Tally's Lua
+ * scripts defined on it. A Redis that may evict keys is refused at start.
  */
 import fastifyRedis from '@fastify/redis'
 import fp from 'fastify-plugin'
-import { Redis } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
+import { clusterNodes, natMap, type Config } from '../config.js'
 import { defineScripts } from '../reconcile/scripts.js'
 
+export type RedisClient = Redis | Cluster
+
+export function createRedis (config: Config): RedisClient {
+  if (config.REDIS_CLUSTER_NODES === undefined) {
+    return new Redis(config.REDIS_URL!, {
+      // Sends the per-shard commands of a batch in one write.
+      enableAutoPipelining: true,
+      // A short retry budget turns an outage into a prompt 503.
+      maxRetriesPerRequest: 2,
+      connectTimeout: 5000
+    })
+  }
+  return new Cluster(clusterNodes(config.REDIS_CLUSTER_NODES), {
+    // Not on a cluster: ioredis groups auto-pipelined commands into one pipeline per node and
+    // retries a pipeline's MOVED/ASK only when every command in it failed alike, so after a
+    // failover or a reshard such fan-outs failed until restart (measured, issue 12).
+    enableAutoPipelining: false,
+    scaleReads: 'master',
+    maxRedirections: 16,
+    retryDelayOnFailover: 200,
+    retryDelayOnClusterDown: 200,
+    retryDelayOnTryAgain: 100,
+    slotsRefreshTimeout: 2000,
+    clusterRetryStrategy: (times) => Math.min(100 * times, 2000),
+    // Managed clusters (ElastiCache with TLS) must be reached by the names they announce.
+    dnsLookup: (address, callback) => callback(null, address),
+    ...(config.REDIS_NAT_MAP === undefined ? {} : { natMap: natMap(config.REDIS_NAT_MAP) }),
+    redisOptions: {
+      username: config.REDIS_USERNAME,
+      password: config.REDIS_PASSWORD,
+      ...(config.REDIS_TLS ? { tls: {} } : {}),
+      maxRetriesPerRequest: 2,
+      connectTimeout: 5000
+    }
+  })
+}
+
+/** The primaries: every node of a cluster that owns slots, or the one server. */
+function primaries (client: RedisClient): Redis[] {
+  return client instanceof Cluster ? client.nodes('master') : [client]
+}
+
 /**
- * Redis's maxmemory-policy. Tally's keys must never be evicted: a run's seen set evicted while
- * its marker stays would make every resource of that shard look vanished. BullMQ refuses such a
- * Redis for the same reason; so does Tally, at start and in /readyz.
+ * Redis's maxmemory-policy, the laxest of all primaries. Tally's keys must never be evicted: a
+ * run's seen set evicted while its marker stays would make every resource of that shard look
+ * vanished. BullMQ refuses such a Redis for the same reason; so does Tally, at start and in /readyz.
  */
-export async function evictionPolicy (client: Redis): Promise<string> {
-  return /maxmemory_policy:(\S+)/.exec(await client.info('memory'))?.[1] ?? 'unknown'
+export async function evictionPolicy (client: RedisClient): Promise<string> {
+  const policies = await Promise.all(primaries(client).map(async (node) =>
+    /maxmemory_policy:(\S+)/.exec(await node.info('memory'))?.[1] ?? 'unknown'))
+  return policies.find((policy) => policy !== 'noeviction') ?? 'noeviction'
 }
 
 export function evictionMessage (policy: string): string {
@@ -23,15 +67,23 @@ export function evictionMessage (policy: string): string {
     "the ids of a run's sets; Tally needs maxmemory-policy noeviction (redis.conf, or CONFIG SET maxmemory-policy noeviction)"
 }
 
+/** Why the Redis cannot serve every key now (a cluster with slots no primary serves), or undefined. */
+export async function clusterProblem (client: RedisClient): Promise<string | undefined> {
+  if (!(client instanceof Cluster)) return undefined
+  const info = String(await client.cluster('INFO'))
+  const state = /cluster_state:(\S+)/.exec(info)?.[1]
+  return state === 'ok' ? undefined : `Redis Cluster state is ${state ?? 'unknown'}: some slots have no primary`
+}
+
 export default fp(async function redis (fastify) {
-  const client = new Redis(fastify.config.REDIS_URL, {
-    enableAutoPipelining: true,
-    maxRetriesPerRequest: 2,
-    connectTimeout: 5000
-  })
+  const client = createRedis(fastify.config)
   client.on('error', (err) => fastify.log.warn({ err }, 'redis connection error'))
+  if (client instanceof Cluster) {
+    client.on('+node', (node: Redis) => node.on('error', (err) => fastify.log.warn({ err }, 'redis node connection error')))
+  }
   defineScripts(client)
-  // @fastify/redis waits until the client is ready, and quits it on close.
+  // @fastify/redis waits until the client is ready, and quits it on close. Its types know of
+  // Redis only; a Cluster answers the same commands for the keys Tally uses.
   await fastify.register(fastifyRedis, { client, closeClient: true })
   const policy = await evictionPolicy(client)
   if (policy !== 'noeviction') throw new Error(evictionMessage(policy))

@@ -1,7 +1,10 @@
-/** Liveness (the process answers) and readiness (Postgres and Redis answer too, and Redis will not evict keys). */
+/**
+ * Liveness (the process answers) and readiness (Postgres and Redis answer too, Redis will not
+ * evict keys, and a Redis Cluster serves every slot).
+ */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TallyError } from '../errors.js'
-import { evictionMessage, evictionPolicy } from '../plugins/redis.js'
+import { clusterProblem, evictionMessage, evictionPolicy } from '../plugins/redis.js'
 import { HealthSchema, problems } from './schemas.js'
 
 const READY_TIMEOUT_MS = 2000
@@ -20,8 +23,11 @@ const health: FastifyPluginAsyncTypebox = async function (fastify) {
     schema: { tags, operationId: 'readyz', summary: 'Readiness: Postgres and Redis answer', response: { 200: HealthSchema, ...problems() } }
   }, async (request) => {
     let policy: string
+    let cluster: string | undefined
     try {
-      [, policy] = await withTimeout(Promise.all([fastify.pg.query('select 1'), evictionPolicy(fastify.redis)]), READY_TIMEOUT_MS)
+      [, policy, cluster] = await withTimeout(Promise.all([
+        fastify.pg.query('select 1'), evictionPolicy(fastify.redis), clusterProblem(fastify.redis)
+      ]), READY_TIMEOUT_MS)
     } catch (err) {
       request.log.warn({ err }, 'not ready')
       throw new TallyError('unavailable', 'Postgres or Redis does not answer')
@@ -29,6 +35,10 @@ const health: FastifyPluginAsyncTypebox = async function (fastify) {
     if (policy !== 'noeviction') {
       request.log.error({ policy }, 'not ready: Redis may evict keys')
       throw new TallyError('unavailable', evictionMessage(policy))
+    }
+    if (cluster !== undefined) {
+      request.log.warn({ cluster }, 'not ready')
+      throw new TallyError('unavailable', cluster)
     }
     return { status: 'ok' as const }
   })

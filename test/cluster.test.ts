@@ -1,0 +1,112 @@
+/**
+ * Tally on a real Redis Cluster (3 primaries, 3 replicas, plain redis-server processes): the
+ * same scans as on one Redis, a reshard during a scan, and a cluster that lost a slot's every
+ * copy answering 503, never 500.
+ */
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { api, build, liveIds, redisClient, resource, rowVersions, sqlClient, testEnv, waitFor, type App, type ResourceBody } from './helper.js'
+import { startCluster, type PrivateCluster } from './redis-cluster.js'
+
+async function clusterApp (t: { teardown (fn: () => unknown): void }, cluster: PrivateCluster, overrides: Record<string, string> = {}): Promise<App> {
+  const { REDIS_URL: _single, ...env } = await testEnv(t)
+  return build(t, { REDIS_CLUSTER_NODES: cluster.seeds, SWEEP_INTERVAL: '0', ...overrides }, env)
+}
+
+const estate = (n: number, from = 0) => Array.from({ length: n }, (_, i) =>
+  resource(`arn:aws:ec2:eu-west-1:1:instance/i-${i + from}`, { attributes: { size: 't3.micro', n: i + from } }))
+
+/** The slots in CLUSTER NODES ranges (`0-999`, `5000`). */
+const slotSet = (ranges: string[]) => new Set(ranges.flatMap((range) => {
+  const [a, b] = range.split('-').map(Number)
+  return Array.from({ length: (b ?? a!) - a! + 1 }, (_, i) => a! + i)
+}))
+
+/** Posts batches with ids, retrying a 503 with the same id, as a scanner should; every answer's status and time. */
+async function postAll (tally: ReturnType<typeof api>, runId: number, resources: ResourceBody[], batch: number) {
+  const answers: Array<{ status: number, at: number }> = []
+  for (let i = 0; i < resources.length; i += batch) {
+    for (let attempt = 1; ; attempt++) {
+      const res = await tally.ingest(runId, resources.slice(i, i + batch), { batchId: `b${i}` })
+      answers.push({ status: res.status, at: Date.now() })
+      if (res.status === 200) break
+      if (res.status !== 503 || attempt === 50) throw new Error(`batch ${i}: ${res.status} ${JSON.stringify(res.body)}`)
+      await sleep(100)
+    }
+  }
+  return answers
+}
+
+t.test('a 3 + 3 cluster', async (t) => {
+  const cluster = await startCluster(t)
+
+  t.test('scans diff, delete, count and leave unchanged rows alone as on one Redis', async (t) => {
+    const app = await clusterApp(t, cluster)
+    const db = await sqlClient(t, app)
+    const tally = api(app)
+    const scope = 'aws/cluster'
+    t.equal((await tally.call('GET', '/readyz')).status, 200)
+    const first = estate(400)
+    t.match(await tally.scan(scope, first, { batch: 100, open: { shardCount: 16 } }), { stats: { seen: 400, created: 400 } })
+
+    // 20 vanish, 30 change, 50 are new; at another shard count.
+    const second = [...first.slice(20, 370), ...first.slice(370).map((r) => ({ ...r, name: 'changed' })), ...estate(50, 1000)]
+    const done = await tally.scan(scope, second, { batch: 100, open: { shardCount: 8 } })
+    t.match(done, { status: 'completed', stats: { seen: 430, created: 50, updated: 30, unchanged: 350, deleted: 20 } })
+    t.same(await liveIds(db, scope), second.map((r) => r.id).sort())
+
+    const before = await rowVersions(db, scope)
+    t.match(await tally.scan(scope, second, { batch: 100 }), { stats: { seen: 430, unchanged: 430, deleted: 0 } })
+    t.same(await rowVersions(db, scope), before, 'an identical rescan wrote and locked no row')
+  })
+
+  t.test('a reshard of 1,000 slots during a scan: every batch 200 or 503, and the scan ends exact', async (t) => {
+    const app = await clusterApp(t, cluster)
+    const db = await sqlClient(t, app)
+    const tally = api(app)
+    const scope = 'aws/reshard'
+    const first = estate(3000)
+    await tally.scan(scope, first, { batch: 500, open: { shardCount: 64 } })
+
+    const second = [...first.slice(100), ...estate(100, 5000)]
+    const opened = await tally.open(scope)
+    const masters = (await cluster.nodes()).filter((n) => n.role === 'master')
+    const from = masters[0]!
+    const to = masters[1]!
+    let reshardEnded = 0
+    const [answers] = await Promise.all([
+      postAll(tally, opened.body.id, second, 25),
+      cluster.cli(from.port, '--cluster', 'reshard', `127.0.0.1:${from.port}`, '--cluster-from', from.id,
+        '--cluster-to', to.id, '--cluster-slots', '1000', '--cluster-yes').then(() => { reshardEnded = Date.now() })
+    ])
+    t.ok(answers.every((a) => a.status === 200 || a.status === 503), `batches answered only 200 or 503 (${answers.length} answers)`)
+    t.ok(answers[0]!.at < reshardEnded, 'batches were answered while the reshard ran')
+    const before = slotSet(to.slots)
+    const moved = [...slotSet((await cluster.nodes()).find((n) => n.id === to.id)!.slots)].filter((s) => !before.has(s))
+    t.equal(moved.length, 1000, '1,000 slots moved')
+    // The scope's own keys were among those moved (its 64 shards' hash tags).
+    const node = redisClient(t, `redis://127.0.0.1:${from.port}`)
+    const tags = await Promise.all(Array.from({ length: 64 }, (_, k) => node.cluster('KEYSLOT', `{default/${scope}/${k}}`)))
+    t.ok(tags.some((slot) => moved.includes(Number(slot))), "some of the scope's shards moved during the scan")
+    const done = await tally.complete(opened.body.id)
+    t.match(done.body, { status: 'completed', stats: { seen: 3000, created: 100, unchanged: 2900, deleted: 100 } })
+    t.same(await liveIds(db, scope), second.map((r) => r.id).sort())
+  })
+
+  // Last: it takes a slot range's every copy away.
+  t.test('a slot with no primary: /readyz unready, batches 503 unavailable, never 500', async (t) => {
+    const app = await clusterApp(t, cluster)
+    const tally = api(app)
+    const opened = await tally.open('aws/down', { shardCount: 16 })
+    t.equal(opened.status, 201)
+    const nodes = await cluster.nodes()
+    const victim = nodes.find((n) => n.role === 'master')!
+    await Promise.all(nodes.filter((n) => n.id === victim.id || n.primaryId === victim.id).map((n) => cluster.kill(n.port)))
+    await cluster.waitForState('fail')
+    await waitFor(t, '/readyz unready', async () => (await tally.call('GET', '/readyz')).status === 503)
+    const res = await tally.ingest(opened.body.id, estate(200))
+    t.equal(res.status, 503)
+    t.match(res.body, { code: 'unavailable' })
+    t.ok(res.headers['retry-after'], 'with Retry-After')
+  })
+})
