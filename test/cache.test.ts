@@ -19,7 +19,7 @@ async function cacheKeys (app: App, redis: Redis): Promise<string[]> {
 async function corruptCache (app: App, redis: Redis): Promise<number> {
   let n = 0
   for (const key of await cacheKeys(app, redis)) {
-    const ids = (await redis.hkeys(key)).filter((f) => f !== '')
+    const ids = (await redis.hkeys(key)).filter((f) => f !== '' && f !== '!')
     if (ids.length === 0) continue
     await redis.hset(key, ...ids.flatMap((id) => [id, '00000000deadbeef']))
     n += ids.length

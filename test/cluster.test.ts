@@ -7,6 +7,7 @@ import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { api, build, liveIds, redisClient, resource, rowVersions, sqlClient, testEnv, waitFor, type App, type ResourceBody } from './helper.js'
 import { startCluster, type PrivateCluster } from './redis-cluster.js'
+import { shardOf } from '../src/reconcile/keys.js'
 
 async function clusterApp (t: { teardown (fn: () => unknown): void }, cluster: PrivateCluster, overrides: Record<string, string> = {}): Promise<App> {
   const { REDIS_URL: _single, ...env } = await testEnv(t)
@@ -91,6 +92,60 @@ t.test('a 3 + 3 cluster', async (t) => {
     const done = await tally.complete(opened.body.id)
     t.match(done.body, { status: 'completed', stats: { seen: 3000, created: 100, unchanged: 2900, deleted: 100 } })
     t.same(await liveIds(db, scope), second.map((r) => r.id).sort())
+  })
+
+  t.test('a failover that loses an acknowledged batch: nothing the scan reported is deleted, and abort + rescan is exact', async (t) => {
+    const app = await clusterApp(t, cluster)
+    const db = await sqlClient(t, app)
+    const tally = api(app)
+    const scope = 'aws/failover'
+    const first = estate(400)
+    await tally.scan(scope, first, { batch: 100, open: { shardCount: 16 } })
+
+    // The second scan: the same 400 and a new one, NEW; its last batch will be lost.
+    const opened = await tally.open(scope)
+    const runId = opened.body.id as number
+    await postAll(tally, runId, first.slice(0, 300), 100)
+    const last = [...first.slice(300), resource('NEW')]
+
+    // The primary that holds NEW's shard, and its replica.
+    const node = redisClient(t, `redis://127.0.0.1:${cluster.ports[0]}`)
+    const slot = Number(await node.cluster('KEYSLOT', `{default/${scope}/${shardOf('NEW', 16)}}`))
+    const nodes = await cluster.nodes()
+    const primary = nodes.find((n) => n.role === 'master' && slotSet(n.slots).has(slot))!
+    const replica = nodes.find((n) => n.primaryId === primary.id)!
+    // Cut the replica off: the primary acknowledges writes the replica never gets.
+    await cluster.cli(primary.port, 'config', 'set', 'repl-timeout', '2')
+    cluster.signal(replica.port, 'SIGSTOP')
+    await waitFor(t, 'the primary lost its replica', async () =>
+      (await cluster.cli(primary.port, 'info', 'replication')).includes('connected_slaves:0'), 20_000)
+    const acked = await tally.ingest(runId, last, { batchId: 'last' })
+    t.equal(acked.status, 200, 'the last batch was acknowledged')
+    // The primary dies; the replica, which never received that batch, takes over.
+    await cluster.kill(primary.port)
+    cluster.signal(replica.port, 'SIGCONT')
+    await cluster.cli(replica.port, 'cluster', 'failover', 'takeover').catch(() => '') // it may have taken over on its own
+    await waitFor(t, 'the replica is the primary', async () =>
+      (await cluster.cli(replica.port, 'info', 'replication').catch(() => '')).includes('role:master'), 20_000)
+    await cluster.waitForState('ok')
+
+    // The markers survived (written long before); the last batch's ids did not.
+    let done = await tally.complete(runId)
+    for (let i = 0; done.status === 503 && i < 100; i++) {
+      await sleep(100)
+      done = await tally.complete(runId)
+    }
+    t.equal(done.status, 409)
+    t.match(done.body, { code: 'run_state_lost' })
+    t.same(await liveIds(db, scope), [...first.map((r) => r.id), 'NEW'].sort(), 'nothing was deleted')
+
+    // Abort and rescan, now without NEW (gone meanwhile): exact, NEW included.
+    t.equal((await tally.abort(runId)).status, 200)
+    const rescan = await tally.open(scope)
+    t.same(new Set((await postAll(tally, rescan.body.id, first, 100)).map((a) => a.status)), new Set([200]))
+    const final = await tally.complete(rescan.body.id)
+    t.match(final.body, { status: 'completed', stats: { seen: 400, deleted: 1 } })
+    t.same(await liveIds(db, scope), first.map((r) => r.id).sort(), 'exact: what the rescan saw, and NEW found stale')
   })
 
   // Last: it takes a slot range's every copy away.

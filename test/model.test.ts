@@ -303,12 +303,12 @@ async function cacheKeys (r: Real): Promise<string[]> {
   return r.app.redis.keys(`${r.env.REDIS_KEY_PREFIX}{default/${r.scope}/*}:hash`)
 }
 
-/** Every cached hash of the scope made wrong (the epoch field '' left alone). */
+/** Every cached hash of the scope made wrong (the fields '' and '!', epoch and generation, left alone). */
 class CorruptCache implements fc.AsyncCommand<Model, Real> {
   check = () => true
   async run (_m: Model, r: Real) {
     for (const key of await cacheKeys(r)) {
-      const ids = (await r.app.redis.hkeys(key)).filter((f) => f !== '')
+      const ids = (await r.app.redis.hkeys(key)).filter((f) => f !== '' && f !== '!')
       if (ids.length > 0) await r.app.redis.hset(key, ...ids.flatMap((id) => [id, '0123456789abcdef']))
     }
     count(r, 'cache corruptions')
@@ -323,7 +323,7 @@ class EvictCache implements fc.AsyncCommand<Model, Real> {
   check = () => true
   async run (_m: Model, r: Real) {
     for (const key of await cacheKeys(r)) {
-      const ids = (await r.app.redis.hkeys(key)).filter((f, i) => f !== '' && i % this.every === 0)
+      const ids = (await r.app.redis.hkeys(key)).filter((f, i) => f !== '' && f !== '!' && i % this.every === 0)
       if (ids.length > 0) await r.app.redis.hdel(key, ...ids)
     }
     count(r, 'cache evictions')

@@ -34,6 +34,8 @@ export interface PrivateCluster {
   cli (port: number, ...args: string[]): Promise<string>
   /** SIGKILLs one node. */
   kill (port: number): Promise<void>
+  /** Sends a signal to one node (SIGSTOP, SIGCONT). */
+  signal (port: number, signal: NodeJS.Signals): void
   /** Waits until every node that runs says `cluster_state:<state>`. */
   waitForState (state: 'ok' | 'fail', timeoutMs?: number): Promise<void>
 }
@@ -99,7 +101,8 @@ export async function startCluster (t: { teardown (fn: () => unknown): void },
     return infos.filter((i) => i.includes('role:slave')).every((i) => i.includes('master_link_status:up')) &&
       infos.filter((i) => i.includes('role:slave')).length === primaries * replicas
   })
-  return { seeds: ports.map((p) => `127.0.0.1:${p}`).join(','), ports, nodes, cli, kill, waitForState }
+  const signal = (port: number, sig: NodeJS.Signals) => { children.get(port)!.kill(sig) }
+  return { seeds: ports.map((p) => `127.0.0.1:${p}`).join(','), ports, nodes, cli, kill, signal, waitForState }
 }
 
 async function waitUntil (what: string, timeoutMs: number, ok: () => Promise<boolean>): Promise<void> {

@@ -1,7 +1,7 @@
 /** Runs and scopes: opening, listing, conditional status moves and the baseline promotion. */
 import { and, desc, eq, inArray, lt, sql, type SQL } from 'drizzle-orm'
 import type { Db, Executor, Tx } from './client.js'
-import { runs, scopes, type RunStatus, type SkipPartition } from './schema.js'
+import { runAcks, runs, scopes, type RunStatus, type SkipPartition } from './schema.js'
 
 export type RunRow = typeof runs.$inferSelect
 export type ScopeRow = typeof scopes.$inferSelect
@@ -121,14 +121,31 @@ export function createRunsRepository (db: Db) {
       return row!
     },
 
-    async promoteBaseline (tenant: string, scope: string, run: { id: number, shardCount: number, seen: number }, tx: Tx): Promise<void> {
-      await tx.update(scopes).set({
+    /** Makes the run the scope's baseline; a completion that deleted bumps the cache generation. Returns that generation. */
+    async promoteBaseline (tenant: string, scope: string, run: { id: number, shardCount: number, seen: number, deleted: number },
+      tx: Tx): Promise<number> {
+      const [row] = await tx.update(scopes).set({
         baselineRunId: run.id,
         baselineSeen: run.seen,
         shardCount: run.shardCount,
         resourceCount: run.seen,
-        lastCompletedAt: sql`now()`
-      }).where(and(eq(scopes.tenant, tenant), eq(scopes.scope, scope)))
+        lastCompletedAt: sql`now()`,
+        ...(run.deleted > 0 ? { cacheGeneration: sql`${scopes.cacheGeneration} + 1` } : {})
+      }).where(and(eq(scopes.tenant, tenant), eq(scopes.scope, scope))).returning({ cacheGeneration: scopes.cacheGeneration })
+      return row!.cacheGeneration
+    },
+
+    /** Witnesses an acknowledged batch: its token, and the shards whose acks sets hold it. */
+    async recordAck (runId: number, token: string, shards: number[]): Promise<void> {
+      await db.insert(runAcks).values({ runId, token, shards })
+    },
+
+    async acks (runId: number): Promise<Array<{ token: string, shards: number[] }>> {
+      return db.select({ token: runAcks.token, shards: runAcks.shards }).from(runAcks).where(eq(runAcks.runId, runId))
+    },
+
+    async dropAcks (runId: number, tx: Executor = db): Promise<void> {
+      await tx.delete(runAcks).where(eq(runAcks.runId, runId))
     }
   }
 }

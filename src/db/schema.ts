@@ -45,6 +45,12 @@ export const scopes = pgTable('scopes', {
   baselineRunId: runRef(),
   /** Σ SCARD of the baseline's seen sets when it completed: a smaller set later means lost state. */
   baselineSeen: bigint({ mode: 'number' }).notNull().default(0),
+  /**
+   * Bumped by every completion that deletes. Each cache shard records the generation its last
+   * invalidation was for; a shard behind this one missed an invalidation (a write Redis lost)
+   * and is not trusted.
+   */
+  cacheGeneration: bigint({ mode: 'number' }).notNull().default(0),
   resourceCount: bigint({ mode: 'number' }).notNull().default(0),
   createdAt: at().notNull().defaultNow(),
   lastCompletedAt: at()
@@ -114,3 +120,16 @@ export const resources = pgTable('resources', {
   // The purge of rows soft-deleted longer ago than DELETED_RETENTION reads the oldest first.
   index('resources_deleted_at_idx').on(t.deletedAt).where(sql`deleted_at is not null`)
 ])
+
+/**
+ * The witness of acknowledged batches, outside Redis: before a batch is answered 200, its token
+ * is in the acks set of every shard it added ids to, and here. A completion finds every token in
+ * its shard's set, or the shard lost acknowledged writes (a failover to a replica that had not
+ * received them, a restart from a persistence file missing its last second) and nothing is
+ * deleted. Rows go with the run's end.
+ */
+export const runAcks = pgTable('run_acks', {
+  runId: bigint({ mode: 'number' }).notNull(),
+  token: text().notNull(),
+  shards: integer().array().notNull()
+}, (t) => [primaryKey({ columns: [t.runId, t.token] })])

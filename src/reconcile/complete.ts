@@ -175,10 +175,33 @@ async function stateGone (deps: ReconcileDeps, run: RunRow, during: string): Pro
     : `Run ${run.id}'s Redis state is incomplete (restart, flush or expiry), so nothing can be deleted safely; abort it and rescan`)
 }
 
-/** Forgets cached hashes of the ids in every cache shard they fall in, and bumps those shards' epochs. */
-async function invalidate (deps: ReconcileDeps, run: RunRow, cacheShards: number, ids: string[]): Promise<void> {
-  await Promise.all([...groupByShard(ids, cacheShards)].map(([shard, group]) =>
-    deps.redis.tallyInvalidate(deps.keys.cache(run, shard), ...group)))
+/**
+ * Forgets cached hashes of the ids in every cache shard they fall in, and bumps those shards'
+ * epochs. With a generation (after a commit that deleted), every cache shard records it: a shard
+ * where that write is lost stays behind the scope's generation, and is emptied when next read.
+ */
+async function invalidate (deps: ReconcileDeps, run: RunRow, cacheShards: number, ids: string[], generation?: number): Promise<void> {
+  const groups = groupByShard(ids, cacheShards)
+  const targets = generation === undefined ? [...groups.keys()] : shards(cacheShards)
+  await Promise.all(targets.map((shard) =>
+    deps.redis.tallyInvalidate(deps.keys.cache(run, shard), generation ?? '', ...groups.get(shard) ?? [])))
+}
+
+/**
+ * Are the run's acknowledged batches all still in Redis? Every token Postgres witnessed must be
+ * in the acks set of each shard the batch added ids to. A token missing means that shard lost
+ * acknowledged writes — its ids too, which a diff would take for vanished.
+ */
+async function acksWhole (deps: ReconcileDeps, run: RunRow): Promise<boolean> {
+  const byShard = new Map<number, string[]>()
+  for (const { token, shards: touched } of await deps.runs.acks(run.id)) {
+    for (const shard of touched) byShard.set(shard, [...byShard.get(shard) ?? [], token])
+  }
+  const found = await Promise.all([...byShard].map(([shard, tokens]) =>
+    deps.redis.smismember(deps.keys.acks(run, shard, run.id), ...tokens)))
+  const lost = found.reduce((n, members) => n + members.filter((m) => m === 0).length, 0)
+  if (lost > 0) deps.log.error({ runId: run.id, lost }, 'acknowledged batches missing from Redis: nothing is deleted')
+  return lost === 0
 }
 
 /**
@@ -253,7 +276,9 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
   }
   // Were the sets whole all along? A Redis restarted or flushed during the diff has lost the
   // markers too, and a diff against a vanished set would take live resources for stale.
-  if (!await moveMarkers(deps, run, 'closing', 'closing')) return stateGone(deps, run, 'diff')
+  // And did Redis keep every acknowledged write? One that failed over to a replica, or came
+  // back from a persistence file, may have kept the markers but lost the last batches' ids.
+  if (!await moveMarkers(deps, run, 'closing', 'closing') || !await acksWhole(deps, run)) return stateGone(deps, run, 'diff')
   deps.log.info({ runId: id, stale: ids.length, skipped: kept.length, method: stale.method, diffMs }, 'completing run')
   return await finish(deps, run, scope.cacheShardCount, 'completed', { ...counts, skipped: kept.length }, ids, { skip, kept }) ?? completeRun(deps, id, opts)
 }
@@ -274,15 +299,18 @@ async function finish (deps: ReconcileDeps, run: RunRow, cacheShards: number, st
     }
     const row = await deps.runs.finishRun(run.id, run.attempt, status, { ...counts, deleted }, partial.skip, tx)
     if (row === undefined) throw new ConcurrentFinish()
+    await deps.runs.dropAcks(run.id, tx)
     // The baseline's sets hold what the run saw and what its skip kept (adoptKept).
-    if (status === 'completed') await deps.runs.promoteBaseline(run.tenant, run.scope, { ...run, seen: counts.seen + counts.skipped }, tx)
-    return row
+    const generation = status === 'completed'
+      ? await deps.runs.promoteBaseline(run.tenant, run.scope, { ...run, seen: counts.seen + counts.skipped, deleted }, tx)
+      : undefined
+    return { row, generation: deleted > 0 ? generation : undefined }
   }).catch((err: unknown) => {
     if (err instanceof ConcurrentFinish) return undefined
     throw err
   })
   // undefined: a concurrent complete of the same run committed first; answer with its result.
-  const result = finished ?? await requireRun(deps, run.id)
+  const result = finished?.row ?? await requireRun(deps, run.id)
   // Or a concurrent complete with other options was refused and reopened the run: start over.
   if (result.status === 'open' || result.status === 'completing') return undefined
   if (result.status === 'aborted') {
@@ -290,7 +318,7 @@ async function finish (deps: ReconcileDeps, run: RunRow, cacheShards: number, st
     await dropRunKeys(deps, result)
     throw new TallyError('run_not_open', `Run ${run.id} was aborted while completing`)
   }
-  if (finished !== undefined) await invalidate(deps, run, cacheShards, stale)
+  if (finished !== undefined) await invalidate(deps, run, cacheShards, stale, finished.generation)
   if (result.status === 'superseded') await dropRunKeys(deps, result)
   else {
     if (finished !== undefined) await adoptKept(deps, run, partial.kept)

@@ -10,7 +10,8 @@
  * 3. The write: only rows whose content differs, and only while the run is open (see writeChanged).
  * 4. `tallyCommit` adds the ids to the run's seen sets and counts them, each id once, in the same
  *    script per shard: an id joins a set only once its content is in Postgres, and the counts
- *    always agree with the sets.
+ *    always agree with the sets. The script adds the batch's token to the shard's acks set, and
+ *    Postgres witnesses it (run_acks) before the batch is answered.
  * 5. The cache is filled (guarded: see tallyFill); the batch is recorded and unregistered.
  * A batch that fails anywhere is unregistered and leaves nothing a completion counts as applied;
  * rows it wrote before failing carry the run's id, and a completion finds them by it.
@@ -44,10 +45,15 @@ interface Item {
   fill: string
 }
 
-/** A run as ingestion needs it: the row (scope and shard count never change) and the scope's cache shards. */
+/**
+ * A run as ingestion needs it: the row (scope and shard count never change), the scope's cache
+ * shards, and its cache generation (only a completion of the scope changes it, and none but this
+ * run's can happen while it takes batches).
+ */
 interface RunContext {
   run: RunRow
   cacheShards: number
+  generation: number
 }
 
 type RunCache = LRUCache<number, RunContext>
@@ -64,7 +70,7 @@ async function runFor (deps: ReconcileDeps, runCache: RunCache, runId: number): 
   const run = await requireRun(deps, runId)
   if (run.status !== 'open') throw new TallyError('run_not_open', `Run ${runId} is ${run.status}`)
   const scope = await deps.runs.getScope(run.tenant, run.scope)
-  const context = { run, cacheShards: scope?.cacheShardCount ?? run.shardCount }
+  const context = { run, cacheShards: scope?.cacheShardCount ?? run.shardCount, generation: scope?.cacheGeneration ?? 0 }
   runCache.set(runId, context)
   return context
 }
@@ -216,7 +222,7 @@ function settle (item: Item, stored: StoredVersion | undefined, runId: number): 
  * the run is not `open`. When the run's shards are the cache's (the usual case), marker and
  * cache share a slot and one script per shard reads both; otherwise they are read apart.
  */
-async function readCache (deps: ReconcileDeps, run: RunRow, cacheShards: number, byCache: Map<number, string[]>) {
+async function readCache (deps: ReconcileDeps, { run, cacheShards, generation }: RunContext, byCache: Map<number, string[]>) {
   const { redis, keys } = deps
   const hashes = new Map<string, string>()
   const epochs = new Map<number, string>()
@@ -227,7 +233,7 @@ async function readCache (deps: ReconcileDeps, run: RunRow, cacheShards: number,
   }
   if (cacheShards === run.shardCount) {
     await Promise.all([...byCache].map(async ([shard, ids]) => {
-      const reply = await redis.tallyRead(keys.marker(run, shard, run.id), keys.cache(run, shard), ...ids)
+      const reply = await redis.tallyRead(keys.marker(run, shard, run.id), keys.cache(run, shard), generation, ...ids)
       if (typeof reply === 'number') markers.push(reply)
       else take(shard, ids, reply)
     }))
@@ -235,7 +241,7 @@ async function readCache (deps: ReconcileDeps, run: RunRow, cacheShards: number,
     const runShards = [...new Set([...byCache.values()].flat().map((id) => shardOf(id, run.shardCount)))]
     await Promise.all([
       ...runShards.map(async (shard) => { markers.push(await redis.get(keys.marker(run, shard, run.id))) }),
-      ...[...byCache].map(async ([shard, ids]) => take(shard, ids, await redis.hmget(keys.cache(run, shard), '', ...ids)))
+      ...[...byCache].map(async ([shard, ids]) => take(shard, ids, await redis.tallyCacheRead(keys.cache(run, shard), generation, ...ids)))
     ])
   }
   const refused = markers.filter((m) => m !== 'open')
@@ -243,13 +249,14 @@ async function readCache (deps: ReconcileDeps, run: RunRow, cacheShards: number,
   return { hashes, epochs }
 }
 
-async function apply (deps: ReconcileDeps, { run, cacheShards }: RunContext, items: Map<string, Item>, received: number,
+async function apply (deps: ReconcileDeps, context: RunContext, items: Map<string, Item>, received: number,
   batch: BatchRef): Promise<BatchResult> {
   const { redis, keys } = deps
+  const { run } = context
 
   // 2. The markers (a run whose state is lost writes nothing) and the cache, every shard at once.
-  const byCache = groupByShard(items.keys(), cacheShards)
-  const cached = await readCache(deps, run, cacheShards, byCache)
+  const byCache = groupByShard(items.keys(), context.cacheShards)
+  const cached = await readCache(deps, context, byCache)
   for (const [id, value] of cached.hashes) {
     const item = items.get(id)!
     item.cached = value
@@ -302,10 +309,14 @@ async function apply (deps: ReconcileDeps, { run, cacheShards }: RunContext, ite
     const sorted = order.flatMap((kind) => ids.filter((id) => items.get(id)!.kind === kind))
     const n = (kind: Kind) => ids.filter((id) => items.get(id)!.kind === kind).length
     return redis.tallyCommit(keys.marker(run, shard, run.id), keys.seen(run, shard, run.id), keys.counts(run, shard, run.id),
-      deps.settings.runTtl, n('created'), n('updated'), ...sorted)
+      keys.acks(run, shard, run.id), deps.settings.runTtl, n('created'), n('updated'), batch.token, ...sorted)
   }))
   const refused = replies.filter((r) => r !== 1)
   if (refused.length > 0) throw await refusal(deps, run, refused.includes(MARKER_MISSING))
+  // The witness, outside Redis, before the batch is acknowledged: should Redis lose these
+  // writes (a failover, a restart from a file missing its last second), the completion finds
+  // the token missing from a shard's acks set and deletes nothing.
+  await deps.runs.recordAck(run.id, batch.token, [...byRunShard.keys()])
 
   // 5. The cache learns what Postgres holds, unless someone else touched the entry meanwhile.
   await Promise.all([...byCache].map(([shard, ids]) => {

@@ -37,12 +37,18 @@ export function createKeys (prefix: string) {
      * once, in the same script that adds it to the seen set (so Σ counts = SCARD, always).
      */
     counts: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:count:${runId}`,
+    /**
+     * SET of the tokens of the run's batches that added ids to this shard, added by the same
+     * script as the ids; Postgres (run_acks) witnesses every acknowledged one.
+     */
+    acks: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:acks:${runId}`,
     /** STRING marker open | closing: proves the shard's set is whole and fences ingestion. */
     marker: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:run:${runId}`,
     /**
      * HASH id -> content hash, a cache of resources.content_hash, sharded by the scope's own
      * cache shard count (whatever count each run uses). Field '' is the epoch: every
-     * invalidation bumps it, and a fill prepared before it is dropped.
+     * invalidation bumps it, and a fill prepared before it is dropped. Field '!' is the scope's
+     * cache generation (scopes.cache_generation) the shard's last invalidation was for.
      */
     cache: (s: ScopeRef, cacheShard: number) => `${tag(s, cacheShard)}:hash`,
     /** HASH of the run in flight: state open | closing, batches, touched (ms of its last batch). */

@@ -1,4 +1,4 @@
-/** Per-run Redis state as a whole: markers, seen sets, counts and the run's own hash, across all of a run's shards. */
+/** Per-run Redis state as a whole: markers, seen sets, counts, acks and the run's own hash, across all of a run's shards. */
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { RunCounts, RunRow } from '../db/runs-repository.js'
 import type { ReconcileDeps } from './types.js'
@@ -71,14 +71,15 @@ export async function liveCounts (deps: Deps, run: RunRow): Promise<RunCounts> {
 /** The keys of a run in flight that are not its seen sets. */
 export function runStateKeys (deps: Deps, run: RunRow): string[] {
   return [
-    ...shards(run.shardCount).flatMap((k) => [deps.keys.marker(run, k, run.id), deps.keys.counts(run, k, run.id)]),
+    ...shards(run.shardCount).flatMap((k) => [deps.keys.marker(run, k, run.id), deps.keys.counts(run, k, run.id), deps.keys.acks(run, k, run.id)]),
     deps.keys.counters(run.id), deps.keys.batches(run.id), deps.keys.inflight(run.id)
   ]
 }
 
-/** Drops every key of a run that did not become the baseline (aborted or superseded). */
-export async function dropRunKeys (deps: Deps, run: RunRow): Promise<void> {
+/** Drops every key of a run that did not become the baseline (aborted or superseded), and its acks witness. */
+export async function dropRunKeys (deps: Deps & Pick<ReconcileDeps, 'runs'>, run: RunRow): Promise<void> {
   await Promise.all([
+    deps.runs.dropAcks(run.id),
     ...shards(run.shardCount).map((k) => deps.redis.unlink(deps.keys.seen(run, k, run.id))),
     ...runStateKeys(deps, run).map((key) => deps.redis.unlink(key))
   ])

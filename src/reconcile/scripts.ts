@@ -19,6 +19,34 @@ const now = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
 
+/**
+ * The cache read: KEYS[k] the cache shard, ARGV[1] the scope's cache generation, the ids after
+ * it. A shard behind that generation is emptied (keeping its epoch rising, so fills prepared
+ * before are dropped) and answers misses; one ahead of it (a reader with an old generation)
+ * answers misses too.
+ */
+const cacheRead = (k: number) => `
+local gen = tonumber(ARGV[1])
+local have = tonumber(redis.call('HGET', KEYS[${k}], '!') or '0') or 0
+local epoch = redis.call('HGET', KEYS[${k}], '') or '0'
+local n = #ARGV
+local out = {epoch}
+if have ~= gen then
+  if have < gen then
+    redis.call('DEL', KEYS[${k}])
+    epoch = tostring(tonumber(epoch) + 1)
+    redis.call('HSET', KEYS[${k}], '!', gen, '', epoch)
+    out[1] = epoch
+  end
+  for i = 2, n do out[#out + 1] = false end
+  return out
+end
+for i = 2, n, 1000 do
+  local got = redis.call('HMGET', KEYS[${k}], unpack(ARGV, i, math.min(i + 999, n)))
+  for j = 1, #got do out[#out + 1] = got[j] end
+end
+return out`
+
 const commands = {
   /**
    * KEYS counters, batches, inflight; ARGV batchId ('' for none), token, staleMs, ttl.
@@ -52,9 +80,9 @@ redis.call('EXPIRE', KEYS[3], ARGV[4])
 return {'begun', ''}`
   },
   /**
-   * KEYS marker, cache; ARGV id… The cache read of a batch, when the run's shard and the
-   * cache's shard are one slot: -1 / -2 (as tallyCommit) if the marker is not `open`, else the
-   * cache's epoch followed by the cached hash of each id (nil for none).
+   * KEYS marker, cache; ARGV generation, id… The cache read of a batch, when the run's shard and
+   * the cache's shard are one slot: -1 / -2 (as tallyCommit) if the marker is not `open`, else
+   * as tallyCacheRead.
    */
   tallyRead: {
     numberOfKeys: 2,
@@ -64,22 +92,26 @@ if m ~= 'open' then
   if m then return -1 end
   return -2
 end
-local out = {redis.call('HGET', KEYS[2], '') or '0'}
-local n = #ARGV
-for i = 1, n, 1000 do
-  local got = redis.call('HMGET', KEYS[2], unpack(ARGV, i, math.min(i + 999, n)))
-  for j = 1, #got do out[#out + 1] = got[j] end
-end
-return out`
+${cacheRead(2)}`
   },
   /**
-   * KEYS marker, seen, counts; ARGV ttl, nCreated, nUpdated, id… (the created ids, then the
-   * updated, then the unchanged). If the marker says `open`: SADD each id, and count each one
-   * new to the set under its kind, so the counts never disagree with the set. Returns 1, or
-   * -1 (sealed) / -2 (missing: the run's state is lost) having added nothing.
+   * KEYS cache; ARGV generation, id… The cache's epoch followed by the cached hash of each id
+   * (nil for none). A shard whose recorded generation ('!') is behind the scope's missed an
+   * invalidation (Redis lost it): it is emptied and answers misses.
+   */
+  tallyCacheRead: {
+    numberOfKeys: 1,
+    lua: cacheRead(1)
+  },
+  /**
+   * KEYS marker, seen, counts, acks; ARGV ttl, nCreated, nUpdated, token, id… (the created ids,
+   * then the updated, then the unchanged). If the marker says `open`: SADD each id, and count
+   * each one new to the set under its kind, so the counts never disagree with the set; add the
+   * batch's token to the acks set. Returns 1, or -1 (sealed) / -2 (missing: the run's state is
+   * lost) having added nothing.
    */
   tallyCommit: {
-    numberOfKeys: 3,
+    numberOfKeys: 4,
     lua: `
 local m = redis.call('GET', KEYS[1])
 if m ~= 'open' then
@@ -88,18 +120,17 @@ if m ~= 'open' then
 end
 local created, updated = tonumber(ARGV[2]), tonumber(ARGV[3])
 local c, u, n = 0, 0, 0
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
-    local k = i - 3
+    local k = i - 4
     if k <= created then c = c + 1 elseif k <= created + updated then u = u + 1 else n = n + 1 end
   end
 end
 if c > 0 then redis.call('HINCRBY', KEYS[3], 'created', c) end
 if u > 0 then redis.call('HINCRBY', KEYS[3], 'updated', u) end
 if n > 0 then redis.call('HINCRBY', KEYS[3], 'unchanged', n) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[4])
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 return 1`
   },
   /**
@@ -122,13 +153,20 @@ for i = 2, #ARGV, 3 do
 end
 return 1`
   },
-  /** KEYS cache; ARGV id…: forgets the ids and bumps the epoch, so fills prepared earlier are dropped. */
+  /**
+   * KEYS cache; ARGV generation ('' for none), id…: forgets the ids and bumps the epoch, so fills
+   * prepared earlier are dropped; with a generation, records it as the one this shard is
+   * invalidated for (never lowering it).
+   */
   tallyInvalidate: {
     numberOfKeys: 1,
     lua: `
 local n = #ARGV
-for i = 1, n, 1000 do
+for i = 2, n, 1000 do
   redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 999, n)))
+end
+if ARGV[1] ~= '' and (tonumber(redis.call('HGET', KEYS[1], '!') or '0') or 0) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], '!', ARGV[1])
 end
 return redis.call('HINCRBY', KEYS[1], '', 1)`
   },
@@ -218,10 +256,12 @@ type BeginState = 'done' | 'pending' | 'closed' | 'missing' | 'begun'
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     tallyBegin(counters: string, batches: string, inflight: string, batchId: string, token: string, staleMs: number, ttl: number): Result<[BeginState, string], Context>
-    tallyRead(marker: string, cache: string, ...ids: string[]): Result<number | Array<string | null>, Context>
-    tallyCommit(marker: string, seen: string, counts: string, ttl: number, created: number, updated: number, ...ids: string[]): Result<number, Context>
+    tallyRead(marker: string, cache: string, generation: number, ...ids: string[]): Result<number | Array<string | null>, Context>
+    tallyCacheRead(cache: string, generation: number, ...ids: string[]): Result<Array<string | null>, Context>
+    tallyCommit(marker: string, seen: string, counts: string, acks: string, ttl: number, created: number, updated: number, token: string,
+      ...ids: string[]): Result<number, Context>
     tallyFill(cache: string, epoch: string, ...idExpectedValue: string[]): Result<number, Context>
-    tallyInvalidate(cache: string, ...ids: string[]): Result<number, Context>
+    tallyInvalidate(cache: string, generation: number | '', ...ids: string[]): Result<number, Context>
     tallyDone(batches: string, counters: string, inflight: string, batchId: string, token: string, result: string, ttl: number): Result<['revoked' | 'replay' | 'done', string], Context>
     tallyRelease(batches: string, inflight: string, batchId: string, token: string): Result<number, Context>
     tallyClose(counters: string, inflight: string, staleMs: number): Result<number, Context>

@@ -17,6 +17,7 @@ export interface ResourceIn {
 export interface Logger {
   info (obj: object, msg?: string): void
   warn (obj: object, msg?: string): void
+  error (obj: object, msg?: string): void
 }
 
 export interface ReconcileSettings {
