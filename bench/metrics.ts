@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
-import type { Redis } from 'ioredis'
+import { Cluster, type Redis } from 'ioredis'
 
 export interface TableCounters {
   inserted: number
@@ -27,8 +27,15 @@ export async function walAndXid (db: pg.Client): Promise<{ wal: number, xid: num
   return rows[0]
 }
 
-/** Redis used_memory once objects UNLINKed a moment ago have really been freed (lazyfree). */
-export async function redisUsedMemory (redis: Redis): Promise<number> {
+/**
+ * Redis used_memory once objects UNLINKed a moment ago have really been freed (lazyfree); on a
+ * cluster, summed over the primaries (replicas hold as much again).
+ */
+export async function redisUsedMemory (redis: Redis | Cluster): Promise<number> {
+  if (redis instanceof Cluster) {
+    const each = await Promise.all(redis.nodes('master').map((node) => redisUsedMemory(node)))
+    return each.reduce((a, b) => a + b, 0)
+  }
   for (const deadline = Date.now() + 10_000; ; await sleep(50)) {
     const info = await redis.info('memory')
     const pending = Number(/lazyfree_pending_objects:(\d+)/.exec(info)?.[1] ?? 0)

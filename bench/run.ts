@@ -7,6 +7,8 @@
  *   --json FILE --chart FILE.png --database NAME (tally_bench) --stats-wait MS (11000)
  *   --instances N (1): server processes per design, sharing Postgres and Redis; batches go round-robin
  *   --profile DIR: the servers write V8 CPU profiles there (open in Chrome DevTools)
+ *   --cluster: Tally on a private Redis Cluster (3 primaries, 3 replicas) started for the run;
+ *     Redis bytes are summed over the primaries
  */
 import getPort from 'get-port'
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -15,7 +17,9 @@ import { writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
-import { Redis } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
+import { startCluster } from '../scripts/redis-cluster.js'
+import { clusterNodes } from '../src/config.js'
 import pg from 'pg'
 import { Pool } from 'undici'
 import { renderChart } from './chart.js'
@@ -36,7 +40,8 @@ const { values: opt } = parseArgs({
     database: { type: 'string', default: 'tally_bench' },
     'stats-wait': { type: 'string', default: '11000' },
     profile: { type: 'string' },
-    instances: { type: 'string', default: '1' }
+    instances: { type: 'string', default: '1' },
+    cluster: { type: 'boolean', default: false }
   }
 })
 const [changed, added, vanished] = opt.churn.split(',').map(Number)
@@ -58,6 +63,10 @@ const ACCOUNT = '123456789012'
 const SCOPE = `aws/${ACCOUNT}`
 const ADMIN_URL = process.env.BENCH_PG_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379'
+// --cluster: Tally on a private Redis Cluster of 3 primaries and 3 replicas started here.
+const teardowns: Array<() => unknown> = []
+const cluster = opt.cluster ? await startCluster({ teardown: (fn) => teardowns.push(fn) }) : undefined
+const redisEnv = cluster === undefined ? { REDIS_URL } : { REDIS_CLUSTER_NODES: cluster.seeds }
 const REDIS_PREFIX = `${opt.database}:`
 const TABLE = { tally: 'resources', naive: 'naive_resources' } as const
 type Design = keyof typeof TABLE
@@ -95,7 +104,7 @@ async function startInstance (design: Design, databaseUrl: string): Promise<Inst
   const profile = opt.profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${opt.profile}`]
   const child = spawn(process.execPath, [...profile, '--import', 'tsx', script], {
     stdio: ['ignore', 'inherit', 'inherit'],
-    env: { ...process.env, DATABASE_URL: databaseUrl, REDIS_URL, REDIS_KEY_PREFIX: REDIS_PREFIX, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn' }
+    env: { ...process.env, DATABASE_URL: databaseUrl, ...redisEnv, REDIS_KEY_PREFIX: REDIS_PREFIX, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn' }
   })
   const base = `http://127.0.0.1:${port}`
   for (const deadline = Date.now() + 30_000; ; await sleep(100)) {
@@ -147,7 +156,7 @@ function batchBodies (scan: Scan): Buffer[] {
   return bodies
 }
 
-async function runScan (server: Server, db: pg.Client, redis: Redis, scanNo: number, scan: Scan, bodies: Buffer[], redisBase: number): Promise<ScanResult> {
+async function runScan (server: Server, db: pg.Client, redis: Redis | Cluster, scanNo: number, scan: Scan, bodies: Buffer[], redisBase: number): Promise<ScanResult> {
   const table = TABLE[server.design]
   // Every scan starts right after a checkpoint, so each pays the same full-page images and
   // none inherits the other design's pending WAL.
@@ -244,8 +253,11 @@ const dbUrl = new URL(ADMIN_URL)
 dbUrl.pathname = `/${opt.database}`
 const db = new pg.Client({ connectionString: dbUrl.toString() })
 await db.connect()
-const redis = new Redis(REDIS_URL)
+const redis = cluster === undefined ? new Redis(REDIS_URL) : new Cluster(clusterNodes(cluster.seeds))
+// A cluster client knows its primaries once it has read the slots.
+if (redis instanceof Cluster) await once(redis, 'ready')
 const clearRedis = async () => {
+  if (redis instanceof Cluster) return // a cluster of its own, gone with the run
   let cursor = '0'
   do {
     const [next, keys] = await redis.scan(cursor, 'MATCH', `${REDIS_PREFIX}*`, 'COUNT', 1000)
@@ -278,6 +290,7 @@ try {
   await db.end()
   await clearRedis()
   await redis.quit()
+  for (const teardown of teardowns.reverse()) await teardown()
   await admin.query(`drop database if exists ${opt.database} with (force)`)
   await admin.end()
 }
@@ -314,7 +327,7 @@ const machine = {
     return /redis_version:(\S+)/.exec(info)?.[1] ?? 'unknown'
   })()
 }
-const { designs: _designs, ...configOut } = config
+const { designs: _designs, ...configOut } = { ...config, cluster: opt.cluster ?? false }
 if (opt.json !== undefined) {
   await writeFile(opt.json, JSON.stringify({ config: { ...configOut, only: opt.only ?? null }, machine, tally: results.tally ?? [], naive: results.naive ?? [], ratios }, null, 2))
 }

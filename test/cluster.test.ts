@@ -6,7 +6,7 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { api, build, liveIds, redisClient, resource, rowVersions, sqlClient, testEnv, waitFor, type App, type ResourceBody } from './helper.js'
-import { startCluster, type PrivateCluster } from './redis-cluster.js'
+import { startCluster, type PrivateCluster } from '../scripts/redis-cluster.js'
 import { shardOf } from '../src/reconcile/keys.js'
 
 async function clusterApp (t: { teardown (fn: () => unknown): void }, cluster: PrivateCluster, overrides: Record<string, string> = {}): Promise<App> {
@@ -146,6 +146,35 @@ t.test('a 3 + 3 cluster', async (t) => {
     const final = await tally.complete(rescan.body.id)
     t.match(final.body, { status: 'completed', stats: { seen: 400, deleted: 1 } })
     t.same(await liveIds(db, scope), first.map((r) => r.id).sort(), 'exact: what the rescan saw, and NEW found stale')
+  })
+
+  t.test('a primary killed during a completion: retried, the completion ends exact', async (t) => {
+    const app = await clusterApp(t, cluster)
+    const db = await sqlClient(t, app)
+    const tally = api(app)
+    const scope = 'aws/killed-mid-completion'
+    const first = estate(2000)
+    await tally.scan(scope, first, { batch: 500, open: { shardCount: 32 } })
+    const second = first.slice(200)
+    const opened = await tally.open(scope)
+    await postAll(tally, opened.body.id, second, 500)
+    await sleep(200) // the replicas have it all: this failover loses nothing
+
+    const nodes = await cluster.nodes()
+    const primary = nodes.find((n) => n.role === 'master' && nodes.some((r) => r.primaryId === n.id))!
+    const completing = tally.complete(opened.body.id)
+    await sleep(5)
+    await cluster.kill(primary.port)
+    let done = await completing
+    const answers = [done.status]
+    for (const deadline = Date.now() + 30_000; done.status === 503 && Date.now() < deadline; answers.push(done.status)) {
+      await sleep(200)
+      done = await tally.complete(opened.body.id)
+    }
+    t.ok(answers.every((s) => s === 200 || s === 503), `answers: ${answers.join(' ')}`)
+    t.match(done.body, { status: 'completed', stats: { seen: 1800, deleted: 200 } })
+    t.same(await liveIds(db, scope), second.map((r) => r.id).sort())
+    await cluster.waitForState('ok')
   })
 
   // Last: it takes a slot range's every copy away.

@@ -1,7 +1,8 @@
 /**
- * A private Redis Cluster for tests: plain `redis-server` processes on free loopback ports
- * (3 primaries, each with a replica, by default), joined with `redis-cli --cluster create`,
- * stopped by pid and their directories removed at teardown.
+ * A private Redis Cluster for tests and the benchmark (`npm run bench -- --cluster`): plain
+ * `redis-server` processes on free loopback ports (3 primaries, each with a replica, by
+ * default), joined with `redis-cli --cluster create`, stopped by pid and their directories
+ * removed at teardown.
  */
 import getPort from 'get-port'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
@@ -28,7 +29,7 @@ export interface PrivateCluster {
   /** `REDIS_CLUSTER_NODES` for the app: every node. */
   seeds: string
   ports: number[]
-  /** The nodes as the cluster sees them now. */
+  /** The nodes as the cluster sees them now, but those it takes for failed. */
   nodes (): Promise<ClusterNode[]>
   /** `redis-cli -p port …`, its output. */
   cli (port: number, ...args: string[]): Promise<string>
@@ -79,7 +80,7 @@ export async function startCluster (t: { teardown (fn: () => unknown): void },
   const alive = () => ports.filter((p) => { const c = children.get(p)!; return c.exitCode === null && c.signalCode === null })
   const nodes = async () => {
     const text = await cli(alive()[0]!, 'cluster', 'nodes')
-    return text.trim().split('\n').map((line): ClusterNode => {
+    return text.trim().split('\n').filter((line) => !/\bfail\b/.test(line.split(' ')[2]!)).map((line): ClusterNode => {
       const [id, address, flags, primaryId, , , , , ...slots] = line.split(' ')
       return {
         id: id!,
