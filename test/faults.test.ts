@@ -51,20 +51,25 @@ t.test('Redis restarted mid-run: the run refuses to complete, nothing is deleted
   t.same(await liveIds(db, 'aws/restart-mid-run'), ids(250))
 })
 
-t.test('Redis back from a persistence file missing the last acknowledged batch: nothing deleted, abort + rescan exact', async (t) => {
+/** The app on a private Redis that keeps a persistence file, written when `save` is called only. */
+async function onPersistentRedis (t: Parameters<typeof build>[0]) {
   const dir = await mkdtemp(join(tmpdir(), 'tally-rdb-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const redis = await startRedis(t, ['--dir', dir, '--dbfilename', 'dump.rdb'])
   const app = await build(t, { REDIS_URL: redis.url })
-  const tally = api(app)
-  const db = await sqlClient(t, app)
+  const save = async () => { await redisClient(t, redis.url).save() }
+  return { redis, app, tally: api(app), db: await sqlClient(t, app), save }
+}
+
+t.test('Redis back from a persistence file missing the last acknowledged batch: nothing deleted, abort + rescan exact', async (t) => {
+  const { redis, app, tally, db, save } = await onPersistentRedis(t)
   const scope = 'aws/lost-last-second'
   await loadBaseline(app, scope, ids(300))
   const run = (await tally.open(scope)).body.id as number
   t.equal((await tally.ingest(run, resources(ids(200)))).status, 200)
   // The persistence file is written here; the last batch, acknowledged, never reaches it (as
   // with AOF everysec and a crash within the second).
-  await redisClient(t, redis.url).save()
+  await save()
   t.equal((await tally.ingest(run, resources([...ids(100, 200), 'f-new']))).status, 200)
   await redis.restart()
   // The markers are back from the file; the last batch's ids are not.
@@ -77,16 +82,11 @@ t.test('Redis back from a persistence file missing the last acknowledged batch: 
 })
 
 t.test('Redis back from a persistence file missing a deletion\'s cache invalidation: a resource that comes back is live again', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'tally-rdb-'))
-  t.teardown(() => rm(dir, { recursive: true, force: true }))
-  const redis = await startRedis(t, ['--dir', dir, '--dbfilename', 'dump.rdb'])
-  const app = await build(t, { REDIS_URL: redis.url })
-  const tally = api(app)
-  const db = await sqlClient(t, app)
+  const { redis, app, tally, db, save } = await onPersistentRedis(t)
   const scope = 'aws/lost-invalidation'
   await loadBaseline(app, scope, ids(300))
   // The file holds the cache with every hash, before the next completion invalidates any.
-  await redisClient(t, redis.url).save()
+  await save()
   t.match((await tally.scan(scope, resources(ids(290)))).stats, { deleted: 10 })
   await redis.restart()
   // The ten come back unchanged; the cache, back from the file, still holds their hashes.
