@@ -37,6 +37,8 @@ export interface PrivateCluster {
   kill (port: number): Promise<void>
   /** Sends a signal to one node (SIGSTOP, SIGCONT). */
   signal (port: number, signal: NodeJS.Signals): void
+  /** Every node killed and started again, empty, with its slots, as after a power cut. */
+  restart (): Promise<void>
   /** Waits until every node that runs says `cluster_state:<state>`. */
   waitForState (state: 'ok' | 'fail', timeoutMs?: number): Promise<void>
 }
@@ -59,21 +61,29 @@ export async function startCluster (t: { teardown (fn: () => unknown): void },
   })
 
   const ports: number[] = []
+  const busPorts = new Map<number, number>()
+  // Each node keeps its cluster configuration (nodes-<port>.conf) in dir, so a node started
+  // again rejoins with its slots; its data is gone (no persistence).
+  const spawnNode = (port: number) => {
+    children.set(port, spawn('redis-server', [
+      '--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes', '--cluster-port', String(busPorts.get(port)),
+      '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000', '--dir', dir,
+      '--save', '', '--appendonly', 'no'
+    ], { stdio: 'ignore' }))
+  }
   for (let i = 0; i < count; i++) {
     const port = await getPort({ host: '127.0.0.1' })
     // The bus port defaults to port + 10000, which may be taken or out of range.
-    const busPort = await getPort({ host: '127.0.0.1', exclude: [port] })
-    const child = spawn('redis-server', [
-      '--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes', '--cluster-port', String(busPort),
-      '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000', '--dir', dir,
-      '--save', '', '--appendonly', 'no'
-    ], { stdio: 'ignore' })
-    children.set(port, child)
+    busPorts.set(port, await getPort({ host: '127.0.0.1', exclude: [port] }))
     ports.push(port)
+    spawnNode(port)
   }
   const cli = async (port: number, ...args: string[]) =>
     (await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { timeout: 60_000 })).stdout
-  for (const port of ports) await waitUntil(`redis-server on ${port}`, 5000, async () => (await cli(port, 'ping').catch(() => '')).includes('PONG'))
+  const pinged = async () => {
+    for (const port of ports) await waitUntil(`redis-server on ${port}`, 5000, async () => (await cli(port, 'ping').catch(() => '')).includes('PONG'))
+  }
+  await pinged()
   await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`),
     '--cluster-replicas', String(replicas), '--cluster-yes'], { timeout: 60_000 })
 
@@ -103,7 +113,13 @@ export async function startCluster (t: { teardown (fn: () => unknown): void },
       infos.filter((i) => i.includes('role:slave')).length === primaries * replicas
   })
   const signal = (port: number, sig: NodeJS.Signals) => { children.get(port)!.kill(sig) }
-  return { seeds: ports.map((p) => `127.0.0.1:${p}`).join(','), ports, nodes, cli, kill, signal, waitForState }
+  const restart = async () => {
+    await Promise.all(ports.map(kill))
+    ports.forEach(spawnNode)
+    await pinged()
+    await waitForState('ok')
+  }
+  return { seeds: ports.map((p) => `127.0.0.1:${p}`).join(','), ports, nodes, cli, kill, signal, restart, waitForState }
 }
 
 async function waitUntil (what: string, timeoutMs: number, ok: () => Promise<boolean>): Promise<void> {

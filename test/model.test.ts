@@ -8,7 +8,8 @@
  * the live inventory in Postgres must equal the model's; every completed or aborted run's stats
  * must equal the model's count (each id once, as the run first found it); a batch's answer must
  * agree with the model; and a resource the model calls unchanged keeps its row's xmin, xmax
- * and ctid. Fixed seed in CI; TALLY_MODEL_RUNS and TALLY_MODEL_SEED run more or other sequences.
+ * and ctid. Fixed seed in CI; TALLY_MODEL_RUNS and TALLY_MODEL_SEED run more or other sequences,
+ * and TALLY_MODEL_CLUSTER=1 runs them against a private Redis Cluster of 3 primaries.
  */
 import t from 'tap'
 import fc from 'fast-check'
@@ -17,10 +18,13 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 import { testEnv } from './helper.js'
-import { startRedis, type PrivateRedis } from './redis-server.js'
+import { startRedis } from './redis-server.js'
+import { startCluster } from '../scripts/redis-cluster.js'
+import { primaries } from '../src/plugins/redis.js'
 
 const RUNS = Number(process.env.TALLY_MODEL_RUNS ?? 100)
 const SEED = Number(process.env.TALLY_MODEL_SEED ?? 20261123)
+const CLUSTER = process.env.TALLY_MODEL_CLUSTER === '1'
 const ID_SPACE = 24
 const idOf = (n: number) => `arn:aws:model:::r-${String(n).padStart(2, '0')}`
 // The type is fixed per id (partitions hold still); two types, so `skip` can spare one.
@@ -50,7 +54,7 @@ interface Model {
 interface Real {
   app: App
   env: Record<string, string>
-  redis: PrivateRedis
+  redis: RedisUnderTest
   db: pg.Client
   scope: string
   /** Faults injected and outcomes seen, for the closing report. */
@@ -279,7 +283,7 @@ class Abort implements fc.AsyncCommand<Model, Real> {
 class FlushRedis implements fc.AsyncCommand<Model, Real> {
   check = () => true
   async run (m: Model, r: Real) {
-    await r.app.redis.flushall()
+    await Promise.all(primaries(r.app.redis).map((node) => node.flushall()))
     count(r, 'Redis flushes')
     if (m.run !== null) m.lost = true
   }
@@ -300,7 +304,8 @@ class RestartRedis implements fc.AsyncCommand<Model, Real> {
 
 /** The scope's hash cache, every shard of it. */
 async function cacheKeys (r: Real): Promise<string[]> {
-  return r.app.redis.keys(`${r.env.REDIS_KEY_PREFIX}{default/${r.scope}/*}:hash`)
+  const pattern = `${r.env.REDIS_KEY_PREFIX}{default/${r.scope}/*}:hash`
+  return (await Promise.all(primaries(r.app.redis).map((node) => node.keys(pattern)))).flat()
 }
 
 /** Every cached hash of the scope made wrong (the fields '' and '!', epoch and generation, left alone). */
@@ -368,11 +373,27 @@ const commands = [
   fc.constant(new RestartApp())
 ]
 
-t.test(`model-based: ${RUNS} random sequences (seed ${SEED}) keep inventory and stats equal to the model`, async (t) => {
+/** Redis as the model test restarts it: one private redis-server, or (TALLY_MODEL_CLUSTER=1) a private cluster of 3 primaries. */
+interface RedisUnderTest {
+  env: Record<string, string>
+  restart (): Promise<void>
+}
+
+async function redisUnderTest (t: Parameters<typeof startRedis>[0]): Promise<RedisUnderTest> {
+  if (CLUSTER) {
+    const cluster = await startCluster(t, { primaries: 3, replicas: 0 })
+    return { env: { REDIS_CLUSTER_NODES: cluster.seeds }, restart: cluster.restart }
+  }
   const redis = await startRedis(t)
+  return { env: { REDIS_URL: redis.url }, restart: redis.restart }
+}
+
+t.test(`model-based: ${RUNS} random sequences (seed ${SEED}${CLUSTER ? ', Redis Cluster' : ''}) keep inventory and stats equal to the model`, async (t) => {
+  const redis = await redisUnderTest(t)
+  const { REDIS_URL: _machineRedis, ...base } = await testEnv(t)
   const env: Record<string, string> = {
-    ...await testEnv(t),
-    REDIS_URL: redis.url,
+    ...base,
+    ...redis.env,
     // Small scopes: the guard would refuse most completions; it has tests of its own.
     GUARD_MIN_BASELINE: '1000000',
     DEFAULT_SHARD_COUNT: '4',

@@ -47,7 +47,7 @@ export function createRedis (config: Config): RedisClient {
 }
 
 /** The primaries: every node of a cluster that owns slots, or the one server. */
-function primaries (client: RedisClient): Redis[] {
+export function primaries (client: RedisClient): Redis[] {
   return client instanceof Cluster ? client.nodes('master') : [client]
 }
 
