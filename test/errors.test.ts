@@ -1,6 +1,6 @@
 /** Every error code of the contract, as problem+json, and bad input changes nothing. */
 import t from 'tap'
-import { api, build, resource, sqlClient, testEnv } from './helper.js'
+import { api, build, redisClient, resource, sqlClient, testEnv } from './helper.js'
 import { startRedis } from './redis-server.js'
 import getPort from 'get-port'
 import { buildApp } from '../src/app.js'
@@ -216,4 +216,18 @@ t.test('a Redis that may evict keys is refused at start, and makes /readyz unrea
     'changed at run time: unready')
   await app.redis.config('SET', 'maxmemory-policy', 'noeviction')
   t.equal((await tally.call('GET', '/readyz')).status, 200, 'ready again')
+})
+
+t.test('an open that fails while writing its markers leaves no marker behind', async (t) => {
+  const redis = await startRedis(t)
+  const app = await build(t, { REDIS_URL: redis.url })
+  const admin = redisClient(t, redis.url)
+  // The server's Redis user may write the run's hash and shards 0–2 of the scope, not shard 3:
+  // the open fails after some of its markers were written.
+  await admin.call('ACL', 'SETUSER', 'default', 'resetkeys', '~*{run:*}*', '~*/0}*', '~*/1}*', '~*/2}*')
+  const res = await api(app).open('aws/half-open', { shardCount: 4 })
+  await admin.call('ACL', 'SETUSER', 'default', 'allkeys')
+  t.not(res.status, 201, 'the open failed')
+  t.same(await admin.keys(`${app.config.REDIS_KEY_PREFIX}*`), [], 'and left no key: no marker, no run hash')
+  t.equal((await api(app).open('aws/half-open', { shardCount: 4 })).status, 201, 'a retry opens the run')
 })

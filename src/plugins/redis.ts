@@ -72,7 +72,9 @@ export async function clusterProblem (client: RedisClient): Promise<string | und
   if (!(client instanceof Cluster)) return undefined
   const info = String(await client.cluster('INFO'))
   const state = /cluster_state:(\S+)/.exec(info)?.[1]
-  return state === 'ok' ? undefined : `Redis Cluster state is ${state ?? 'unknown'}: some slots have no primary`
+  // With cluster-require-full-coverage no the state stays ok while slots have no primary.
+  const slotsOk = Number(/cluster_slots_ok:(\d+)/.exec(info)?.[1] ?? 0)
+  return state === 'ok' && slotsOk === 16384 ? undefined : `Redis Cluster state is ${state ?? 'unknown'} with ${slotsOk} of 16384 slots served`
 }
 
 export default fp(async function redis (fastify) {

@@ -3,7 +3,7 @@ import type { RunCounts, RunRow } from '../db/runs-repository.js'
 import { isOpenRunConflict } from '../db/runs-repository.js'
 import type { RunStatus } from '../db/schema.js'
 import { TallyError } from '../errors.js'
-import { drain, dropRunKeys, liveCounts, writeMarkers } from './run-keys.js'
+import { drain, dropRunKeys, liveCounts, runStateKeys, writeMarkers } from './run-keys.js'
 import type { ReconcileDeps, RunState } from './types.js'
 
 export interface OpenRunInput {
@@ -59,7 +59,14 @@ export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promis
           scannerName: input.scanner?.name ?? null,
           scannerVersion: input.scanner?.version ?? null
         }, tx)
-        await writeMarkers(deps, row, deps.settings.runTtl)
+        try {
+          await writeMarkers(deps, row, deps.settings.runTtl)
+        } catch (err) {
+          // The run will not exist: neither should the markers that did get written (best
+          // effort, Redis may be what failed; else they expire with RUN_TTL).
+          await Promise.allSettled(runStateKeys(deps, row).map((key) => deps.redis.unlink(key)))
+          throw err
+        }
         return row
       })
       deps.log.info({ runId: run.id, scope, shardCount }, 'run opened')
