@@ -254,6 +254,7 @@ dbUrl.pathname = `/${opt.database}`
 const db = new pg.Client({ connectionString: dbUrl.toString() })
 await db.connect()
 const redis = cluster === undefined ? new Redis(REDIS_URL) : new Cluster(clusterNodes(cluster.seeds))
+redis.on('error', (err) => console.error(`bench redis client: ${err.message}`))
 // A cluster client knows its primaries once it has read the slots.
 if (redis instanceof Cluster) await once(redis, 'ready')
 const clearRedis = async () => {

@@ -59,6 +59,10 @@ export async function startCluster (t: { teardown (fn: () => unknown): void },
     await Promise.all([...children.keys()].map(kill))
     await rm(dir, { recursive: true, force: true })
   })
+  // Should the parent die without its teardown (a crash), the nodes die with it.
+  const orphaned = () => { for (const child of children.values()) child.kill('SIGKILL') }
+  process.once('exit', orphaned)
+  t.teardown(() => process.off('exit', orphaned))
 
   const ports: number[] = []
   const busPorts = new Map<number, number>()
