@@ -121,9 +121,12 @@ export function createRunsRepository (db: Db) {
       return row!
     },
 
-    /** Makes the run the scope's baseline; a completion that deleted bumps the cache generation. Returns that generation. */
+    /**
+     * Makes the run the scope's baseline. A completion that deleted bumps the scope's cache
+     * generation, and gets the new one back (undefined when nothing was deleted).
+     */
     async promoteBaseline (tenant: string, scope: string, run: { id: number, shardCount: number, seen: number, deleted: number },
-      tx: Tx): Promise<number> {
+      tx: Tx): Promise<number | undefined> {
       const [row] = await tx.update(scopes).set({
         baselineRunId: run.id,
         baselineSeen: run.seen,
@@ -132,7 +135,7 @@ export function createRunsRepository (db: Db) {
         lastCompletedAt: sql`now()`,
         ...(run.deleted > 0 ? { cacheGeneration: sql`${scopes.cacheGeneration} + 1` } : {})
       }).where(and(eq(scopes.tenant, tenant), eq(scopes.scope, scope))).returning({ cacheGeneration: scopes.cacheGeneration })
-      return row!.cacheGeneration
+      return run.deleted > 0 ? row!.cacheGeneration : undefined
     },
 
     /** Witnesses an acknowledged batch: its token, and the shards whose acks sets hold it. */

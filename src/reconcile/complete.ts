@@ -195,7 +195,11 @@ async function invalidate (deps: ReconcileDeps, run: RunRow, cacheShards: number
 async function acksWhole (deps: ReconcileDeps, run: RunRow): Promise<boolean> {
   const byShard = new Map<number, string[]>()
   for (const { token, shards: touched } of await deps.runs.acks(run.id)) {
-    for (const shard of touched) byShard.set(shard, [...byShard.get(shard) ?? [], token])
+    for (const shard of touched) {
+      const tokens = byShard.get(shard)
+      if (tokens === undefined) byShard.set(shard, [token])
+      else tokens.push(token)
+    }
   }
   const found = await Promise.all([...byShard].map(([shard, tokens]) =>
     deps.redis.smismember(deps.keys.acks(run, shard, run.id), ...tokens)))
@@ -304,7 +308,7 @@ async function finish (deps: ReconcileDeps, run: RunRow, cacheShards: number, st
     const generation = status === 'completed'
       ? await deps.runs.promoteBaseline(run.tenant, run.scope, { ...run, seen: counts.seen + counts.skipped, deleted }, tx)
       : undefined
-    return { row, generation: deleted > 0 ? generation : undefined }
+    return { row, generation }
   }).catch((err: unknown) => {
     if (err instanceof ConcurrentFinish) return undefined
     throw err
