@@ -80,9 +80,8 @@ export async function clusterProblem (client: RedisClient): Promise<string | und
 export default fp(async function redis (fastify) {
   const client = createRedis(fastify.config)
   client.on('error', (err) => fastify.log.warn({ err }, 'redis connection error'))
-  if (client instanceof Cluster) {
-    client.on('+node', (node: Redis) => node.on('error', (err) => fastify.log.warn({ err }, 'redis node connection error')))
-  }
+  // A Cluster's nodes report their connection errors through it.
+  client.on('node error', (err: Error, node: string) => fastify.log.warn({ err, node }, 'redis node connection error'))
   defineScripts(client)
   // @fastify/redis waits until the client is ready, and quits it on close. Its types know of
   // Redis only; a Cluster answers the same commands for the keys Tally uses.
