@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { waitForRedis } from '../src/embedded.js'
 
 const run = promisify(execFile)
 
@@ -85,7 +86,7 @@ export async function startCluster (t: { teardown (fn: () => unknown): void },
   const cli = async (port: number, ...args: string[]) =>
     (await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { timeout: 60_000 })).stdout
   const pinged = async () => {
-    for (const port of ports) await waitUntil(`redis-server on ${port}`, 5000, async () => (await cli(port, 'ping').catch(() => '')).includes('PONG'))
+    for (const port of ports) await waitForRedis(`redis://127.0.0.1:${port}`, 5000)
   }
   await pinged()
   await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`),
@@ -113,8 +114,8 @@ export async function startCluster (t: { teardown (fn: () => unknown): void },
   // Every replica has its copy link up, so that writes from now on are replicated.
   await waitUntil('replicas in sync', 20_000, async () => {
     const infos = await Promise.all(ports.map((p) => cli(p, 'info', 'replication')))
-    return infos.filter((i) => i.includes('role:slave')).every((i) => i.includes('master_link_status:up')) &&
-      infos.filter((i) => i.includes('role:slave')).length === primaries * replicas
+    const linked = infos.filter((i) => i.includes('role:slave') && i.includes('master_link_status:up'))
+    return linked.length === primaries * replicas
   })
   const signal = (port: number, sig: NodeJS.Signals) => { children.get(port)!.kill(sig) }
   const restart = async () => {

@@ -5,13 +5,15 @@
  */
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { api, build, liveIds, redisClient, resource, rowVersions, sqlClient, testEnv, waitFor, type App, type ResourceBody } from './helper.js'
+import { api, build, liveIds, redisClient, resource, rowVersions, sqlClient, testEnv, waitFor, type ResourceBody } from './helper.js'
 import { startCluster, type PrivateCluster } from '../scripts/redis-cluster.js'
 import { shardOf } from '../src/reconcile/keys.js'
 
-async function clusterApp (t: { teardown (fn: () => unknown): void }, cluster: PrivateCluster, overrides: Record<string, string> = {}): Promise<App> {
+/** The app on the cluster, with a client on its database and its REST calls. */
+async function onCluster (t: { teardown (fn: () => unknown): void }, cluster: PrivateCluster) {
   const { REDIS_URL: _single, ...env } = await testEnv(t)
-  return build(t, { REDIS_CLUSTER_NODES: cluster.seeds, SWEEP_INTERVAL: '0', ...overrides }, env)
+  const app = await build(t, { REDIS_CLUSTER_NODES: cluster.seeds, SWEEP_INTERVAL: '0' }, env)
+  return { db: await sqlClient(t, app), tally: api(app) }
 }
 
 const estate = (n: number, from = 0) => Array.from({ length: n }, (_, i) =>
@@ -42,9 +44,7 @@ t.test('a 3 + 3 cluster', async (t) => {
   const cluster = await startCluster(t)
 
   t.test('scans diff, delete, count and leave unchanged rows alone as on one Redis', async (t) => {
-    const app = await clusterApp(t, cluster)
-    const db = await sqlClient(t, app)
-    const tally = api(app)
+    const { db, tally } = await onCluster(t, cluster)
     const scope = 'aws/cluster'
     t.equal((await tally.call('GET', '/readyz')).status, 200)
     const first = estate(400)
@@ -62,9 +62,7 @@ t.test('a 3 + 3 cluster', async (t) => {
   })
 
   t.test('a reshard of 1,000 slots during a scan: every batch 200 or 503, and the scan ends exact', async (t) => {
-    const app = await clusterApp(t, cluster)
-    const db = await sqlClient(t, app)
-    const tally = api(app)
+    const { db, tally } = await onCluster(t, cluster)
     const scope = 'aws/reshard'
     const first = estate(3000)
     await tally.scan(scope, first, { batch: 500, open: { shardCount: 64 } })
@@ -95,9 +93,7 @@ t.test('a 3 + 3 cluster', async (t) => {
   })
 
   t.test('a failover that loses an acknowledged batch: nothing the scan reported is deleted, and abort + rescan is exact', async (t) => {
-    const app = await clusterApp(t, cluster)
-    const db = await sqlClient(t, app)
-    const tally = api(app)
+    const { db, tally } = await onCluster(t, cluster)
     const scope = 'aws/failover'
     const first = estate(400)
     await tally.scan(scope, first, { batch: 100, open: { shardCount: 16 } })
@@ -149,9 +145,7 @@ t.test('a 3 + 3 cluster', async (t) => {
   })
 
   t.test('a primary killed during a completion: retried, the completion ends exact', async (t) => {
-    const app = await clusterApp(t, cluster)
-    const db = await sqlClient(t, app)
-    const tally = api(app)
+    const { db, tally } = await onCluster(t, cluster)
     const scope = 'aws/killed-mid-completion'
     const first = estate(2000)
     await tally.scan(scope, first, { batch: 500, open: { shardCount: 32 } })
@@ -179,8 +173,7 @@ t.test('a 3 + 3 cluster', async (t) => {
 
   // Last: it takes a slot range's every copy away.
   t.test('a slot with no primary: /readyz unready, batches 503 unavailable, never 500', async (t) => {
-    const app = await clusterApp(t, cluster)
-    const tally = api(app)
+    const { tally } = await onCluster(t, cluster)
     const opened = await tally.open('aws/down', { shardCount: 16 })
     t.equal(opened.status, 201)
     const nodes = await cluster.nodes()
