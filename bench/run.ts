@@ -13,8 +13,9 @@
 import getPort from 'get-port'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { writeFile } from 'node:fs/promises'
-import os from 'node:os'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import os, { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import { Cluster, Redis } from 'ioredis'
@@ -96,6 +97,10 @@ export interface ScanResult {
 }
 
 interface Instance { child: ChildProcess, http: Pool }
+
+// The servers' DATA_DIR: the first Tally instance writes its admin key there (a fresh database has none).
+const dataDir = await mkdtemp(join(tmpdir(), 'tally-bench-data-'))
+let apiKey = ''
 interface Server { design: Design, instances: Instance[] }
 
 async function startInstance (design: Design, databaseUrl: string): Promise<Instance> {
@@ -104,7 +109,18 @@ async function startInstance (design: Design, databaseUrl: string): Promise<Inst
   const profile = opt.profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${opt.profile}`]
   const child = spawn(process.execPath, [...profile, '--import', 'tsx', script], {
     stdio: ['ignore', 'inherit', 'inherit'],
-    env: { ...process.env, DATABASE_URL: databaseUrl, ...redisEnv, REDIS_KEY_PREFIX: REDIS_PREFIX, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn' }
+    env: {
+      ...process.env,
+      DATABASE_URL: databaseUrl,
+      ...redisEnv,
+      REDIS_KEY_PREFIX: REDIS_PREFIX,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn',
+      DATA_DIR: dataDir,
+      // Counted like in production (a Redis call per request), never reached.
+      RATE_LIMIT_MAX: '1000000000'
+    }
   })
   const base = `http://127.0.0.1:${port}`
   for (const deadline = Date.now() + 30_000; ; await sleep(100)) {
@@ -113,6 +129,7 @@ async function startInstance (design: Design, databaseUrl: string): Promise<Inst
     if (ok) break
     if (Date.now() > deadline) throw new Error(`${design} server did not become ready`)
   }
+  if (design === 'tally' && apiKey === '') apiKey = (await readFile(join(dataDir, 'admin.key'), 'utf8')).trim()
   return { child, http: new Pool(base, { connections: config.concurrency }) }
 }
 
@@ -133,7 +150,7 @@ async function stopServer (server: Server): Promise<void> {
 }
 
 async function post (instance: Instance, path: string, body: Buffer | string): Promise<{ status: number, json: any }> {
-  const res = await instance.http.request({ method: 'POST', path, headers: { 'content-type': 'application/json' }, body })
+  const res = await instance.http.request({ method: 'POST', path, headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` }, body })
   const text = await res.body.text()
   return { status: res.statusCode, json: text === '' ? null : JSON.parse(text) }
 }
@@ -292,6 +309,7 @@ try {
   await clearRedis()
   await redis.quit()
   for (const teardown of teardowns.reverse()) await teardown()
+  await rm(dataDir, { recursive: true, force: true })
   await admin.query(`drop database if exists ${opt.database} with (force)`)
   await admin.end()
 }

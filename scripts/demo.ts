@@ -1,13 +1,26 @@
 /**
  * `npm run demo`: a small scanner against a running Tally (TALLY_URL, default
- * http://127.0.0.1:3000). It posts three scans of a synthetic AWS account (2,000 resources of 40
+ * http://127.0.0.1:3000), with the key in TALLY_API_KEY, or else the admin key the first
+ * `npm start` wrote to <DATA_DIR>/admin.key. It posts three scans of a synthetic AWS account (2,000 resources of 40
  * types in 12 regions, with realistic ARNs; each later scan changes 8%, adds 2% and loses 3%)
  * and prints what Tally created, updated, left unchanged and deleted in each, beside what the
  * scanner actually changed. Exits 1 if the two disagree.
  */
+import { readFileSync } from 'node:fs'
 import { makeResource, ScanSimulator } from '../bench/estate.js'
+import { adminKeyFile } from '../src/auth/bootstrap.js'
 
 const BASE = process.env.TALLY_URL ?? 'http://127.0.0.1:3000'
+const KEY_FILE = adminKeyFile(process.env.DATA_DIR ?? '.data')
+let KEY = process.env.TALLY_API_KEY
+if (KEY === undefined) {
+  try {
+    KEY = readFileSync(KEY_FILE, 'utf8').trim()
+  } catch {
+    console.error(`No API key: set TALLY_API_KEY, or start Tally once with \`npm start\` so that it writes ${KEY_FILE}`)
+    process.exit(1)
+  }
+}
 const SIZE = 2000
 const BATCH = 500
 const SEED = Date.now() % 1_000_000
@@ -15,7 +28,7 @@ const ACCOUNT = String(100_000_000_000 + (SEED * 7919) % 900_000_000_000)
 const SCOPE = `aws/${ACCOUNT}`
 
 async function post (path: string, body: unknown): Promise<any> {
-  const res = await fetch(`${BASE}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  const res = await fetch(`${BASE}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` }, body: JSON.stringify(body) })
   const json = await res.json()
   if (!res.ok) throw new Error(`POST ${path}: ${res.status} ${JSON.stringify(json)}`)
   return json
@@ -61,6 +74,7 @@ console.log(agree
   ? `\nTally agrees with the scanner on every count. Unchanged resources cost no database write.
 Next: browse the inventory in GraphiQL at ${BASE}/graphiql, e.g.
   { summary(scope: "${SCOPE}") { total byType { type count } } }
-or read the runs: curl -s '${BASE}/runs?scope=${SCOPE}'`
+(put {"Authorization": "Bearer <key>"} in its Headers tab), or read the runs:
+  curl -s -H "Authorization: Bearer $(cat ${KEY_FILE})" '${BASE}/runs?scope=${SCOPE}'`
   : '\nTally and the scanner disagree on a count: that is a bug, please report it.')
 process.exit(agree ? 0 : 1)

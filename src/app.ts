@@ -7,7 +7,10 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Fastify, { type FastifyBaseLogger, type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.js'
 import configPlugin from './plugins/config.js'
+import authPlugin from './plugins/auth.js'
 import dbPlugin from './plugins/db.js'
+import limitsPlugin from './plugins/limits.js'
+import { logOptions } from './log.js'
 import openapiPlugin from './plugins/openapi.js'
 import problemsPlugin from './plugins/problems.js'
 import validationPlugin from './plugins/validation.js'
@@ -20,8 +23,10 @@ import { sharedSchemas } from './routes/schemas.js'
 
 export function serverOptions (config: Config): FastifyServerOptions {
   return {
-    logger: { level: config.LOG_LEVEL },
-    bodyLimit: config.BODY_LIMIT
+    logger: logOptions(config.LOG_LEVEL),
+    bodyLimit: config.BODY_LIMIT,
+    // A body that trickles in is cut off: one request cannot hold a connection and its buffer open for good.
+    requestTimeout: config.REQUEST_TIMEOUT * 1000
   }
 }
 
@@ -35,9 +40,11 @@ export async function buildApp (config: Config, logger?: FastifyBaseLogger) {
     await app.register(configPlugin, { config })
     await app.register(fastifyPostgres, { connectionString: config.DATABASE_URL, max: config.PG_POOL_MAX })
     await app.register(dbPlugin)
+    await app.register(authPlugin)
     await app.register(redisPlugin)
     await app.register(reconcilePlugin)
     await app.register(problemsPlugin)
+    await app.register(limitsPlugin)
     await app.register(validationPlugin)
     for (const schema of sharedSchemas) app.addSchema(schema)
     await app.register(openapiPlugin)

@@ -28,8 +28,15 @@ export const EnvSchema = Type.Object({
   ),
   REDIS_KEY_PREFIX: Type.String({ pattern: '^[^{}\\s]*$', default: 'tally:' }),
   DEFAULT_SHARD_COUNT: Type.Integer({ minimum: 1, maximum: 1024, default: 64 }),
+  MAX_SHARD_COUNT: Type.Integer({ minimum: 1, maximum: 1024, default: 256, description: 'the largest shardCount a run may ask for' }),
+  MAX_OPEN_RUNS: Type.Integer({ minimum: 1, default: 100, description: 'runs in flight per tenant' }),
   MAX_BATCH: Type.Integer({ minimum: 1, maximum: 100000, default: 5000 }),
-  BODY_LIMIT: Type.Integer({ minimum: 1024, default: 64 * 1024 * 1024 }),
+  BODY_LIMIT: Type.Integer({ minimum: 1024, default: 16 * 1024 * 1024, description: 'bytes of a request body' }),
+  MAX_RESOURCE_KEYS: Type.Integer({ minimum: 1, default: 10000, description: 'object keys and array items in one resource (tags and attributes, at any depth)' }),
+  REQUEST_TIMEOUT: Type.Integer({ minimum: 0, default: 30, description: 'seconds to receive a whole request, body included; 0: no limit' }),
+  AUTH_CACHE_TTL: Type.Integer({ minimum: 0, default: 5, description: 'seconds an API key lookup is cached: a revoked key works at most this long' }),
+  RATE_LIMIT_MAX: Type.Integer({ minimum: 0, default: 1200, description: 'requests per key per RATE_LIMIT_WINDOW, counted in Redis across instances; 0: no limit' }),
+  RATE_LIMIT_WINDOW: Type.Integer({ minimum: 1, default: 60, description: 'seconds' }),
   GUARD_MIN_BASELINE: Type.Integer({ minimum: 0, default: 100 }),
   MAX_DELETE_RATIO: Type.Number({ minimum: 0, maximum: 1, default: 0.5 }),
   RUN_TTL: Type.Integer({ minimum: 60, default: 86400, description: 'seconds an open run may stay idle' }),
@@ -40,7 +47,10 @@ export const EnvSchema = Type.Object({
   NODE_ENV: Type.String({ default: 'development' }),
   GRAPHIQL: Type.Optional(Type.Boolean({ description: 'serve /graphiql; default: on unless NODE_ENV=production' })),
   GRAPHQL_MAX_DEPTH: Type.Integer({ minimum: 1, default: 8 }),
-  GRAPHQL_MAX_COST: Type.Integer({ minimum: 1, default: 50000 })
+  GRAPHQL_MAX_COST: Type.Integer({ minimum: 1, default: 50000 }),
+  GRAPHQL_MAX_FIELDS: Type.Integer({ minimum: 1, default: 2000, description: 'fields in a query, fragments expanded' }),
+  GRAPHQL_TIMEOUT: Type.Integer({ minimum: 100, default: 5000, description: 'milliseconds a GraphQL SQL statement may run (statement_timeout)' }),
+  GRAPHQL_POOL_MAX: Type.Integer({ minimum: 1, default: 4, description: 'Postgres connections for GraphQL, apart from ingestion' })
 })
 
 /** The environment as read: the connection strings may still be missing (the server then embeds). */

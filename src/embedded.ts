@@ -79,6 +79,20 @@ async function importEmbeddedPostgres () {
   return EmbeddedPostgres
 }
 
+/**
+ * The URL of the embedded PostgreSQL a running server started under `dataDir`, read from its
+ * postmaster.pid (line 4 is the port); undefined when none runs.
+ */
+export function embeddedPostgresUrl (dataDir: string): string | undefined {
+  const pidFile = join(resolve(dataDir, 'postgres'), 'postmaster.pid')
+  if (!existsSync(pidFile)) return undefined
+  const lines = readFileSync(pidFile, 'utf8').split('\n')
+  const pid = Number(lines[0])
+  const port = Number(lines[3])
+  if (!Number.isInteger(pid) || pid <= 0 || !alive(pid, 'postgres') || !Number.isInteger(port)) return undefined
+  return `postgres://postgres:${PG_PASSWORD}@127.0.0.1:${port}/${PG_DATABASE}`
+}
+
 export async function startEmbeddedPostgres (dataDir: string, log: Logger): Promise<Service> {
   const dir = resolve(dataDir, 'postgres')
   await stopLeftover(join(dir, 'postmaster.pid'), 'postgres', 'SIGINT', log)

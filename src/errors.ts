@@ -21,6 +21,7 @@ export const problemCodes = {
   method_not_allowed: { status: 405, title: 'The route does not take this method' },
   not_acceptable: { status: 406, title: 'No acceptable representation' },
   rate_limited: { status: 429, title: 'Too many requests; retry later' },
+  too_many_open_runs: { status: 429, title: 'The tenant has as many runs in flight as this server allows' },
   client_error: { status: 400, title: 'The request cannot be served; its status says why' },
   unavailable: { status: 503, title: 'A dependency is unavailable; retry later' },
   internal: { status: 500, title: 'Internal error' }

@@ -6,6 +6,8 @@
 import closeWithGrace from 'close-with-grace'
 import { pino } from 'pino'
 import { buildApp } from './app.js'
+import { bootstrapAdminKey } from './auth/bootstrap.js'
+import { logOptions } from './log.js'
 import { loadConfig, loadSettings, type Settings } from './config.js'
 import { RedisServerMissing, findOnPath, startEmbeddedPostgres, startEmbeddedRedis, type Service } from './embedded.js'
 
@@ -23,7 +25,7 @@ if (embedRedis && findOnPath('redis-server') === undefined) {
   process.exit(1)
 }
 
-const log = pino({ level: settings.LOG_LEVEL })
+const log = pino(logOptions(settings.LOG_LEVEL))
 const embedded: Service[] = []
 const stopEmbedded = async () => {
   for (const service of embedded.reverse()) await service.stop()
@@ -50,6 +52,12 @@ if (embedRedis) {
 }
 const config = loadConfig(env)
 const app = running.app = await buildApp(config, log)
+const first = await bootstrapAdminKey(app.keys, config.DATA_DIR)
+if (first !== undefined) {
+  log.warn({ keyId: first.id, file: first.file },
+    `No API key existed: created admin key ${first.id} for tenant default and wrote it to ${first.file} (readable by you only). ` +
+    'Create scanner and reader keys with `npm run keys -- create`, and revoke this one when you have your own.')
+}
 await app.listen({ port: config.PORT, host: config.HOST })
 
 const { port } = app.server.address() as { port: number }

@@ -1,6 +1,6 @@
 /** Every error code of the contract, as problem+json, and bad input changes nothing. */
 import t from 'tap'
-import { api, build, redisClient, resource, sqlClient, testEnv } from './helper.js'
+import { api, bearer, build, redisClient, resource, sqlClient, testEnv } from './helper.js'
 import { startRedis } from './redis-server.js'
 import getPort from 'get-port'
 import { buildApp } from '../src/app.js'
@@ -21,7 +21,7 @@ t.test('bad input is a 400/413/415 problem and changes nothing', async (t) => {
   const runId = opened.body.id
   const url = `/runs/${runId}/resources`
   const raw = (payload: string, contentType = 'application/json') =>
-    app.inject({ method: 'POST', url, payload, headers: { 'content-type': contentType } })
+    app.inject({ method: 'POST', url, payload, headers: { ...bearer(app), 'content-type': contentType } })
 
   const cases: Array<[string, () => Promise<{ statusCode: number, headers: Record<string, unknown>, json (): any }>, number, string]> = [
     ['malformed JSON', () => raw('{"resources": ['), 400, 'validation_failed'],
@@ -48,8 +48,8 @@ t.test('bad input is a 400/413/415 problem and changes nothing', async (t) => {
     ['attributes 33 levels deep', () => raw(deep(32)), 400, 'validation_failed'],
     ['attributes 9,000 levels deep (past the stack of a recursive walk)', () => raw(deep(9000)), 400, 'validation_failed'],
     ['__proto__ key', () => raw('{"resources": [{"id": "a", "type": "t", "attributes": {"__proto__": {"x": 1}}}]}'), 400, 'validation_failed'],
-    ['U+0000 in a scanner name', () => app.inject({ method: 'POST', url: '/runs', payload: { scope: 'aws/other', scanner: { name: 'a\u0000' } } }), 400, 'validation_failed'],
-    ['U+0000 in a skip partition', () => app.inject({ method: 'POST', url: `/runs/${runId}/complete`, payload: { skip: [{ type: '\u0000' }] } }), 400, 'validation_failed']
+    ['U+0000 in a scanner name', () => app.inject({ method: 'POST', url: '/runs', headers: bearer(app), payload: { scope: 'aws/other', scanner: { name: 'a\u0000' } } }), 400, 'validation_failed'],
+    ['U+0000 in a skip partition', () => app.inject({ method: 'POST', url: `/runs/${runId}/complete`, headers: bearer(app), payload: { skip: [{ type: '\u0000' }] } }), 400, 'validation_failed']
   ]
   for (const [name, send, status, code] of cases) {
     const res = await send()
@@ -137,7 +137,7 @@ t.test('Redis down: 503 unavailable with Retry-After, no internals, and readyz s
   const opened = await tally.open('aws/outage')
   t.equal((await tally.call('GET', '/readyz')).status, 200)
   await redis.stop()
-  const res = await app.inject({ method: 'POST', url: `/runs/${opened.body.id}/resources`, payload: { resources: [resource('a')] } })
+  const res = await app.inject({ method: 'POST', url: `/runs/${opened.body.id}/resources`, headers: bearer(app), payload: { resources: [resource('a')] } })
   t.equal(res.statusCode, 503)
   t.equal(res.headers['retry-after'], '1')
   t.equal(res.headers['content-type'], PROBLEM)
@@ -165,7 +165,7 @@ t.test('Postgres unreachable: 503 unavailable, and readyz says so', async (t) =>
   const port = await getPort({ host: '127.0.0.1' })
   const app = await build(t, { DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/none`, MIGRATE_ON_START: 'false' })
   const tally = api(app)
-  const res = await app.inject({ method: 'POST', url: '/runs', payload: { scope: 'aws/no-pg' } })
+  const res = await app.inject({ method: 'POST', url: '/runs', headers: bearer(app), payload: { scope: 'aws/no-pg' } })
   t.equal(res.statusCode, 503)
   t.equal(res.headers['retry-after'], '1')
   t.match(res.json(), { code: 'unavailable', detail: 'Postgres or Redis is unreachable; retry the request' })
@@ -181,7 +181,7 @@ t.test('a 4xx keeps its status and gets the code that names it', async (t) => {
   // an authentication hook): every 4xx must go out with its own status.
   const app = await buildApp(loadConfig(await testEnv(t)))
   t.teardown(() => app.close())
-  app.get('/test-failure/:status', async (request) => {
+  app.get('/test-failure/:status', { config: { auth: 'public' } }, async (request) => {
     const status = Number((request.params as { status: string }).status)
     throw Object.assign(new Error(`failed with ${status}`), { statusCode: status })
   })

@@ -7,7 +7,7 @@
 import t from 'tap'
 import pg from 'pg'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { api, build, liveIds, redisClient, resource, sqlClient, testEnv, waitFor, type App } from './helper.js'
@@ -182,17 +182,22 @@ t.test('Postgres connections terminated during batches and completion: retries e
 })
 
 t.test('the server process killed during completion and restarted: calling complete again finishes the job', async (t) => {
+  const dataDir = await mkdtemp(join(tmpdir(), 'tally-faults-'))
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
   const env = await testEnv(t)
+  env.DATA_DIR = dataDir
   // Every server started here lives until this test ends (a subtest's teardown would kill it early).
   const restart = () => startServer(t, env)
   const server = { current: await restart() }
+  // The first start made the database's first key and wrote it to DATA_DIR.
+  const key = (await readFile(join(dataDir, 'admin.key'), 'utf8')).trim()
   const db = new pg.Client({ connectionString: env.DATABASE_URL })
   await db.connect()
   t.teardown(() => db.end())
   const http = async (path: string, body?: unknown): Promise<Reply> => {
     const res = await fetch(`${server.current.url}${path}`, body === undefined
-      ? { method: 'POST' }
-      : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+      ? { method: 'POST', headers: { authorization: `Bearer ${key}` } }
+      : { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, body: JSON.stringify(body) })
     return { status: res.status, body: await res.json() }
   }
   const ok = (res: Reply, what: string) => {

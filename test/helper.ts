@@ -10,6 +10,7 @@ import { Redis } from 'ioredis'
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js'
 import addFormats from 'ajv-formats'
 import { buildApp } from '../src/app.js'
+import { generateKey, type Role } from '../src/auth/keys.js'
 import { loadConfig } from '../src/config.js'
 
 type Tap = {
@@ -62,7 +63,9 @@ export async function testEnv (t: Tap): Promise<TestEnv> {
     DATABASE_URL: url.toString(),
     REDIS_URL,
     REDIS_KEY_PREFIX: prefix,
-    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent'
+    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
+    // Most tests make many requests with one key; test/auth.test.ts turns the limit on.
+    RATE_LIMIT_MAX: '0'
   }
 }
 
@@ -79,8 +82,31 @@ export async function build (t: Tap, overrides: Record<string, string> = {}, env
     if (violations.length > 0) throw new Error(`responses that contradict the OpenAPI document:\n${violations.join('\n')}`)
   })
   await app.ready()
+  // An app whose database is unreachable (the outage tests) gets a key no database knows: its
+  // requests then fail as they would in production, on the key lookup.
+  adminKeys.set(app, await createKey(app, { tenant: 'default', role: 'admin' })
+    .catch(() => generateKey({ tenant: 'default', role: 'admin', createdBy: 'test' }).key))
   return app
 }
+
+const adminKeys = new WeakMap<object, string>()
+
+/** A new API key of the app's database, as the string a client sends. */
+export async function createKey (app: Built, fields: { tenant: string, role: Role, scopes?: string[], name?: string }): Promise<string> {
+  const { row, key } = generateKey({ ...fields, createdBy: 'test' })
+  await app.keys.insert(row)
+  return key
+}
+
+/** The admin key of tenant `default` that `build` made for the app. */
+export function adminKey (app: Built): string {
+  const key = adminKeys.get(app)
+  if (key === undefined) throw new Error('app was not made by build()')
+  return key
+}
+
+/** `{ authorization }` headers for a key (default: the app's admin key), for direct `inject` calls. */
+export const bearer = (app: Built, key = adminKey(app)) => ({ authorization: `Bearer ${key}` })
 
 type Built = Awaited<ReturnType<typeof buildApp>>
 
@@ -151,10 +177,11 @@ export function resource (id: string, extra: Partial<ResourceBody> = {}): Resour
   return { id, type: 'aws::ec2::instance', region: 'eu-west-1', tags: { env: 'prod' }, attributes: { size: 't3.micro' }, ...extra }
 }
 
-/** Thin calls of the REST API through `inject`, returning status and parsed body. */
-export function api (app: App) {
+/** Thin calls of the REST API through `inject` with a key (default: the app's admin key), returning status and parsed body. */
+export function api (app: App, key?: string) {
+  const headers = bearer(app, key)
   const call = async (method: 'GET' | 'POST', url: string, payload?: unknown) => {
-    const res = await app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) })
+    const res = await app.inject({ method, url, headers, ...(payload === undefined ? {} : { payload: payload as object }) })
     return { status: res.statusCode, body: res.json(), headers: res.headers }
   }
   return {

@@ -1,6 +1,6 @@
 /** A batch with an id applies and counts once, however many copies arrive, whenever. */
 import t from 'tap'
-import { api, build, resource, rowVersions, sqlClient, testEnv } from './helper.js'
+import { api, bearer, build, resource, rowVersions, sqlClient, testEnv } from './helper.js'
 
 const batch = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => resource(`${prefix}-${i}`))
 
@@ -20,7 +20,7 @@ t.test('a replayed batch answers its first result with duplicate: true and count
   const byHeader = await tally.call('POST', `/runs/${id}/resources`, undefined)
   t.equal(byHeader.status, 400, 'a body is still required')
   const header = await app.inject({
-    method: 'POST', url: `/runs/${id}/resources`, headers: { 'idempotency-key': 'scan-1/batch-1' }, payload: { resources: batch('r', 50) }
+    method: 'POST', url: `/runs/${id}/resources`, headers: { ...bearer(app), 'idempotency-key': 'scan-1/batch-1' }, payload: { resources: batch('r', 50) }
   })
   t.same(header.json(), { ...first.body, duplicate: true }, 'Idempotency-Key names the same batch')
 
@@ -45,11 +45,11 @@ t.test('a batch id reused for other content is refused and changes nothing', asy
   t.match((await tally.get(id)).body.stats, { seen: 3, batches: 1 })
 
   const clash = await app.inject({
-    method: 'POST', url: `/runs/${id}/resources`, headers: { 'idempotency-key': 'x' }, payload: { batchId: 'y', resources: batch('a', 1) }
+    method: 'POST', url: `/runs/${id}/resources`, headers: { ...bearer(app), 'idempotency-key': 'x' }, payload: { batchId: 'y', resources: batch('a', 1) }
   })
   t.match(clash.json(), { status: 400, code: 'validation_failed' }, 'header and body must agree')
   const bad = await app.inject({
-    method: 'POST', url: `/runs/${id}/resources`, headers: { 'idempotency-key': 'has space' }, payload: { resources: batch('a', 1) }
+    method: 'POST', url: `/runs/${id}/resources`, headers: { ...bearer(app), 'idempotency-key': 'has space' }, payload: { resources: batch('a', 1) }
   })
   t.match(bad.json(), { status: 400, code: 'validation_failed' }, 'batch ids are visible ASCII')
 })

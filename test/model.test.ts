@@ -16,6 +16,7 @@ import fc from 'fast-check'
 import pg from 'pg'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { buildApp } from '../src/app.js'
+import { generateKey } from '../src/auth/keys.js'
 import { loadConfig } from '../src/config.js'
 import { testEnv } from './helper.js'
 import { startRedis } from './redis-server.js'
@@ -57,6 +58,8 @@ interface Real {
   redis: RedisUnderTest
   db: pg.Client
   scope: string
+  /** Tenant default's admin key. */
+  key: string
   /** Faults injected and outcomes seen, for the closing report. */
   tally: Record<string, number>
 }
@@ -65,7 +68,7 @@ const count = (r: Real, what: string) => { r.tally[what] = (r.tally[what] ?? 0) 
 
 async function call (r: Real, method: 'GET' | 'POST', url: string, payload?: object): Promise<Reply> {
   for (const deadline = Date.now() + 20_000; ; await sleep(20)) {
-    const res = await r.app.inject({ method, url, ...(payload === undefined ? {} : { payload }) })
+    const res = await r.app.inject({ method, url, headers: { authorization: `Bearer ${r.key}` }, ...(payload === undefined ? {} : { payload }) })
     if (res.statusCode !== 503 || Date.now() > deadline) return { status: res.statusCode, body: res.json() }
   }
 }
@@ -402,7 +405,10 @@ t.test(`model-based: ${RUNS} random sequences (seed ${SEED}${CLUSTER ? ', Redis 
   const db = new pg.Client({ connectionString: env.DATABASE_URL })
   await db.connect()
   t.teardown(() => db.end())
-  const real: Real = { app: await startApp(env), env, redis, db, scope: '', tally: {} }
+  const app = await startApp(env)
+  const key = generateKey({ tenant: 'default', role: 'admin', createdBy: 'test' })
+  await app.keys.insert(key.row)
+  const real: Real = { app, env, redis, db, scope: '', key: key.key, tally: {} }
   t.teardown(() => real.app.close())
   // A batch whose write Postgres refuses, as a constraint or an outage mid-statement would.
   await db.query(`

@@ -10,7 +10,7 @@ import SwaggerParser from '@apidevtools/swagger-parser'
 import openapiTS, { astToString } from 'openapi-typescript'
 import t from 'tap'
 import { parse } from 'yaml'
-import { build } from './helper.js'
+import { adminKey, build } from './helper.js'
 
 const run = promisify(execFile)
 
@@ -46,7 +46,7 @@ t.test('openapi', async (t) => {
 import createClient from 'openapi-fetch'
 import type { paths } from './api.js'
 
-const client = createClient<paths>({ baseUrl: process.argv[2] })
+const client = createClient<paths>({ baseUrl: process.argv[2], headers: { Authorization: 'Bearer ' + process.argv[3] } })
 const opened = await client.POST('/runs', { body: { scope: 'aws/contract', scanner: { name: 'contract', version: '1' } } })
 if (opened.data === undefined) throw new Error(JSON.stringify(opened.error))
 const runId: number = opened.data.id
@@ -75,7 +75,7 @@ console.log('run', read.data?.status, seen)
       .catch((err: { stdout?: string }) => { throw new Error(`the scanner does not type-check:\n${err.stdout}`) })
 
     const base = await app.listen({ port: 0, host: '127.0.0.1' })
-    const { stdout } = await run(process.execPath, ['--import', 'tsx', join(dir, 'scanner.ts'), base])
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', join(dir, 'scanner.ts'), base, adminKey(app)])
     t.same(stdout.trim().split('\n'), ['batch 2', 'batch 1', 'conflict 409 scope_has_open_run', 'run completed 3'])
   })
 })

@@ -2,6 +2,9 @@
 import getPort from 'get-port'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 const ROOT = new URL('..', import.meta.url)
@@ -25,6 +28,12 @@ export async function waitReady (url: string, timeoutMs = 20_000): Promise<void>
 /** Starts `node --import tsx src/server.ts` with `env` on a free port; killed at teardown. */
 export async function startServer (t: { teardown (fn: () => unknown): void }, env: Record<string, string>, port?: number): Promise<ServerProcess> {
   const listen = port ?? await getPort({ host: '127.0.0.1' })
+  // Never the project's own .data: the first start writes its admin key to DATA_DIR.
+  if (env.DATA_DIR === undefined) {
+    const dataDir = mkdtempSync(join(tmpdir(), 'tally-server-'))
+    env = { ...env, DATA_DIR: dataDir }
+    t.teardown(() => rmSync(dataDir, { recursive: true, force: true }))
+  }
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env, PORT: String(listen), HOST: '127.0.0.1' },

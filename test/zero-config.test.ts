@@ -6,16 +6,30 @@
  */
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { chmod, mkdtemp, rm } from 'node:fs/promises'
+import { chmod, mkdtemp, readFile, rm, stat } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { startServer, type ServerProcess } from './server-process.js'
 
-async function post (server: ServerProcess, path: string, body: unknown = {}) {
-  const res = await fetch(`${server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+/** The key the first start wrote to <DATA_DIR>/admin.key; set once it exists. */
+let KEY = ''
+
+async function post (server: ServerProcess, path: string, body: unknown = {}, key = KEY) {
+  const res = await fetch(`${server.url}${path}`, {
+    method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, body: JSON.stringify(body)
+  })
   return { status: res.status, body: await res.json() as any }
+}
+
+/** `npm run keys -- …` with the server's configuration; its output lines. */
+function keysCli (env: Record<string, string>, ...args: string[]): string[] {
+  const res = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/keys.ts', ...args], {
+    cwd: new URL('..', import.meta.url), env: { PATH: process.env.PATH ?? '', ...env }, encoding: 'utf8', timeout: 60_000
+  })
+  if (res.status !== 0) throw new Error(`keys ${args.join(' ')}: exit ${res.status}\n${res.stderr}`)
+  return res.stdout.trim().split('\n')
 }
 
 async function scan (server: ServerProcess, ids: string[]) {
@@ -43,6 +57,11 @@ t.test('zero-config start, scan, restart: the inventory and the baseline survive
 
   let server = await startServer(t, env)
   t.match(server.output(), /embedded PostgreSQL ready/)
+  const keyFile = join(dataDir, 'admin.key')
+  t.match(server.output(), new RegExp(`created admin key [0-9a-f]{16} for tenant default and wrote it to ${keyFile}`), 'the first start says where its key is')
+  t.equal((await stat(keyFile)).mode & 0o777, 0o600, 'admin.key is readable by its owner only')
+  KEY = (await readFile(keyFile, 'utf8')).trim()
+  t.equal((await post(server, '/runs', { scope: 'aws/123456789012' }, 'tally_0000000000000000_' + 'x'.repeat(43))).status, 401, 'a made-up key is refused')
   t.match(server.output(), /Tally is listening on http:\/\/127\.0\.0\.1:\d+: API docs at http:\/\/127\.0\.0\.1:\d+\/docs, GraphiQL at http:\/\/127\.0\.0\.1:\d+\/graphiql/)
   const first = await scan(server, ['A', 'B', 'C'])
   t.match(first, { status: 'completed', stats: { created: 3 } })
@@ -54,7 +73,25 @@ t.test('zero-config start, scan, restart: the inventory and the baseline survive
   t.notOk(existsSync(join(dataDir, 'redis', 'redis.pid')), 'Redis stopped')
 
   server = await startServer(t, env)
+  t.notMatch(server.output(), /created admin key/, 'keys existed: no new admin key')
+  t.equal((await readFile(keyFile, 'utf8')).trim(), KEY, 'admin.key is left as it was')
   t.same(await inventory(server), ['A', 'B', 'C'], 'the inventory survived')
+
+  // The command line, with the server's own configuration (its embedded PostgreSQL, running).
+  const created = keysCli(env, 'create', '--tenant', 'default', '--role', 'reader', '--scope', 'aws/*', '--name', 'dashboard')
+  const reader = created.at(-1)!
+  t.match(reader, /^tally_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/, 'create prints the key as its last line')
+  const readerId = reader.split('_')[1]!
+  t.match(keysCli(env, 'list').join('\n'), new RegExp(`${readerId}\\s+default\\s+reader\\s+aws/\\*\\s+active`), 'list shows it, without the secret')
+  t.notMatch(keysCli(env, 'list').join('\n'), reader.split('_')[2]!, 'no secret in the list')
+  t.equal((await post(server, '/graphql', { query: '{ scopes { edges { node { scope } } } }' }, reader)).status, 200, 'the reader key reads')
+  t.equal((await post(server, '/runs', { scope: 'aws/123456789012' }, reader)).status, 403, 'and may not scan')
+  keysCli(env, 'revoke', readerId)
+  let status = 200
+  for (const deadline = Date.now() + 10_000; status === 200 && Date.now() < deadline; await new Promise((resolve) => setTimeout(resolve, 100))) {
+    status = (await post(server, '/graphql', { query: '{ scopes { edges { node { scope } } } }' }, reader)).status
+  }
+  t.equal(status, 401, 'revoked: refused within seconds')
   const redis = new Redis(redisPort(server))
   t.teardown(() => redis.quit())
   t.ok((await redis.keys(`tally:*:seen:${first.id}`)).length > 0, "the baseline's sets survived (AOF)")
@@ -63,7 +100,7 @@ t.test('zero-config start, scan, restart: the inventory and the baseline survive
 
   // The demo scanner: three scans, and its counts must agree with Tally's.
   const demo = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/demo.ts'], {
-    cwd: new URL('..', import.meta.url), env: { PATH: process.env.PATH ?? '', TALLY_URL: server.url }, encoding: 'utf8', timeout: 60_000
+    cwd: new URL('..', import.meta.url), env: { PATH: process.env.PATH ?? '', TALLY_URL: server.url, DATA_DIR: dataDir }, encoding: 'utf8', timeout: 60_000
   })
   t.equal(demo.status, 0, 'npm run demo passes')
   t.match(demo.stdout, /scan\s+seen\s+created\s+updated\s+unchanged\s+deleted/)

@@ -6,7 +6,7 @@
 import { and, asc, desc, eq, gt, inArray, isNull, like, lt, sql, type SQL } from 'drizzle-orm'
 import type { Db } from './client.js'
 import { resources, runs, scopes, type RunStatus } from './schema.js'
-import type { RunRow, ScopeRow } from './runs-repository.js'
+import { scopeInGlobs, type RunRow, type ScopeRow } from './runs-repository.js'
 
 export type ResourceRow = typeof resources.$inferSelect
 
@@ -57,11 +57,12 @@ export function createInventoryRepository (db: Db) {
       return row
     },
 
-    /** Runs newest first, before `beforeId`. */
-    async runsPage (tenant: string, scope: string | null, status: RunStatus | null, beforeId: number | null, limit: number): Promise<RunRow[]> {
+    /** Runs newest first, before `beforeId`, in scopes matching `globs` (none: any). */
+    async runsPage (tenant: string, globs: string[], scope: string | null, status: RunStatus | null, beforeId: number | null, limit: number): Promise<RunRow[]> {
       return db.select().from(runs)
         .where(and(
           eq(runs.tenant, tenant),
+          scopeInGlobs(runs.scope, globs),
           scope === null ? undefined : eq(runs.scope, scope),
           status === null ? undefined : eq(runs.status, status),
           beforeId === null ? undefined : lt(runs.id, beforeId)
@@ -70,14 +71,15 @@ export function createInventoryRepository (db: Db) {
         .limit(limit)
     },
 
-    async runsByIds (ids: number[]): Promise<RunRow[]> {
+    /** The tenant's runs of these ids in scopes matching `globs` (none: any); others are left out. */
+    async runsByIds (tenant: string, globs: string[], ids: number[]): Promise<RunRow[]> {
       if (ids.length === 0) return []
-      return db.select().from(runs).where(inArray(runs.id, ids))
+      return db.select().from(runs).where(and(eq(runs.tenant, tenant), scopeInGlobs(runs.scope, globs), inArray(runs.id, ids)))
     },
 
-    async scopesPage (tenant: string, afterScope: string | null, limit: number): Promise<ScopeRow[]> {
+    async scopesPage (tenant: string, globs: string[], afterScope: string | null, limit: number): Promise<ScopeRow[]> {
       return db.select().from(scopes)
-        .where(and(eq(scopes.tenant, tenant), afterScope === null ? undefined : gt(scopes.scope, afterScope)))
+        .where(and(eq(scopes.tenant, tenant), scopeInGlobs(scopes.scope, globs), afterScope === null ? undefined : gt(scopes.scope, afterScope)))
         .orderBy(asc(scopes.scope))
         .limit(limit)
     },

@@ -1,5 +1,6 @@
 /** Runs and scopes: opening, listing, conditional status moves and the baseline promotion. */
-import { and, desc, eq, inArray, lt, sql, type SQL } from 'drizzle-orm'
+import { and, desc, eq, inArray, lt, or, sql, type SQL } from 'drizzle-orm'
+import { globToLike } from '../auth/keys.js'
 import type { Db, Executor, Tx } from './client.js'
 import { runAcks, runs, scopes, type RunStatus, type SkipPartition } from './schema.js'
 
@@ -22,6 +23,7 @@ export interface NewRun {
   shardCount: number
   scannerName: string | null
   scannerVersion: string | null
+  openedBy: string | null
 }
 
 export interface RunFilter {
@@ -29,10 +31,20 @@ export interface RunFilter {
   scope?: string | undefined
   status?: RunStatus | undefined
   beforeId?: number | undefined
+  /** Only scopes matching one of these globs (see auth/keys.ts); empty or absent: any scope. */
+  scopeGlobs?: string[] | undefined
   limit: number
 }
 
+/** `scope` matches one of the globs (as SQL), or undefined when there are none. */
+export function scopeInGlobs (column: typeof runs.scope | typeof scopes.scope, globs: string[] | undefined): SQL | undefined {
+  if (globs === undefined || globs.length === 0) return undefined
+  return or(...globs.map((glob) => sql`${column} like ${globToLike(glob)}`))
+}
+
 const UNIQUE_VIOLATION = '23505'
+// Advisory lock class of the per-tenant open-runs count (the key is hashtext(tenant)).
+const OPEN_RUNS_LOCK = 7_261
 
 /** True when a write failed on `runs_one_open_per_scope`: the scope already has a run in flight. */
 export function isOpenRunConflict (err: unknown): boolean {
@@ -65,7 +77,20 @@ export function createRunsRepository (db: Db) {
       if (filter.scope !== undefined) where.push(eq(runs.scope, filter.scope))
       if (filter.status !== undefined) where.push(eq(runs.status, filter.status))
       if (filter.beforeId !== undefined) where.push(lt(runs.id, filter.beforeId))
+      const inGlobs = scopeInGlobs(runs.scope, filter.scopeGlobs)
+      if (inGlobs !== undefined) where.push(inGlobs)
       return db.select().from(runs).where(and(...where)).orderBy(desc(runs.id)).limit(filter.limit)
+    },
+
+    /**
+     * The tenant's runs in flight, counted under a lock per tenant held to the end of `tx`:
+     * two opens racing cannot both take the last place.
+     */
+    async lockAndCountInFlight (tenant: string, tx: Tx): Promise<number> {
+      await tx.execute(sql`select pg_advisory_xact_lock(${OPEN_RUNS_LOCK}, hashtext(${tenant}))`)
+      const [row] = await tx.select({ n: sql<number>`count(*)::int` }).from(runs)
+        .where(and(eq(runs.tenant, tenant), inArray(runs.status, ['open', 'completing'])))
+      return row!.n
     },
 
     /**

@@ -30,6 +30,9 @@ export interface SkipPartition {
   region?: string | undefined
 }
 
+export const roles = ['scanner', 'reader', 'admin'] as const
+export type Role = typeof roles[number]
+
 export const runStatuses = ['open', 'completing', 'completed', 'aborted', 'superseded'] as const
 export type RunStatus = typeof runStatuses[number]
 
@@ -66,6 +69,8 @@ export const runs = pgTable('runs', {
   baselineRunId: runRef(),
   scannerName: text(),
   scannerVersion: text(),
+  /** The API key that opened the run (api_keys.id); null for runs opened before keys existed. */
+  openedBy: text(),
   startedAt: at().notNull().defaultNow(),
   completedAt: at(),
   seen: bigint({ mode: 'number' }).notNull().default(0),
@@ -133,3 +138,25 @@ export const runAcks = pgTable('run_acks', {
   token: text().notNull(),
   shards: integer().array().notNull()
 }, (t) => [primaryKey({ columns: [t.runId, t.token] })])
+
+/**
+ * API keys. A key is `tally_<id>_<secret>`: the id finds the row, the secret is never stored,
+ * only its SHA-256 (the secret is 256 random bits, so a slow hash would add nothing but
+ * latency to every request). A revoked key keeps its row, for the record.
+ */
+export const apiKeys = pgTable('api_keys', {
+  id: text().primaryKey(),
+  tenant: text().notNull(),
+  role: text({ enum: roles }).notNull(),
+  /** Scope globs the key is restricted to (`*` matches any characters); empty: every scope of the tenant. */
+  scopes: text().array().notNull().default(sql`'{}'::text[]`),
+  name: text(),
+  secretHash: bytea().notNull(),
+  /** Who created it: another key's id, or `cli` / `bootstrap`. */
+  createdBy: text().notNull(),
+  createdAt: at().notNull().defaultNow(),
+  revokedAt: at()
+}, (t) => [
+  index('api_keys_tenant_idx').on(t.tenant, t.id),
+  check('api_keys_role_check', sql`role in ('scanner', 'reader', 'admin')`)
+])

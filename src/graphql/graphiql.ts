@@ -32,20 +32,29 @@ const page = `<!doctype html>
   <script src="/graphiql/assets/react.js"></script>
   <script src="/graphiql/assets/react-dom.js"></script>
   <script src="/graphiql/assets/graphiql.js"></script>
-  <script>
-    const fetcher = GraphiQL.createFetcher({ url: '/graphql' })
-    const query = '{\\n  scopes(first: 10) {\\n    edges { node { scope resourceCount lastCompletedAt } }\\n  }\\n}\\n'
-    ReactDOM.createRoot(document.getElementById('graphiql'))
-      .render(React.createElement(GraphiQL, { fetcher, defaultQuery: query }))
-  </script>
+  <script src="/graphiql/assets/init.js"></script>
 </body>
 </html>
 `
 
+// In a file, not inline, so that the Content-Security-Policy can forbid inline scripts. The
+// API key goes in the Headers tab; the template says where.
+const init = `const fetcher = GraphiQL.createFetcher({ url: '/graphql' })
+const query = '{\\n  scopes(first: 10) {\\n    edges { node { scope resourceCount lastCompletedAt } }\\n  }\\n}\\n'
+const headers = JSON.stringify({ Authorization: 'Bearer <your reader or admin key>' }, null, 2)
+ReactDOM.createRoot(document.getElementById('graphiql'))
+  .render(React.createElement(GraphiQL, { fetcher, defaultQuery: query, defaultHeaders: headers, defaultEditorToolsVisibility: 'headers' }))
+`
+
 const graphiql: FastifyPluginAsync = async function (fastify) {
-  fastify.get('/graphiql', { schema: { hide: true } }, async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
-  fastify.get<{ Params: { name: string } }>('/graphiql/assets/:name', { schema: { hide: true } }, async (request, reply) => {
-    const asset = assets[request.params.name]
+  // The page and its assets hold no data: public like /docs. Queries need a key.
+  const config = { auth: 'public' as const }
+  fastify.get('/graphiql', { schema: { hide: true }, config }, async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
+  fastify.get<{ Params: { name: string } }>('/graphiql/assets/:name', { schema: { hide: true }, config }, async (request, reply) => {
+    const { name } = request.params
+    if (name === 'init.js') return reply.type('text/javascript').send(init)
+    // Own properties only: `__proto__` is not an asset.
+    const asset = Object.hasOwn(assets, name) ? assets[name] : undefined
     if (asset === undefined) return reply.callNotFound()
     return reply.type(asset.type).header('cache-control', 'public, max-age=86400').send(createReadStream(asset.file))
   })

@@ -1,16 +1,25 @@
 /**
  * The GraphQL inventory API for dashboards (mercurius): POST and GET /graphql, read-only from
  * Postgres, with loaders for nested runs and limits checked before execution.
+ *
+ * GraphQL reads go through a pool of their own (`db.readPool`, GRAPHQL_POOL_MAX connections)
+ * whose statements stop after GRAPHQL_TIMEOUT ms: dashboards cannot take the connections
+ * ingestion and /readyz need, and no query runs for long.
  */
 import type { FastifyPluginAsync } from 'fastify'
 import { GraphQLError, GraphQLScalarType, valueFromASTUntyped } from 'graphql'
-import { isUnavailable } from '../errors.js'
 import mercurius from 'mercurius'
+import type { Access } from '../auth/keys.js'
+import { createDb } from '../db/client.js'
 import { createInventoryRepository } from '../db/inventory-repository.js'
+import { isTallyError, isUnavailable } from '../errors.js'
 import graphiql from './graphiql.js'
-import { limitsRule } from './limits.js'
-import { createResolvers } from './resolvers.js'
+import { checkShape, limitsRule } from './limits.js'
+import { createResolvers, type GraphQLContext } from './resolvers.js'
 import { schema } from './schema.js'
+
+const { ErrorWithProps } = mercurius
+
 
 const JSONScalar = new GraphQLScalarType({
   name: 'JSON',
@@ -19,10 +28,14 @@ const JSONScalar = new GraphQLScalarType({
   parseLiteral: (ast) => valueFromASTUntyped(ast)
 })
 
+/** SQLSTATE 57014: the statement was cancelled (statement_timeout). */
+const isTimeout = (err: unknown) => (err as { code?: unknown, cause?: { code?: unknown } }).code === '57014' ||
+  (err as { cause?: { code?: unknown } }).cause?.code === '57014'
+
 const graphql: FastifyPluginAsync = async function (fastify) {
   const { config } = fastify
-  const { resolvers, loaders } = createResolvers(createInventoryRepository(fastify.db.drizzle))
-  const limits = { maxDepth: config.GRAPHQL_MAX_DEPTH, maxCost: config.GRAPHQL_MAX_COST }
+  const { resolvers, loaders } = createResolvers(createInventoryRepository(createDb(fastify.db.readPool)))
+  const limits = { maxDepth: config.GRAPHQL_MAX_DEPTH, maxCost: config.GRAPHQL_MAX_COST, maxFields: config.GRAPHQL_MAX_FIELDS }
   await fastify.register(mercurius, {
     schema,
     resolvers: { ...resolvers, JSON: JSONScalar },
@@ -31,27 +44,55 @@ const graphql: FastifyPluginAsync = async function (fastify) {
     // The limits need the request's variables, which a cached validation would not see.
     cache: false,
     path: '/graphql',
+    // Bounds parsing: a document of more tokens is refused before it is walked.
+    graphql: { parseOptions: { maxTokens: 20_000 } },
+    context: (request, reply): Pick<GraphQLContext, 'access' | 'signal'> => {
+      // A client that hangs up stops its query at the next resolver: `signal` says it left.
+      const left = new AbortController()
+      reply.raw.once('close', () => { if (!reply.raw.writableFinished) left.abort() })
+      return { access: request.auth as Access, signal: left.signal }
+    },
     validationRules: ({ variables, operationName }) => [limitsRule(limits, variables, operationName)],
     errorFormatter: (execution, context) => {
       // A resolver failing with anything but ErrorWithProps is a bug or an outage: log it,
       // and answer without its details.
       let outage = false
       const errors = execution.errors?.map((e) => {
-        // Only execution errors have a path; parse and validation errors go out as they are.
-        if (e.path === undefined || e.originalError == null || e.originalError instanceof mercurius.ErrorWithProps) return e
-        if (isUnavailable(e.originalError)) {
+        const original = e.originalError
+        // Parse and validation errors, and our own refusals, go out as they are.
+        if (original == null || original instanceof ErrorWithProps) return e
+        // Refused before execution: no key, wrong role, too many requests.
+        if (isTallyError(original)) {
+          return new GraphQLError(original.message, { extensions: { code: original.code.toUpperCase() } })
+        }
+        if (isTimeout(original)) {
+          return new GraphQLError(`The query ran longer than ${config.GRAPHQL_TIMEOUT} ms and was stopped; ask for less`,
+            { nodes: e.nodes, path: e.path, extensions: { code: 'QUERY_TIMEOUT' } })
+        }
+        if (isUnavailable(original)) {
           // An outage, not a bug: 503 like the REST API, so clients retry.
           outage = true
-          context.reply.log.warn({ err: e.originalError }, 'graphql: dependency unavailable')
+          context.reply.log.warn({ err: original }, 'graphql: dependency unavailable')
           context.reply.header('retry-after', '1')
           return new GraphQLError('Postgres is unreachable; retry the request', { nodes: e.nodes, path: e.path, extensions: { code: 'UNAVAILABLE' } })
         }
-        context.reply.log.error({ err: e.originalError }, 'graphql resolver failed')
+        // Fastify's and mercurius's own 4xx (bad JSON, a body too large, a mutation over GET) say what was wrong.
+        const status = (original as { statusCode?: unknown }).statusCode
+        if (typeof status === 'number' && status >= 400 && status < 500) return e
+        // Anything else is a bug: logged, and answered without its details.
+        context.reply.log.error({ err: original }, 'graphql request failed')
         return new GraphQLError('Internal error', { nodes: e.nodes, path: e.path, extensions: { code: 'INTERNAL' } })
       })
       const formatted = mercurius.defaultErrorFormatter({ ...execution, ...(errors === undefined ? {} : { errors }) }, context)
+      const refused = execution.errors?.find((e) => isTallyError(e.originalError))?.originalError
+      if (refused !== undefined) return { ...formatted, statusCode: (refused as unknown as { statusCode: number }).statusCode }
       return outage ? { ...formatted, statusCode: 503 } : formatted
     }
+  })
+  // Depth and size before graphql's own validation, whose cost grows with both.
+  fastify.graphql.addHook('preValidation', async (_schema, document) => {
+    const [error] = checkShape(document, limits)
+    if (error !== undefined) throw new ErrorWithProps(error.message, error.extensions, 400)
   })
   if (config.GRAPHIQL ?? config.NODE_ENV !== 'production') await fastify.register(graphiql)
 }

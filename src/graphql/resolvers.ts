@@ -1,5 +1,6 @@
 /** Resolvers and loaders: thin shapes over the inventory repository, one query per list or batch. */
-import type { IResolvers, MercuriusLoaders } from 'mercurius'
+import type { IResolvers, MercuriusContext, MercuriusLoaders } from 'mercurius'
+import { allowsScope, type Access } from '../auth/keys.js'
 
 import mercurius from 'mercurius'
 import type { InventoryRepository, ResourceFilter, ResourceRow } from '../db/inventory-repository.js'
@@ -9,8 +10,39 @@ import { MAX_PAGE } from './limits.js'
 
 const { ErrorWithProps } = mercurius
 
-// Until authentication exists every caller is the default tenant.
-const TENANT = 'default'
+declare module 'mercurius' {
+  interface MercuriusContext {
+    /** The caller's key: a reader or admin key (the route refuses others). */
+    access: Access
+    /** Aborted when the client hangs up: resolvers then stop before their query. */
+    signal: AbortSignal
+  }
+}
+
+export type GraphQLContext = MercuriusContext
+
+/** The tenant and scope globs queries are limited to; refuses when the client is gone. */
+function caller (context: GraphQLContext): { tenant: string, globs: string[] } {
+  if (context.signal.aborted) throw new ErrorWithProps('The client closed the request', { code: 'CLIENT_CLOSED' })
+  return { tenant: context.access.tenant, globs: context.access.scopes }
+}
+
+/** A scope the key may read, or a FORBIDDEN error. */
+function readableScope (context: GraphQLContext, scope: string): string {
+  text(scope, 'scope')
+  if (!allowsScope(context.access, scope)) {
+    throw new ErrorWithProps(`This key is restricted to scopes ${context.access.scopes.join(', ')}; ${scope} is not one of them`, { code: 'FORBIDDEN' })
+  }
+  return scope
+}
+
+/** Text Postgres can store and compare: no U+0000, no lone surrogate. Null and undefined pass. */
+function text<T extends string | null | undefined> (value: T, name: string): T {
+  if (typeof value === 'string' && (value.includes('\u0000') || !value.isWellFormed())) {
+    throw new ErrorWithProps(`${name} must not contain U+0000 or unpaired surrogates`, { code: 'BAD_USER_INPUT' })
+  }
+  return value
+}
 
 const encodeCursor = (key: string | number) => Buffer.from(JSON.stringify([key])).toString('base64url')
 
@@ -18,7 +50,8 @@ function decodeCursor<T extends string | number> (cursor: string | null | undefi
   if (cursor == null) return null
   try {
     const [key] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as unknown[]
-    if ((kind === 'string' && typeof key === 'string') || (kind === 'number' && typeof key === 'number')) return key as T
+    if (kind === 'string' && typeof key === 'string' && !key.includes('\u0000') && key.isWellFormed()) return key as T
+    if (kind === 'number' && Number.isSafeInteger(key)) return key as T
   } catch {}
   throw new ErrorWithProps('after is not a cursor this server issued', { code: 'BAD_CURSOR' })
 }
@@ -79,44 +112,58 @@ function changedSince (value: string | null | undefined): Date | null {
 
 export function createResolvers (inventory: InventoryRepository): { resolvers: IResolvers, loaders: MercuriusLoaders } {
   const runLoader = (field: 'firstSeenRunId' | 'changedRunId' | 'deletedRunId' | 'baselineRunId') =>
-    async (queries: Array<{ obj: Record<string, unknown> }>) => {
+    async (queries: Array<{ obj: Record<string, unknown> }>, context: GraphQLContext) => {
       const ids = [...new Set(queries.map((q) => q.obj[field]).filter((id): id is number => typeof id === 'number'))]
-      const byId = new Map((await inventory.runsByIds(ids)).map((r) => [r.id, runView(r)]))
+      const { tenant, globs } = caller(context)
+      const byId = new Map((await inventory.runsByIds(tenant, globs, ids)).map((r) => [r.id, runView(r)]))
       return queries.map((q) => byId.get(q.obj[field] as number) ?? null)
     }
 
   const resolvers: IResolvers = {
     Query: {
-      async resources (_root, args: ResourcesArgs) {
+      async resources (_root, args: ResourcesArgs, context: GraphQLContext) {
         const limit = pageSize(args.first)
-        const filter: ResourceFilter = { ...args, tenant: TENANT, changedSince: changedSince(args.changedSince) }
+        const { tenant } = caller(context)
+        readableScope(context, args.scope)
+        for (const name of ['type', 'region', 'idPrefix'] as const) text(args[name], name)
+        text(args.tag?.key, 'tag.key')
+        text(args.tag?.value, 'tag.value')
+        const filter: ResourceFilter = { ...args, tenant, changedSince: changedSince(args.changedSince) }
         const rows = await inventory.resourcesPage(filter, decodeCursor<string>(args.after, 'string'), limit + 1)
         return { ...connection(rows.map(resourceView), limit, (r) => r.id), filter }
       },
-      async resource (_root, args: { scope: string, id: string }) {
-        const row = await inventory.resource(TENANT, args.scope, args.id)
+      async resource (_root, args: { scope: string, id: string }, context: GraphQLContext) {
+        const { tenant } = caller(context)
+        const row = await inventory.resource(tenant, readableScope(context, args.scope), text(args.id, 'id'))
         return row === undefined ? null : resourceView(row)
       },
-      async runs (_root, args: { scope?: string | null, status?: RunStatus | null, first?: number | null, after?: string | null }) {
+      async runs (_root, args: { scope?: string | null, status?: RunStatus | null, first?: number | null, after?: string | null }, context: GraphQLContext) {
         const limit = pageSize(args.first)
-        const rows = await inventory.runsPage(TENANT, args.scope ?? null, args.status ?? null, decodeCursor<number>(args.after, 'number'), limit + 1)
+        const { tenant, globs } = caller(context)
+        const scope = args.scope == null ? null : readableScope(context, args.scope)
+        const rows = await inventory.runsPage(tenant, globs, scope, args.status ?? null, decodeCursor<number>(args.after, 'number'), limit + 1)
         return connection(rows.map(runView), limit, (r) => r.id)
       },
-      async run (_root, args: { id: string }) {
-        const id = Number(args.id)
-        if (!Number.isSafeInteger(id)) return null
-        const [row] = await inventory.runsByIds([id])
+      async run (_root, args: { id: string }, context: GraphQLContext) {
+        const { tenant, globs } = caller(context)
+        if (!/^[1-9][0-9]{0,15}$/.test(args.id)) return null
+        const [row] = await inventory.runsByIds(tenant, globs, [Number(args.id)])
         return row === undefined ? null : runView(row)
       },
-      async scopes (_root, args: { first?: number | null, after?: string | null }) {
+      async scopes (_root, args: { first?: number | null, after?: string | null }, context: GraphQLContext) {
         const limit = pageSize(args.first)
-        const rows = await inventory.scopesPage(TENANT, decodeCursor<string>(args.after, 'string'), limit + 1)
+        const { tenant, globs } = caller(context)
+        const rows = await inventory.scopesPage(tenant, globs, decodeCursor<string>(args.after, 'string'), limit + 1)
         return connection(rows.map(scopeView), limit, (s) => s.scope)
       },
-      summary: async (_root, args: { scope: string }) => inventory.summary(TENANT, args.scope)
+      summary: async (_root, args: { scope: string }, context: GraphQLContext) =>
+        inventory.summary(caller(context).tenant, readableScope(context, args.scope))
     },
     ResourceConnection: {
-      totalCount: async (parent: { filter: ResourceFilter }) => inventory.countResources(parent.filter)
+      totalCount: async (parent: { filter: ResourceFilter }, _args: unknown, context: GraphQLContext) => {
+        caller(context)
+        return inventory.countResources(parent.filter)
+      }
     }
   }
 

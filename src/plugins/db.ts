@@ -4,6 +4,7 @@
  */
 import type {} from '@fastify/postgres'
 import fp from 'fastify-plugin'
+import pg from 'pg'
 import { createDb, runMigrations, withTransaction, type Db, type Tx } from '../db/client.js'
 import { createResourcesRepository, type ResourcesRepository } from '../db/resources-repository.js'
 import { createRunsRepository, type RunsRepository } from '../db/runs-repository.js'
@@ -13,6 +14,11 @@ export interface DbDecorator {
   runs: RunsRepository
   resources: ResourcesRepository
   transaction: <T>(fn: (tx: Tx) => Promise<T>) => Promise<T>
+  /**
+   * The pool GraphQL reads through: GRAPHQL_POOL_MAX connections whose statements stop after
+   * GRAPHQL_TIMEOUT ms, apart from the pool ingestion and completion use.
+   */
+  readPool: pg.Pool
 }
 
 declare module 'fastify' {
@@ -33,10 +39,23 @@ export default fp(async function db (fastify) {
   })
   if (fastify.config.MIGRATE_ON_START) await runMigrations(fastify.pg.pool)
   const drizzle = createDb(fastify.pg.pool)
+  const { config } = fastify
+  const readPool = new pg.Pool({
+    connectionString: config.DATABASE_URL,
+    max: config.GRAPHQL_POOL_MAX,
+    statement_timeout: config.GRAPHQL_TIMEOUT,
+    connectionTimeoutMillis: 5000
+  })
+  readPool.on('error', (err) => fastify.log.warn({ err }, 'idle read-pool postgres connection lost'))
+  readPool.on('connect', (client) => {
+    client.on('error', (err) => fastify.log.warn({ err }, 'read-pool postgres connection lost'))
+  })
+  fastify.addHook('onClose', async () => { await readPool.end() })
   fastify.decorate('db', {
     drizzle,
     runs: createRunsRepository(drizzle),
     resources: createResourcesRepository(drizzle),
-    transaction: (fn) => withTransaction(fastify.pg.pool, fn)
+    transaction: (fn) => withTransaction(fastify.pg.pool, fn),
+    readPool
   })
 }, { name: 'db', dependencies: ['config', '@fastify/postgres'] })

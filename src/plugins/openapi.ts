@@ -20,6 +20,11 @@ export default fp(async function openapi (fastify) {
         version,
         description: 'Cloud-inventory ingestion: scan runs, batches of resources, and completion that deletes only what vanished.'
       },
+      components: {
+        securitySchemes: {
+          apiKey: { type: 'http', scheme: 'bearer', description: 'A Tally API key: `Authorization: Bearer tally_…` (see `npm run keys`)' }
+        }
+      },
       tags: [
         { name: 'runs', description: 'Scan runs and their batches' },
         { name: 'health', description: 'Liveness and readiness' }
@@ -31,7 +36,7 @@ export default fp(async function openapi (fastify) {
     hideUntagged: true
   })
   await fastify.register(fastifySwaggerUi, { routePrefix: '/docs' })
-  fastify.get('/openapi.json', { schema: { hide: true } }, async () => fastify.swagger())
-  fastify.get('/openapi.yaml', { schema: { hide: true } }, async (_request, reply) =>
+  fastify.get('/openapi.json', { schema: { hide: true }, config: { auth: 'public' } }, async () => fastify.swagger())
+  fastify.get('/openapi.yaml', { schema: { hide: true }, config: { auth: 'public' } }, async (_request, reply) =>
     reply.type('application/yaml').send(fastify.swagger({ yaml: true })))
 }, { name: 'openapi' })

@@ -23,6 +23,7 @@ export default fp(async function reconcile (fastify) {
       defaultShardCount: config.DEFAULT_SHARD_COUNT,
       guardMinBaseline: config.GUARD_MIN_BASELINE,
       maxDeleteRatio: config.MAX_DELETE_RATIO,
+      maxOpenRuns: config.MAX_OPEN_RUNS,
       deletedRetention: config.DELETED_RETENTION
     }
   })

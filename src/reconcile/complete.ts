@@ -16,6 +16,7 @@ import { TallyError } from '../errors.js'
 import { groupByShard } from './keys.js'
 import { drain, dropRunKeys, liveCounts, moveMarkers, runStateKeys, seenCount, shards } from './run-keys.js'
 import { requireRun, stateOf } from './runs.js'
+import type { Access } from '../auth/keys.js'
 import type { ReconcileDeps, RunState } from './types.js'
 
 export interface CompleteOptions {
@@ -230,8 +231,8 @@ async function settleKeys (deps: ReconcileDeps, run: RunRow): Promise<void> {
   ])
 }
 
-export async function completeRun (deps: ReconcileDeps, id: number, opts: CompleteOptions = {}): Promise<RunState> {
-  let run = await requireRun(deps, id)
+export async function completeRun (deps: ReconcileDeps, id: number, opts: CompleteOptions = {}, access?: Access): Promise<RunState> {
+  let run = await requireRun(deps, id, access)
   if (run.status === 'completed' || run.status === 'superseded') {
     await settleKeys(deps, run)
     return stateOf(deps, run)

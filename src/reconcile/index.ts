@@ -2,6 +2,7 @@
  * The reconciler: everything Tally does to runs and resources, as plain functions over narrow
  * dependencies. Routes, tests and benchmarks all call these; none of them knows about HTTP.
  */
+import type { Access } from '../auth/keys.js'
 import { completeRun, type CompleteOptions } from './complete.js'
 import { createIngest } from './ingest.js'
 import { abortRun, getRun, listRuns, openRun, type OpenRunInput } from './runs.js'
@@ -11,11 +12,11 @@ import type { ReconcileDeps } from './types.js'
 export function createReconciler (deps: ReconcileDeps) {
   return {
     openRun: (input: OpenRunInput) => openRun(deps, input),
-    getRun: (id: number) => getRun(deps, id),
+    getRun: (id: number, access?: Access) => getRun(deps, id, access),
     listRuns: (filter: Parameters<typeof listRuns>[1]) => listRuns(deps, filter),
     ingestBatch: createIngest(deps),
-    completeRun: (id: number, opts?: CompleteOptions) => completeRun(deps, id, opts),
-    abortRun: (id: number) => abortRun(deps, id),
+    completeRun: (id: number, opts?: CompleteOptions, access?: Access) => completeRun(deps, id, opts, access),
+    abortRun: (id: number, access?: Access) => abortRun(deps, id, access),
     sweep: (now?: number) => sweep(deps, now)
   }
 }

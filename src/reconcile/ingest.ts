@@ -25,7 +25,8 @@ import { TallyError } from '../errors.js'
 import { contentHash, digest } from './content-hash.js'
 import { groupByShard, shardOf } from './keys.js'
 import { BATCH_STALE_MS } from './run-keys.js'
-import { requireRun } from './runs.js'
+import { checkAccess, requireRun } from './runs.js'
+import type { Access } from '../auth/keys.js'
 import { MARKER_MISSING } from './scripts.js'
 import type { BatchResult, ReconcileDeps, ResourceIn } from './types.js'
 
@@ -64,10 +65,13 @@ const CLOSED_WAIT_MS = 2000
 /** Writes of one batch retried after another writer changed the same rows in between. */
 const WRITE_ATTEMPTS = 3
 
-async function runFor (deps: ReconcileDeps, runCache: RunCache, runId: number): Promise<RunContext> {
+async function runFor (deps: ReconcileDeps, runCache: RunCache, runId: number, access: Access | undefined): Promise<RunContext> {
   const cached = runCache.get(runId)
-  if (cached !== undefined) return cached
-  const run = await requireRun(deps, runId)
+  if (cached !== undefined) {
+    checkAccess(cached.run, runId, access)
+    return cached
+  }
+  const run = await requireRun(deps, runId, access)
   if (run.status !== 'open') throw new TallyError('run_not_open', `Run ${runId} is ${run.status}`)
   const scope = await deps.runs.getScope(run.tenant, run.scope)
   const context = { run, cacheShards: scope?.cacheShardCount ?? run.shardCount, generation: scope?.cacheGeneration ?? 0 }
@@ -152,9 +156,9 @@ function itemsOf (resources: ResourceIn[]): Map<string, Item> {
  */
 export function createIngest (deps: ReconcileDeps) {
   const runCache: RunCache = new LRUCache<number, RunContext>({ max: 10_000 })
-  return async function ingestBatch (runId: number, resources: ResourceIn[], batchId?: string): Promise<BatchResult> {
+  return async function ingestBatch (runId: number, resources: ResourceIn[], batchId?: string, access?: Access): Promise<BatchResult> {
     try {
-      const context = await runFor(deps, runCache, runId)
+      const context = await runFor(deps, runCache, runId, access)
       const items = itemsOf(resources)
       const batch = { id: batchId ?? '', fingerprint: batchId === undefined ? '' : fingerprintOf(items), token: randomUUID() }
       const replayed = await begin(deps, context.run, batch)

@@ -2,6 +2,7 @@
 import type { RunCounts, RunRow } from '../db/runs-repository.js'
 import { isOpenRunConflict } from '../db/runs-repository.js'
 import type { RunStatus } from '../db/schema.js'
+import { allowsScope, type Access } from '../auth/keys.js'
 import { TallyError } from '../errors.js'
 import { drain, dropRunKeys, liveCounts, runStateKeys, writeMarkers } from './run-keys.js'
 import type { ReconcileDeps, RunState } from './types.js'
@@ -12,6 +13,8 @@ export interface OpenRunInput {
   shardCount?: number | undefined
   scanner?: { name: string, version?: string | undefined } | undefined
   supersede?: boolean | undefined
+  /** The key opening the run (recorded in runs.opened_by). */
+  openedBy?: string | undefined
 }
 
 const inFlight = (status: RunStatus) => status === 'open' || status === 'completing'
@@ -25,14 +28,27 @@ export async function stateOf (deps: ReconcileDeps, run: RunRow): Promise<RunSta
   return { run, stats: inFlight(run.status) ? await liveCounts(deps, run) : storedCounts(run) }
 }
 
-export async function requireRun (deps: ReconcileDeps, id: number): Promise<RunRow> {
+/**
+ * The run, if it exists and `access` (the caller's key, when there is one) may touch it.
+ * Another tenant's run does not exist for the caller: same 404, same words.
+ */
+export async function requireRun (deps: ReconcileDeps, id: number, access?: Access): Promise<RunRow> {
   const run = await deps.runs.getRun(id)
-  if (run === undefined) throw new TallyError('run_not_found', `Run ${id} does not exist`)
-  return run
+  checkAccess(run, id, access)
+  return run!
 }
 
-export async function getRun (deps: ReconcileDeps, id: number): Promise<RunState> {
-  return stateOf(deps, await requireRun(deps, id))
+export function checkAccess (run: RunRow | undefined, id: number, access: Access | undefined): asserts run is RunRow {
+  if (run === undefined || (access !== undefined && run.tenant !== access.tenant)) {
+    throw new TallyError('run_not_found', `Run ${id} does not exist`)
+  }
+  if (access !== undefined && !allowsScope(access, run.scope)) {
+    throw new TallyError('forbidden', `This key is restricted to scopes ${access.scopes.join(', ')}; run ${id} is in ${run.scope}`)
+  }
+}
+
+export async function getRun (deps: ReconcileDeps, id: number, access?: Access): Promise<RunState> {
+  return stateOf(deps, await requireRun(deps, id, access))
 }
 
 export async function listRuns (deps: ReconcileDeps, filter: Parameters<ReconcileDeps['runs']['listRuns']>[0]): Promise<RunState[]> {
@@ -52,12 +68,18 @@ export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promis
   for (let attempt = 0; ; attempt++) {
     try {
       const run = await deps.transaction(async (tx) => {
+        const inFlight = await deps.runs.lockAndCountInFlight(tenant, tx)
+        if (inFlight >= deps.settings.maxOpenRuns) {
+          throw new TallyError('too_many_open_runs',
+            `Tenant ${tenant} has ${inFlight} runs in flight, the most this server allows (MAX_OPEN_RUNS); complete or abort one first`)
+        }
         const row = await deps.runs.insertRun({
           tenant,
           scope,
           shardCount,
           scannerName: input.scanner?.name ?? null,
-          scannerVersion: input.scanner?.version ?? null
+          scannerVersion: input.scanner?.version ?? null,
+          openedBy: input.openedBy ?? null
         }, tx)
         try {
           await writeMarkers(deps, row, deps.settings.runTtl)
@@ -92,8 +114,8 @@ export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promis
  * Batches in flight are waited for first, so none writes after the abort and its counters are
  * whole. Aborting an aborted run answers the same again.
  */
-export async function abortRun (deps: ReconcileDeps, id: number): Promise<RunState> {
-  const run = await requireRun(deps, id)
+export async function abortRun (deps: ReconcileDeps, id: number, access?: Access): Promise<RunState> {
+  const run = await requireRun(deps, id, access)
   if (run.status === 'aborted') {
     await dropRunKeys(deps, run)
     return stateOf(deps, run)

@@ -25,6 +25,8 @@ export interface ReconcileSettings {
   defaultShardCount: number
   guardMinBaseline: number
   maxDeleteRatio: number
+  /** Runs in flight per tenant. */
+  maxOpenRuns: number
   /** Seconds a soft-deleted row is kept before the sweeper purges it; 0 keeps it for good. */
   deletedRetention: number
 }

@@ -16,11 +16,13 @@ function withTimeout<T> (p: Promise<T>, ms: number): Promise<T> {
 const health: FastifyPluginAsyncTypebox = async function (fastify) {
   const tags = ['health']
   fastify.get('/healthz', {
-    schema: { tags, operationId: 'healthz', summary: 'Liveness: the process answers', response: { 200: HealthSchema } }
+    schema: { tags, operationId: 'healthz', summary: 'Liveness: the process answers', response: { 200: HealthSchema } },
+    config: { auth: 'public' }
   }, async () => ({ status: 'ok' as const }))
 
   fastify.get('/readyz', {
-    schema: { tags, operationId: 'readyz', summary: 'Readiness: Postgres and Redis answer', response: { 200: HealthSchema, ...problems() } }
+    schema: { tags, operationId: 'readyz', summary: 'Readiness: Postgres and Redis answer', response: { 200: HealthSchema, ...problems() } },
+    config: { auth: 'public' }
   }, async (request) => {
     let policy: string
     let cluster: string | undefined

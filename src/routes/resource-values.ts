@@ -10,23 +10,41 @@ export const MAX_DEPTH = 34
 
 const badString = (s: string) => s.includes('\u0000') || !s.isWellFormed()
 
-/** The first offending place in `body`, as a JSON pointer and a reason, or undefined. */
-export function findBadValue (body: unknown): { path: string, message: string } | undefined {
-  const stack: Array<[unknown, string, number]> = [[body, '', 0]]
+function walk (root: unknown, rootPath: string, rootDepth: number, maxValues: number): { path: string, message: string } | undefined {
+  const stack: Array<[unknown, string, number]> = [[root, rootPath, rootDepth]]
+  let values = 0
   while (stack.length > 0) {
     const [value, path, depth] = stack.pop()!
     if (typeof value === 'string') {
       if (badString(value)) return { path, message: 'must not contain U+0000 or unpaired surrogates' }
+    } else if (typeof value === 'number') {
+      // JSON.parse reads 1e309 as Infinity, which JSON cannot write back: it would be stored as null.
+      if (!Number.isFinite(value)) return { path, message: 'must be a number JSON can keep (1e309 is not)' }
     } else if (typeof value === 'object' && value !== null) {
       if (depth > MAX_DEPTH) return { path, message: `nests too deep (attributes hold at most ${MAX_DEPTH - 2} levels)` }
       const entries = Array.isArray(value) ? value.entries() : Object.entries(value)
       for (const [key, child] of entries) {
         if (typeof key === 'string' && badString(key)) return { path, message: 'keys must not contain U+0000 or unpaired surrogates' }
+        if (++values > maxValues) return { path: rootPath, message: `holds more than ${maxValues} keys and array items (MAX_RESOURCE_KEYS)` }
         stack.push([child, `${path}/${key}`, depth + 1])
       }
     }
   }
   return undefined
+}
+
+/**
+ * The first offending place in `body`, as a JSON pointer and a reason, or undefined. Each
+ * resource may hold at most `maxResourceKeys` object keys and array items, at any depth.
+ */
+export function findBadValue (body: unknown, maxResourceKeys = Infinity): { path: string, message: string } | undefined {
+  const resources = typeof body === 'object' && body !== null ? (body as { resources?: unknown }).resources : undefined
+  if (!Array.isArray(resources)) return walk(body, '', 0, Infinity)
+  for (const [i, item] of resources.entries()) {
+    const bad = walk(item, `/resources/${i}`, 2, maxResourceKeys)
+    if (bad !== undefined) return bad
+  }
+  return walk({ ...body as object, resources: [] }, '', 0, Infinity)
 }
 
 /**

@@ -1,16 +1,14 @@
 /** The REST surface of scan runs: thin handlers that validate, call the reconciler and shape the reply. */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TallyError } from '../errors.js'
+import { accessOf, logDestructive, READERS, requireAdmin, requireScope, SCANNERS } from '../plugins/auth.js'
 import { findBadValue, findOversize } from './resource-values.js'
 import type { RunState } from '../reconcile/index.js'
 import { Type } from '@sinclair/typebox'
 import {
   BatchResultSchema, CompleteBodySchema, CreateRunBodySchema, IngestBodySchema, IngestHeadersSchema, ListRunsQuerySchema,
-  problems, RunListSchema, RunParamsSchema, RunSchema, type Run
+  problems, RUN_ID_TEXT, RunListSchema, RunParamsSchema, RunSchema, type Run
 } from './schemas.js'
-
-// Until authentication exists every caller is the default tenant.
-const TENANT = 'default'
 
 export function runView ({ run, stats }: RunState): Run {
   return {
@@ -35,11 +33,22 @@ function decodeCursor (cursor: string): number {
 }
 
 const runs: FastifyPluginAsyncTypebox = async function (fastify) {
-  const { reconcile } = fastify
+  const { reconcile, config } = fastify
   const tags = ['runs']
+  const security = [{ apiKey: [] }]
+  const read = { auth: READERS }
+  const scan = { auth: SCANNERS }
+
+  // A run id is written as a plain decimal: `0x10`, `1e1` or `1.0` are not 16, 10 and 1.
+  fastify.addHook('preValidation', async (request) => {
+    const { id } = request.params as { id?: unknown }
+    if (typeof id === 'string' && !RUN_ID_TEXT.test(id)) {
+      throw new TallyError('validation_failed', `params/id must be a run id (a decimal integer from 1), not ${JSON.stringify(id.slice(0, 32))}`)
+    }
+  })
 
   fastify.addHook('preHandler', async (request) => {
-    const bad = findBadValue(request.body) ?? findOversize(request.body)
+    const bad = findBadValue(request.body, config.MAX_RESOURCE_KEYS) ?? findOversize(request.body)
     if (bad !== undefined) {
       throw new TallyError('validation_failed', `body${bad.path} ${bad.message}`, { errors: [bad] })
     }
@@ -50,11 +59,23 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       tags,
       operationId: 'createRun',
       summary: 'Open a scan run for a scope',
+      security,
       body: CreateRunBodySchema,
-      response: { 201: Type.Ref(RunSchema), ...problems(400, 409, 413, 415) }
-    }
+      response: { 201: Type.Ref(RunSchema), ...problems(400, 401, 403, 409, 413, 415, 429) }
+    },
+    config: scan
   }, async (request, reply) => {
-    const state = await reconcile.openRun({ tenant: TENANT, ...request.body })
+    const access = accessOf(request)
+    const { scope, shardCount, supersede } = request.body
+    requireScope(access, scope)
+    if (shardCount !== undefined && shardCount > config.MAX_SHARD_COUNT) {
+      throw new TallyError('validation_failed', `shardCount is ${shardCount}; this server allows at most ${config.MAX_SHARD_COUNT} (MAX_SHARD_COUNT)`)
+    }
+    if (supersede === true) {
+      requireAdmin(access, 'supersede')
+      logDestructive(request, 'supersede', { scope })
+    }
+    const state = await reconcile.openRun({ tenant: access.tenant, ...request.body, openedBy: access.keyId })
     return reply.code(201).send(runView(state))
   })
 
@@ -63,13 +84,22 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       tags,
       operationId: 'listRuns',
       summary: 'List runs, newest first',
+      security,
       querystring: ListRunsQuerySchema,
-      response: { 200: RunListSchema, ...problems(400) }
-    }
+      response: { 200: RunListSchema, ...problems(400, 401, 403, 429) }
+    },
+    config: read
   }, async (request) => {
+    const access = accessOf(request)
     const { scope, status, limit, cursor } = request.query
+    if (scope !== undefined) requireScope(access, scope)
     const states = await reconcile.listRuns({
-      tenant: TENANT, scope, status, limit: limit + 1, beforeId: cursor === undefined ? undefined : decodeCursor(cursor)
+      tenant: access.tenant,
+      scope,
+      status,
+      scopeGlobs: access.scopes,
+      limit: limit + 1,
+      beforeId: cursor === undefined ? undefined : decodeCursor(cursor)
     })
     const page = states.slice(0, limit)
     const last = page[page.length - 1]
@@ -84,10 +114,12 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       tags,
       operationId: 'getRun',
       summary: 'Read a run and its counters',
+      security,
       params: RunParamsSchema,
-      response: { 200: Type.Ref(RunSchema), ...problems(400, 404) }
-    }
-  }, async (request) => runView(await reconcile.getRun(request.params.id)))
+      response: { 200: Type.Ref(RunSchema), ...problems(400, 401, 403, 404, 429) }
+    },
+    config: read
+  }, async (request) => runView(await reconcile.getRun(request.params.id, accessOf(request))))
 
   fastify.post('/runs/:id/resources', {
     schema: {
@@ -95,10 +127,12 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       operationId: 'ingestBatch',
       summary: 'Ingest a batch of resources into an open run',
       params: RunParamsSchema,
+      security,
       headers: IngestHeadersSchema,
       body: IngestBodySchema,
-      response: { 200: Type.Ref(BatchResultSchema), ...problems(400, 404, 409, 413, 415, 422) }
-    }
+      response: { 200: Type.Ref(BatchResultSchema), ...problems(400, 401, 403, 404, 409, 413, 415, 422, 429) }
+    },
+    config: scan
   }, async (request) => {
     const { resources, batchId: bodyId } = request.body
     const headerId = request.headers['idempotency-key']
@@ -109,7 +143,7 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     if (bodyId !== undefined && headerId !== undefined && bodyId !== headerId) {
       throw new TallyError('validation_failed', 'batchId and the Idempotency-Key header differ; send one, or the same in both')
     }
-    return reconcile.ingestBatch(request.params.id, resources, bodyId ?? headerId)
+    return reconcile.ingestBatch(request.params.id, resources, bodyId ?? headerId, accessOf(request))
   })
 
   fastify.post('/runs/:id/complete', {
@@ -117,23 +151,48 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       tags,
       operationId: 'completeRun',
       summary: 'Complete a run: delete what vanished since the baseline, and make it the baseline',
+      security,
       params: RunParamsSchema,
       body: CompleteBodySchema,
-      response: { 200: Type.Ref(RunSchema), ...problems(400, 404, 409, 413, 415, 422) }
+      response: { 200: Type.Ref(RunSchema), ...problems(400, 401, 403, 404, 409, 413, 415, 422, 429) }
     },
+    config: scan,
     // An empty POST means "no options".
     preValidation: async (request) => { request.body ??= {} }
-  }, async (request) => runView(await reconcile.completeRun(request.params.id, request.body)))
+  }, async (request) => {
+    const access = accessOf(request)
+    const { force, maxDeleteRatio } = request.body
+    const destructive = [
+      ...(force === true ? ['force'] : []),
+      ...(maxDeleteRatio !== undefined && maxDeleteRatio > config.MAX_DELETE_RATIO ? [`maxDeleteRatio above ${config.MAX_DELETE_RATIO}`] : [])
+    ]
+    if (destructive.length > 0) requireAdmin(access, destructive.join(' and '))
+    // Checked before the log line, so that nobody logs an action on a run they may not see.
+    const state = await reconcile.completeRun(request.params.id, request.body, access)
+    if (destructive.length > 0) {
+      logDestructive(request, 'complete', { runId: state.run.id, scope: state.run.scope, force, maxDeleteRatio, deleted: state.stats.deleted })
+    }
+    return runView(state)
+  })
 
   fastify.post('/runs/:id/abort', {
     schema: {
       tags,
       operationId: 'abortRun',
       summary: 'Abort a run; nothing is deleted',
+      security,
       params: RunParamsSchema,
-      response: { 200: Type.Ref(RunSchema), ...problems(400, 404, 409) }
+      response: { 200: Type.Ref(RunSchema), ...problems(400, 401, 403, 404, 409, 429) }
+    },
+    config: scan
+  }, async (request) => {
+    const access = accessOf(request)
+    const state = await reconcile.abortRun(request.params.id, access)
+    if (state.run.openedBy !== access.keyId) {
+      logDestructive(request, 'abort of a run opened by another key', { runId: state.run.id, scope: state.run.scope, openedBy: state.run.openedBy })
     }
-  }, async (request) => runView(await reconcile.abortRun(request.params.id)))
+    return runView(state)
+  })
 }
 
 export default runs

@@ -11,6 +11,8 @@ import { runStatuses } from '../db/schema.js'
 export const ScopeNameSchema = Type.String({ minLength: 1, maxLength: 256, pattern: '^[^\\s{}\\u0000-\\u001f\\u007f]+$' })
 
 export const RunIdSchema = Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER })
+/** A run id as it may appear in a path: decimal digits, no sign, exponent, point or leading zero. */
+export const RUN_ID_TEXT = /^[1-9][0-9]{0,15}$/
 
 export const RunStatusSchema = Type.Union(runStatuses.map((s) => Type.Literal(s)))
 
@@ -67,9 +69,9 @@ export const RunListSchema = Type.Object({
 
 export const CreateRunBodySchema = Type.Object({
   scope: ScopeNameSchema,
-  shardCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 1024 })),
+  shardCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 1024, description: 'at most MAX_SHARD_COUNT (default 256)' })),
   scanner: Type.Optional(ScannerSchema),
-  supersede: Type.Optional(Type.Boolean())
+  supersede: Type.Optional(Type.Boolean({ description: 'abort the scope\'s open run first; admin keys only' }))
 }, { additionalProperties: false })
 
 export const ListRunsQuerySchema = Type.Object({
@@ -115,8 +117,8 @@ export const BatchResultSchema = Type.Object({
 
 export const CompleteBodySchema = Type.Object({
   expectedResources: Type.Optional(Type.Integer({ minimum: 0 })),
-  maxDeleteRatio: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
-  force: Type.Optional(Type.Boolean()),
+  maxDeleteRatio: Type.Optional(Type.Number({ minimum: 0, maximum: 1, description: 'above the server\'s MAX_DELETE_RATIO: admin keys only' })),
+  force: Type.Optional(Type.Boolean({ description: 'complete past the mass-deletion guard; admin keys only' })),
   skip: Type.Optional(Type.Array(Type.Ref(SkipPartitionSchema), {
     maxItems: 1000,
     description: 'partitions the scanner failed to enumerate: nothing in them is deleted'
