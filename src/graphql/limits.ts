@@ -6,8 +6,8 @@
  *   that each spread the last one twice costs linear time, not 2^n (24 fragments once froze
  *   the server for 8 s inside graphql's own validation);
  * - during validation (`limitsRule`): a cap on `first` and a cost where a list field costs its
- *   children times the page size it asks for, and the fields that read a whole scope
- *   (`totalCount`, `summary`) cost what such a read does.
+ *   children times the page size it asks for, plus what the fields that read a whole scope
+ *   (`totalCount`, `summary`) cost, once each wherever they sit.
  *
  * Each refusal is a GraphQL error with a `code`.
  */
@@ -16,9 +16,13 @@ import { getComplexity, simpleEstimator, type ComplexityEstimator } from 'graphq
 
 export const MAX_PAGE = 500
 
-/** What a field that reads every matching row of a scope costs: as much as 100-row pages of 10 fields. */
+/**
+ * What a field that reads every matching row of a scope costs: as much as 100-row pages of 10
+ * fields. Added once per occurrence, not multiplied by the page around it (a count is per
+ * connection, not per row). Both names are unique to their type in the schema.
+ */
 export const SCAN_COST = 1000
-const SCAN_FIELDS = new Set(['ResourceConnection.totalCount', 'Query.summary'])
+const SCAN_FIELDS = new Set(['totalCount', 'summary'])
 
 export interface QueryLimits {
   maxDepth: number
@@ -26,9 +30,9 @@ export interface QueryLimits {
   maxFields: number
 }
 
-interface Shape { depth: number, fields: number }
+interface Shape { depth: number, fields: number, scans: number }
 
-/** Depth and field count of every operation, fragments expanded, each fragment measured once. */
+/** Depth, field count and scans of every operation, fragments expanded, each fragment measured once. */
 function measure (document: DocumentNode): Shape[] {
   const fragments = new Map(document.definitions
     .filter((d): d is FragmentDefinitionNode => d.kind === Kind.FRAGMENT_DEFINITION)
@@ -36,12 +40,13 @@ function measure (document: DocumentNode): Shape[] {
   const memo = new Map<string, Shape>()
   const inProgress = new Set<string>()
   const ofSet = (set: SelectionSetNode | undefined): Shape => {
-    const shape = { depth: 0, fields: 0 }
+    const shape = { depth: 0, fields: 0, scans: 0 }
     for (const selection of set?.selections ?? []) {
       let inner: Shape
       if (selection.kind === Kind.FIELD) {
         const child = ofSet(selection.selectionSet)
-        inner = { depth: 1 + child.depth, fields: 1 + child.fields }
+        const scan = SCAN_FIELDS.has(selection.name.value) ? 1 : 0
+        inner = { depth: 1 + child.depth, fields: 1 + child.fields, scans: scan + child.scans }
       } else if (selection.kind === Kind.INLINE_FRAGMENT) {
         inner = ofSet(selection.selectionSet)
       } else {
@@ -49,6 +54,7 @@ function measure (document: DocumentNode): Shape[] {
       }
       shape.depth = Math.max(shape.depth, inner.depth)
       shape.fields += inner.fields
+      shape.scans += inner.scans
     }
     return shape
   }
@@ -57,7 +63,7 @@ function measure (document: DocumentNode): Shape[] {
     if (known !== undefined) return known
     const fragment = fragments.get(name)
     // Unknown fragments and cycles are validation errors; they add nothing here.
-    if (fragment === undefined || inProgress.has(name)) return { depth: 0, fields: 0 }
+    if (fragment === undefined || inProgress.has(name)) return { depth: 0, fields: 0, scans: 0 }
     inProgress.add(name)
     const shape = ofSet(fragment.selectionSet)
     inProgress.delete(name)
@@ -92,8 +98,6 @@ export function limitsRule (limits: QueryLimits, variables: Record<string, unkno
             if (args.first > MAX_PAGE) tooLarge = args.first
             return 1 + Math.max(args.first, 0) * Math.max(childComplexity, 1)
           }
-          const scans: ComplexityEstimator = ({ type, field, childComplexity }) =>
-            SCAN_FIELDS.has(`${type.name}.${field.name}`) ? SCAN_COST + childComplexity : undefined
           let cost: number
           try {
             cost = getComplexity({
@@ -101,8 +105,8 @@ export function limitsRule (limits: QueryLimits, variables: Record<string, unkno
               query: document,
               variables: variables ?? {},
               ...(operationName === undefined ? {} : { operationName }),
-              estimators: [scans, pages, simpleEstimator({ defaultComplexity: 1 })]
-            })
+              estimators: [pages, simpleEstimator({ defaultComplexity: 1 })]
+            }) + SCAN_COST * Math.max(0, ...measure(document).map((shape) => shape.scans))
           } catch (err) {
             // A document the standard rules reject (they say why), or one the library refuses
             // to walk: refused here too, never let through unpriced.
