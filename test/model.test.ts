@@ -1,7 +1,8 @@
 /**
  * Model-based: random sequences of open (at a random shard count) / batch / replayed batch /
  * batch that fails midway / batch racing a completion / complete (with and without skipped
- * partitions) / abort, and faults: Redis flushed or restarted, the hash cache corrupted or
+ * partitions) / abort; a second tenant scanning a scope of the same name, and trying every
+ * route on the first tenant's run; and faults: Redis flushed or restarted, the hash cache corrupted or
  * evicted, the app restarted, over a small id space with random churn.
  *
  * Every expectation comes from the model, never from the system under test: after every step
@@ -50,6 +51,8 @@ interface Model {
   /** The open run's Redis state is gone: it can only be aborted. */
   lost: boolean
   batches: number
+  /** id -> content version of the other tenant's inventory in the scope of the same name. */
+  other: Map<string, number>
 }
 
 interface Real {
@@ -60,15 +63,17 @@ interface Real {
   scope: string
   /** Tenant default's admin key. */
   key: string
+  /** An admin key of tenant `other`, which scans a scope of the same name. */
+  otherKey: string
   /** Faults injected and outcomes seen, for the closing report. */
   tally: Record<string, number>
 }
 
 const count = (r: Real, what: string) => { r.tally[what] = (r.tally[what] ?? 0) + 1 }
 
-async function call (r: Real, method: 'GET' | 'POST', url: string, payload?: object): Promise<Reply> {
+async function call (r: Real, method: 'GET' | 'POST', url: string, payload?: object, key = r.key): Promise<Reply> {
   for (const deadline = Date.now() + 20_000; ; await sleep(20)) {
-    const res = await r.app.inject({ method, url, headers: { authorization: `Bearer ${r.key}` }, ...(payload === undefined ? {} : { payload }) })
+    const res = await r.app.inject({ method, url, headers: { authorization: `Bearer ${key}` }, ...(payload === undefined ? {} : { payload }) })
     if (res.statusCode !== 503 || Date.now() > deadline) return { status: res.statusCode, body: res.json() }
   }
 }
@@ -104,17 +109,19 @@ function runStats (m: Model, extra: Partial<Stats> = {}): Stats {
 
 async function rowVersions (r: Real, ids: string[]): Promise<Map<string, string>> {
   const { rows } = await r.db.query(
-    "select id, xmin::text || '/' || xmax::text || '/' || ctid::text as v from resources where scope = $1 and id = any($2)", [r.scope, ids])
+    "select id, xmin::text || '/' || xmax::text || '/' || ctid::text as v from resources where tenant = 'default' and scope = $1 and id = any($2)", [r.scope, ids])
   return new Map(rows.map((row: { id: string, v: string }) => [row.id, row.v]))
 }
 
 async function assertInventory (m: Model, r: Real, step: string) {
-  const { rows } = await r.db.query(
-    "select id, (attributes->>'v')::int as v from resources where scope = $1 and deleted_at is null order by id", [r.scope])
-  const actual = Object.fromEntries(rows.map((row: { id: string, v: number }) => [row.id, row.v]))
-  const expected = Object.fromEntries([...m.live].sort(([a], [b]) => a < b ? -1 : 1))
-  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
-    throw new Error(`after ${step}: inventory ${JSON.stringify(actual)} but the model says ${JSON.stringify(expected)}`)
+  for (const [tenant, live] of [['default', m.live], ['other', m.other]] as const) {
+    const { rows } = await r.db.query(
+      "select id, (attributes->>'v')::int as v from resources where tenant = $1 and scope = $2 and deleted_at is null order by id", [tenant, r.scope])
+    const actual = Object.fromEntries(rows.map((row: { id: string, v: number }) => [row.id, row.v]))
+    const expected = Object.fromEntries([...live].sort(([a], [b]) => a < b ? -1 : 1))
+    if (JSON.stringify(actual) !== JSON.stringify(expected)) {
+      throw new Error(`after ${step}: ${tenant}'s inventory ${JSON.stringify(actual)} but the model says ${JSON.stringify(expected)}`)
+    }
   }
 }
 
@@ -283,6 +290,55 @@ class Abort implements fc.AsyncCommand<Model, Real> {
   toString = () => 'abort'
 }
 
+/**
+ * Tenant `other` scans its scope of the same name whole (open, one batch, complete): its
+ * inventory follows its own model, and tenant default's run in flight and inventory do not
+ * move (the inventory is checked after every step, the run by its next batch or completion).
+ */
+class OtherScan implements fc.AsyncCommand<Model, Real> {
+  constructor (readonly picks: Pick[]) {}
+  check = () => true
+  async run (m: Model, r: Real) {
+    const opened = await call(r, 'POST', '/runs', { scope: r.scope }, r.otherKey)
+    expect(opened.status === 201, "other tenant's open, beside default's run", opened)
+    const entries = distinct(this.picks)
+    const expected: Stats = { seen: entries.length, created: 0, updated: 0, unchanged: 0, deleted: 0, batches: 1, skipped: 0 }
+    for (const [id, v] of entries) {
+      const now = m.other.get(id)
+      expected[now === undefined ? 'created' : now === v ? 'unchanged' : 'updated']++
+    }
+    const batch = await call(r, 'POST', `/runs/${opened.body.id}/resources`, { resources: body(this.picks) }, r.otherKey)
+    expect(batch.status === 200, "other tenant's batch", batch)
+    const done = await call(r, 'POST', `/runs/${opened.body.id}/complete`, {}, r.otherKey)
+    expect(done.status === 200 && done.body.status === 'completed', "other tenant's completion", done)
+    const seen = new Map(entries)
+    expected.deleted = [...m.other.keys()].filter((id) => !seen.has(id)).length
+    m.other = seen
+    expectStats(done.body.stats, expected, "other tenant's completed run")
+    count(r, 'other tenant scans')
+  }
+
+  toString = () => `other-scan(${this.picks.map((p) => `${p.n}v${p.v}`).join(' ')})`
+}
+
+/** Tenant `other`'s admin key on every route of default's run in flight: each a 404, as for a run that does not exist. */
+class Intrude implements fc.AsyncCommand<Model, Real> {
+  check = (m: Readonly<Model>) => m.run !== null
+  async run (m: Model, r: Real) {
+    const id = m.run!.id
+    for (const [method, url, payload] of [
+      ['GET', `/runs/${id}`], ['POST', `/runs/${id}/resources`, { resources: body([{ n: 0, v: 9 }]) }],
+      ['POST', `/runs/${id}/complete`, { force: true }], ['POST', `/runs/${id}/abort`]
+    ] as const) {
+      const res = await call(r, method, url, payload, r.otherKey)
+      expect(res.status === 404 && res.body.code === 'run_not_found', `other tenant's ${method} ${url}`, res)
+    }
+    count(r, 'intrusions refused')
+  }
+
+  toString = () => 'intrude'
+}
+
 class FlushRedis implements fc.AsyncCommand<Model, Real> {
   check = () => true
   async run (m: Model, r: Real) {
@@ -370,6 +426,9 @@ const commands = [
   ...times(3, fc.option(fc.constantFrom('even', 'odd'), { nil: undefined, freq: 3 }).map((s) => new Complete(s))),
   ...times(2, fc.tuple(batch, fc.integer({ min: 0, max: 6 })).map(([p, d]) => new Race(p, d))),
   fc.constant(new Abort()),
+  // Another tenant, same scope name.
+  batch.map((p) => new OtherScan(p)),
+  fc.constant(new Intrude()),
   // Faults: Redis state lost, the cache wrong or partly gone, the app restarted.
   fc.oneof(fc.constant(new FlushRedis()), fc.constant(new RestartRedis())),
   fc.oneof(fc.constant(new CorruptCache()), fc.integer({ min: 1, max: 3 }).map((e) => new EvictCache(e))),
@@ -408,7 +467,9 @@ t.test(`model-based: ${RUNS} random sequences (seed ${SEED}${CLUSTER ? ', Redis 
   const app = await startApp(env)
   const key = generateKey({ tenant: 'default', role: 'admin', createdBy: 'test' })
   await app.keys.insert(key.row)
-  const real: Real = { app, env, redis, db, scope: '', key: key.key, tally: {} }
+  const other = generateKey({ tenant: 'other', role: 'admin', createdBy: 'test' })
+  await app.keys.insert(other.row)
+  const real: Real = { app, env, redis, db, scope: '', key: key.key, otherKey: other.key, tally: {} }
   t.teardown(() => real.app.close())
   // A batch whose write Postgres refuses, as a constraint or an outage mid-statement would.
   await db.query(`
@@ -423,7 +484,7 @@ t.test(`model-based: ${RUNS} random sequences (seed ${SEED}${CLUSTER ? ', Redis 
 
   await fc.assert(fc.asyncProperty(fc.commands(commands, { maxCommands: 40, size: 'max' }), async (cmds) => {
     real.scope = `aws/model-${++sequences}`
-    const model: Model = { live: new Map(), run: null, lost: false, batches: 0 }
+    const model: Model = { live: new Map(), run: null, lost: false, batches: 0, other: new Map() }
     // Each command, then the check of the whole inventory against the model.
     await fc.asyncModelRun(() => ({ model, real }), [...cmds].map((c) => ({
       check: (m: Readonly<Model>) => c.check(m),
