@@ -117,4 +117,3 @@ try {
   await service?.stop()
 }
 process.exit(code)
-

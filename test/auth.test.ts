@@ -185,10 +185,10 @@ t.test('destructive actions are logged with the key id; error log lines stay sho
 
 /** Max /healthz latency over HTTP while `fn` runs, and `fn`'s own time. */
 async function underLoad<T> (base: string, fn: () => Promise<T>): Promise<{ result: T, ms: number, healthzMaxMs: number }> {
-  let stop = false
+  const state = { stop: false }
   let healthzMaxMs = 0
   const pinger = (async () => {
-    while (!stop) {
+    while (!state.stop) {
       const started = performance.now()
       const res = await fetch(`${base}/healthz`)
       await res.arrayBuffer()
@@ -199,7 +199,7 @@ async function underLoad<T> (base: string, fn: () => Promise<T>): Promise<{ resu
   const started = performance.now()
   const result = await fn()
   const ms = performance.now() - started
-  stop = true
+  state.stop = true
   await pinger
   return { result, ms, healthzMaxMs }
 }
@@ -319,7 +319,9 @@ t.test('caps: open runs per tenant, shard count, body size, keys per resource, n
   const manyKeys = await admin.ingest(runId, [resource('k', { attributes: Object.fromEntries(Array.from({ length: 60 }, (_, i) => [`k${i}`, i])) })])
   t.match(manyKeys, { status: 400, body: { code: 'validation_failed', detail: /resources\/0 holds more than 50 keys/ } })
   const infinite = await app.inject({
-    method: 'POST', url: `/runs/${runId}/resources`, headers: { ...bearer(app), 'content-type': 'application/json' },
+    method: 'POST',
+    url: `/runs/${runId}/resources`,
+    headers: { ...bearer(app), 'content-type': 'application/json' },
     payload: '{"resources": [{"id": "n", "type": "t", "attributes": {"big": 1e309}}]}'
   })
   t.match(infinite.json(), { status: 400, code: 'validation_failed', detail: /attributes\/big must be a number JSON can keep/ })

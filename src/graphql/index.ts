@@ -20,7 +20,6 @@ import { schema } from './schema.js'
 
 const { ErrorWithProps } = mercurius
 
-
 const JSONScalar = new GraphQLScalarType({
   name: 'JSON',
   serialize: (value) => value,
