@@ -59,6 +59,8 @@ export function logDestructive (request: FastifyRequest, action: string, details
 function unauthorized (reply: FastifyReply, detail: string, presented: boolean): TallyError {
   // RFC 6750: say the scheme, and whether a token was there but wrong.
   reply.header('www-authenticate', presented ? 'Bearer realm="tally", error="invalid_token"' : 'Bearer realm="tally"')
+  // The body is never read: close the connection rather than keep it open for the rest of it.
+  reply.header('connection', 'close')
   return new TallyError('unauthorized', detail)
 }
 

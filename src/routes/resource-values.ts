@@ -22,10 +22,13 @@ function walk (root: unknown, rootPath: string, rootDepth: number, maxValues: nu
       if (!Number.isFinite(value)) return { path, message: 'must be a number JSON can keep (1e309 is not)' }
     } else if (typeof value === 'object' && value !== null) {
       if (depth > MAX_DEPTH) return { path, message: `nests too deep (attributes hold at most ${MAX_DEPTH - 2} levels)` }
-      const entries = Array.isArray(value) ? value.entries() : Object.entries(value)
+      // Counted before the entries are listed: an object of 3 M keys is refused, not copied.
+      const keys = Array.isArray(value) ? undefined : Object.keys(value)
+      values += keys === undefined ? (value as unknown[]).length : keys.length
+      if (values > maxValues) return { path: rootPath, message: `holds more than ${maxValues} keys and array items (MAX_RESOURCE_KEYS)` }
+      const entries = keys === undefined ? (value as unknown[]).entries() : keys.map((key) => [key, (value as Record<string, unknown>)[key]] as const)
       for (const [key, child] of entries) {
         if (typeof key === 'string' && badString(key)) return { path, message: 'keys must not contain U+0000 or unpaired surrogates' }
-        if (++values > maxValues) return { path: rootPath, message: `holds more than ${maxValues} keys and array items (MAX_RESOURCE_KEYS)` }
         stack.push([child, `${path}/${key}`, depth + 1])
       }
     }
