@@ -28,7 +28,7 @@ const url = new URL(ADMIN_URL)
 url.pathname = `/${DB}`
 const app = await buildApp(loadConfig({ DATABASE_URL: url.toString(), REDIS_URL, REDIS_KEY_PREFIX: `${DB}:`, LOG_LEVEL: 'warn' }))
 const key = generateKey({ tenant: 'default', role: 'reader', createdBy: 'bench' })
-await app.keys.insert(key.row)
+await app.db.keys.insert(key.row)
 const base = await app.listen({ port: 0, host: '127.0.0.1' })
 const db = new pg.Client({ connectionString: url.toString() })
 await db.connect()

@@ -52,7 +52,7 @@ if (embedRedis) {
 }
 const config = loadConfig(env)
 const app = running.app = await buildApp(config, log)
-const first = await bootstrapAdminKey(app.keys, config.DATA_DIR)
+const first = await bootstrapAdminKey(app.db, config.DATA_DIR)
 if (first !== undefined) {
   log.warn({ keyId: first.id, file: first.file },
     `No API key existed: created admin key ${first.id} for tenant default and wrote it to ${first.file} (readable by you only). ` +

@@ -35,7 +35,7 @@ t.test('every route wants a key; a bad, unknown or revoked one is a 401 that say
   await admin.scan('aws/victim', ids(20))
   const runId = (await admin.open('aws/victim')).body.id as number
   const revoked = await createKey(app, { tenant: 'default', role: 'admin' })
-  await app.keys.revoke(revoked.split('_')[1]!)
+  await app.db.keys.revoke(revoked.split('_')[1]!)
   const unknown = `tally_0123456789abcdef_${'A'.repeat(43)}`
   const tamperedSecret = adminKey(app).slice(0, -1) + (adminKey(app).endsWith('A') ? 'B' : 'A')
 
@@ -287,7 +287,7 @@ t.test('a revoked key stops working on every instance within AUTH_CACHE_TTL', as
   const two = await build(t, { AUTH_CACHE_TTL: '1' }, env)
   const key = await createKey(one, { tenant: 'default', role: 'reader' })
   for (const app of [one, two]) t.equal((await app.inject({ url: '/runs', headers: bearer(app, key) })).statusCode, 200, 'cached on both')
-  await one.keys.revoke(key.split('_')[1]!)
+  await one.db.keys.revoke(key.split('_')[1]!)
   const revokedAt = Date.now()
   for (const [name, app] of [['one', one], ['two', two]] as const) {
     let status = 200

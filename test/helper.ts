@@ -94,7 +94,7 @@ const adminKeys = new WeakMap<object, string>()
 /** A new API key of the app's database, as the string a client sends. */
 export async function createKey (app: Built, fields: { tenant: string, role: Role, scopes?: string[], name?: string }): Promise<string> {
   const { row, key } = generateKey({ ...fields, createdBy: 'test' })
-  await app.keys.insert(row)
+  await app.db.keys.insert(row)
   return key
 }
 

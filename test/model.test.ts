@@ -466,9 +466,9 @@ t.test(`model-based: ${RUNS} random sequences (seed ${SEED}${CLUSTER ? ', Redis 
   t.teardown(() => db.end())
   const app = await startApp(env)
   const key = generateKey({ tenant: 'default', role: 'admin', createdBy: 'test' })
-  await app.keys.insert(key.row)
+  await app.db.keys.insert(key.row)
   const other = generateKey({ tenant: 'other', role: 'admin', createdBy: 'test' })
-  await app.keys.insert(other.row)
+  await app.db.keys.insert(other.row)
   const real: Real = { app, env, redis, db, scope: '', key: key.key, otherKey: other.key, tally: {} }
   t.teardown(() => real.app.close())
   // A batch whose write Postgres refuses, as a constraint or an outage mid-statement would.

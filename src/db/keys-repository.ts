@@ -1,6 +1,6 @@
 /** API keys: created, listed, revoked and looked up by id (see schema.apiKeys and auth/keys.ts). */
 import { and, asc, eq, isNull, sql } from 'drizzle-orm'
-import type { Db } from './client.js'
+import type { Db, Tx } from './client.js'
 import { apiKeys, type Role } from './schema.js'
 
 export type KeyRow = typeof apiKeys.$inferSelect
@@ -44,17 +44,15 @@ export function createKeysRepository (db: Db) {
     },
 
     /**
-     * Inserts `make()`'s key only if no key exists at all, under a lock so that instances
-     * starting together create one between them. Undefined when keys existed.
+     * Inserts the key only if no key exists at all, under a lock held to the end of `tx`,
+     * so that instances starting together create one between them. Undefined when keys existed.
      */
-    async insertIfNone (make: () => NewKey): Promise<KeyRow | undefined> {
-      return db.transaction(async (tx) => {
-        await tx.execute(sql`select pg_advisory_xact_lock(${BOOTSTRAP_LOCK})`)
-        const [any] = await tx.select({ id: apiKeys.id }).from(apiKeys).limit(1)
-        if (any !== undefined) return undefined
-        const [row] = await tx.insert(apiKeys).values(make()).returning()
-        return row
-      })
+    async insertIfNone (key: NewKey, tx: Tx): Promise<KeyRow | undefined> {
+      await tx.execute(sql`select pg_advisory_xact_lock(${BOOTSTRAP_LOCK})`)
+      const [any] = await tx.select({ id: apiKeys.id }).from(apiKeys).limit(1)
+      if (any !== undefined) return undefined
+      const [row] = await tx.insert(apiKeys).values(key).returning()
+      return row
     }
   }
 }

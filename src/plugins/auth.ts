@@ -12,15 +12,12 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { LRUCache } from 'lru-cache'
 import { allowsScope, parseKey, secretMatches, type Access, type Role } from '../auth/keys.js'
-import { createKeysRepository, type KeyRow, type KeysRepository } from '../db/keys-repository.js'
+import type { KeyRow } from '../db/keys-repository.js'
 import { TallyError } from '../errors.js'
 
 export type AuthPolicy = 'public' | readonly Role[]
 
 declare module 'fastify' {
-  interface FastifyInstance {
-    keys: KeysRepository
-  }
   interface FastifyRequest {
     /** The caller's key; null only on public routes. */
     auth: Access | null
@@ -65,8 +62,7 @@ function unauthorized (reply: FastifyReply, detail: string, presented: boolean):
 }
 
 export default fp(async function auth (fastify) {
-  const keys = createKeysRepository(fastify.db.drizzle)
-  fastify.decorate('keys', keys)
+  const { keys } = fastify.db
   fastify.decorateRequest('auth', null)
 
   const cache = new LRUCache<string, KeyRow | false>({

@@ -6,6 +6,7 @@ import type {} from '@fastify/postgres'
 import fp from 'fastify-plugin'
 import pg from 'pg'
 import { createDb, runMigrations, withTransaction, type Db, type Tx } from '../db/client.js'
+import { createKeysRepository, type KeysRepository } from '../db/keys-repository.js'
 import { createResourcesRepository, type ResourcesRepository } from '../db/resources-repository.js'
 import { createRunsRepository, type RunsRepository } from '../db/runs-repository.js'
 
@@ -13,6 +14,7 @@ export interface DbDecorator {
   drizzle: Db
   runs: RunsRepository
   resources: ResourcesRepository
+  keys: KeysRepository
   transaction: <T>(fn: (tx: Tx) => Promise<T>) => Promise<T>
   /**
    * The pool GraphQL reads through: GRAPHQL_POOL_MAX connections whose statements stop after
@@ -55,6 +57,7 @@ export default fp(async function db (fastify) {
     drizzle,
     runs: createRunsRepository(drizzle),
     resources: createResourcesRepository(drizzle),
+    keys: createKeysRepository(drizzle),
     transaction: (fn) => withTransaction(fastify.pg.pool, fn),
     readPool
   })
