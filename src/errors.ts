@@ -61,13 +61,25 @@ const UNAVAILABLE_MESSAGES = [
   'None of startup nodes is available' // ioredis Cluster
 ]
 
+type Cause = { code?: unknown, name?: unknown, message?: unknown, cause?: unknown }
+
+/** The error and its `cause`s, five deep: drizzle wraps pg errors. */
+function * causes (err: unknown): Generator<Cause> {
+  for (let e = err as Cause | undefined, depth = 0; e !== undefined && e !== null && depth < 5; e = e.cause as Cause | undefined, depth++) yield e
+}
+
+/** True when Postgres cancelled the statement (SQLSTATE 57014: statement_timeout). */
+export function isStatementTimeout (err: unknown): boolean {
+  for (const e of causes(err)) if (e.code === '57014') return true
+  return false
+}
+
 /**
  * True when an error means Postgres or Redis could not be reached or dropped us: the request
- * can be retried as it is (503). Looks through `cause` chains, since drizzle wraps pg errors.
+ * can be retried as it is (503).
  */
 export function isUnavailable (err: unknown): boolean {
-  for (let e = err as { code?: unknown, name?: unknown, message?: unknown, cause?: unknown } | undefined, depth = 0;
-    e !== undefined && e !== null && depth < 5; e = e.cause as typeof e, depth++) {
+  for (const e of causes(err)) {
     const code = typeof e.code === 'string' ? e.code : ''
     if (UNAVAILABLE_NET_CODES.has(code)) return true
     // SQLSTATE class 08: connection exception; 57P0x: server shutting down or starting up.

@@ -62,5 +62,10 @@ export function allowsScope (access: Access, scope: string): boolean {
   return access.scopes.length === 0 || access.scopes.some((glob) => globRegExp(glob).test(scope))
 }
 
+/** Why the key may not touch `scope`, or undefined when it may. */
+export function scopeRefusal (access: Access, scope: string): string | undefined {
+  return allowsScope(access, scope) ? undefined : `This key is restricted to scopes ${access.scopes.join(', ')}; ${scope} is not one of them`
+}
+
 /** A glob as a SQL LIKE pattern (with `\` as the escape character). */
 export const globToLike = (glob: string) => glob.split('*').map((part) => part.replace(/[\\%_]/g, (c) => `\\${c}`)).join('%')

@@ -12,7 +12,7 @@ import mercurius from 'mercurius'
 import type { Access } from '../auth/keys.js'
 import { createDb } from '../db/client.js'
 import { createInventoryRepository } from '../db/inventory-repository.js'
-import { isTallyError, isUnavailable } from '../errors.js'
+import { isStatementTimeout, isTallyError, isUnavailable } from '../errors.js'
 import graphiql from './graphiql.js'
 import { checkShape, limitsRule } from './limits.js'
 import { createResolvers, type GraphQLContext } from './resolvers.js'
@@ -26,10 +26,6 @@ const JSONScalar = new GraphQLScalarType({
   parseValue: (value) => value,
   parseLiteral: (ast) => valueFromASTUntyped(ast)
 })
-
-/** SQLSTATE 57014: the statement was cancelled (statement_timeout). */
-const isTimeout = (err: unknown) => (err as { code?: unknown, cause?: { code?: unknown } }).code === '57014' ||
-  (err as { cause?: { code?: unknown } }).cause?.code === '57014'
 
 const graphql: FastifyPluginAsync = async function (fastify) {
   const { config } = fastify
@@ -64,7 +60,7 @@ const graphql: FastifyPluginAsync = async function (fastify) {
         if (isTallyError(original)) {
           return new GraphQLError(original.message, { extensions: { code: original.code.toUpperCase() } })
         }
-        if (isTimeout(original)) {
+        if (isStatementTimeout(original)) {
           return new GraphQLError(`The query ran longer than ${config.GRAPHQL_TIMEOUT} ms and was stopped; ask for less`,
             { nodes: e.nodes, path: e.path, extensions: { code: 'QUERY_TIMEOUT' } })
         }
@@ -83,8 +79,8 @@ const graphql: FastifyPluginAsync = async function (fastify) {
         return new GraphQLError('Internal error', { nodes: e.nodes, path: e.path, extensions: { code: 'INTERNAL' } })
       })
       const formatted = mercurius.defaultErrorFormatter({ ...execution, ...(errors === undefined ? {} : { errors }) }, context)
-      const refused = execution.errors?.find((e) => isTallyError(e.originalError))?.originalError
-      if (refused !== undefined) return { ...formatted, statusCode: (refused as unknown as { statusCode: number }).statusCode }
+      const refused = execution.errors?.map((e) => e.originalError).find(isTallyError)
+      if (refused !== undefined) return { ...formatted, statusCode: refused.statusCode }
       return outage ? { ...formatted, statusCode: 503 } : formatted
     }
   })

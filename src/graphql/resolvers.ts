@@ -1,6 +1,8 @@
 /** Resolvers and loaders: thin shapes over the inventory repository, one query per list or batch. */
 import type { IResolvers, MercuriusContext, MercuriusLoaders } from 'mercurius'
-import { allowsScope, type Access } from '../auth/keys.js'
+import { scopeRefusal, type Access } from '../auth/keys.js'
+import { badString } from '../routes/resource-values.js'
+import { RUN_ID_TEXT } from '../routes/schemas.js'
 
 import mercurius from 'mercurius'
 import type { InventoryRepository, ResourceFilter, ResourceRow } from '../db/inventory-repository.js'
@@ -30,15 +32,14 @@ function caller (context: GraphQLContext): { tenant: string, globs: string[] } {
 /** A scope the key may read, or a FORBIDDEN error. */
 function readableScope (context: GraphQLContext, scope: string): string {
   text(scope, 'scope')
-  if (!allowsScope(context.access, scope)) {
-    throw new ErrorWithProps(`This key is restricted to scopes ${context.access.scopes.join(', ')}; ${scope} is not one of them`, { code: 'FORBIDDEN' })
-  }
+  const refusal = scopeRefusal(context.access, scope)
+  if (refusal !== undefined) throw new ErrorWithProps(refusal, { code: 'FORBIDDEN' })
   return scope
 }
 
 /** Text Postgres can store and compare: no U+0000, no lone surrogate. Null and undefined pass. */
 function text<T extends string | null | undefined> (value: T, name: string): T {
-  if (typeof value === 'string' && (value.includes('\u0000') || !value.isWellFormed())) {
+  if (typeof value === 'string' && badString(value)) {
     throw new ErrorWithProps(`${name} must not contain U+0000 or unpaired surrogates`, { code: 'BAD_USER_INPUT' })
   }
   return value
@@ -50,7 +51,7 @@ function decodeCursor<T extends string | number> (cursor: string | null | undefi
   if (cursor == null) return null
   try {
     const [key] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as unknown[]
-    if (kind === 'string' && typeof key === 'string' && !key.includes('\u0000') && key.isWellFormed()) return key as T
+    if (kind === 'string' && typeof key === 'string' && !badString(key)) return key as T
     if (kind === 'number' && Number.isSafeInteger(key)) return key as T
   } catch {}
   throw new ErrorWithProps('after is not a cursor this server issued', { code: 'BAD_CURSOR' })
@@ -146,7 +147,7 @@ export function createResolvers (inventory: InventoryRepository): { resolvers: I
       },
       async run (_root, args: { id: string }, context: GraphQLContext) {
         const { tenant, globs } = caller(context)
-        if (!/^[1-9][0-9]{0,15}$/.test(args.id)) return null
+        if (!RUN_ID_TEXT.test(args.id)) return null
         const [row] = await inventory.runsByIds(tenant, globs, [Number(args.id)])
         return row === undefined ? null : runView(row)
       },

@@ -11,7 +11,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { LRUCache } from 'lru-cache'
-import { allowsScope, parseKey, secretMatches, type Access, type Role } from '../auth/keys.js'
+import { parseKey, scopeRefusal, secretMatches, type Access, type Role } from '../auth/keys.js'
 import type { KeyRow } from '../db/keys-repository.js'
 import { TallyError } from '../errors.js'
 
@@ -39,7 +39,8 @@ export function accessOf (request: FastifyRequest): Access {
 
 /** 403 unless the key may touch `scope`. */
 export function requireScope (access: Access, scope: string): void {
-  if (!allowsScope(access, scope)) throw new TallyError('forbidden', `This key is restricted to scopes ${access.scopes.join(', ')}; ${scope} is not one of them`)
+  const refusal = scopeRefusal(access, scope)
+  if (refusal !== undefined) throw new TallyError('forbidden', refusal)
 }
 
 /** 403 unless the key is an admin's; `what` names the option. */

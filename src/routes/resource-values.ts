@@ -8,7 +8,8 @@
 /** Levels below the body; the resources array and a resource take 2, so attributes nest up to 32 levels. */
 export const MAX_DEPTH = 34
 
-const badString = (s: string) => s.includes('\u0000') || !s.isWellFormed()
+/** True for text Postgres cannot store as it is: U+0000 or an unpaired surrogate. */
+export const badString = (s: string) => s.includes('\u0000') || !s.isWellFormed()
 
 function walk (root: unknown, rootPath: string, rootDepth: number, maxValues: number): { path: string, message: string } | undefined {
   const stack: Array<[unknown, string, number]> = [[root, rootPath, rootDepth]]
