@@ -56,7 +56,24 @@ try {
   console.error((err as Error).message)
   process.exit(1)
 }
-const log = pino({ ...logOptions(settings.LOG_LEVEL === 'info' ? 'warn' : settings.LOG_LEVEL) }, pino.destination(2))
+const log = pino(logOptions(settings.LOG_LEVEL === 'info' ? 'warn' : settings.LOG_LEVEL), pino.destination(2))
+
+// Arguments are checked before any database is reached (or an embedded one started).
+let made: ReturnType<typeof generateKey> | undefined
+let revokeId: string | undefined
+if (command === 'create') {
+  const { tenant, role, scope, name } = args.values
+  if (tenant === undefined) fail('--tenant is needed')
+  if (role === undefined || !(roles as readonly string[]).includes(role)) fail(`--role must be one of ${roles.join(', ')}`)
+  try {
+    made = generateKey({ tenant, role: role as Role, scopes: scope ?? [], name: name ?? null, createdBy: 'cli' })
+  } catch (err) {
+    fail((err as Error).message)
+  }
+} else if (command === 'revoke') {
+  revokeId = args.positionals[0]
+  if (revokeId === undefined) fail('revoke needs a key id (see list)')
+}
 
 let service: Service | undefined
 let url = settings.DATABASE_URL
@@ -79,19 +96,11 @@ const show = (k: KeyRow) => [
 let code = 0
 try {
   await runMigrations(pool)
-  if (command === 'create') {
-    const { tenant, role, scope, name } = args.values
-    if (tenant === undefined) fail('--tenant is needed')
-    if (role === undefined || !(roles as readonly string[]).includes(role)) fail(`--role must be one of ${roles.join(', ')}`)
-    let made
-    try {
-      made = generateKey({ tenant, role: role as Role, scopes: scope ?? [], name: name ?? null, createdBy: 'cli' })
-    } catch (err) {
-      fail((err as Error).message)
-    }
+  if (made !== undefined) {
+    const { id, tenant, role, scopes } = made.row
     await keys.insert(made.row)
-    log.warn({ keyId: made.row.id, tenant, role, scopes: made.row.scopes, by: 'cli', action: 'key create' }, 'destructive action: key create')
-    console.log(`Created ${role} key ${made.row.id} for tenant ${tenant}${made.row.scopes.length === 0 ? '' : `, scopes ${made.row.scopes.join(', ')}`}.`)
+    log.warn({ keyId: id, tenant, role, scopes, by: 'cli', action: 'key create' }, 'destructive action: key create')
+    console.log(`Created ${role} key ${id} for tenant ${tenant}${scopes.length === 0 ? '' : `, scopes ${scopes.join(', ')}`}.`)
     console.log('The key is shown this once; Tally keeps only its hash. Send it as: Authorization: Bearer <key>')
     console.log(made.key)
   } else if (command === 'list') {
@@ -100,16 +109,14 @@ try {
     const table = [head, ...rows.map(show)]
     const widths = head.map((_, c) => Math.max(...table.map((r) => r[c]!.length)))
     for (const r of table) console.log(r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd())
-  } else {
-    const [id] = args.positionals
-    if (id === undefined) fail('revoke needs a key id (see list)')
-    const row = await keys.revoke(id)
+  } else if (revokeId !== undefined) {
+    const row = await keys.revoke(revokeId)
     if (row === undefined) {
-      console.error(`No key ${id}`)
+      console.error(`No key ${revokeId}`)
       code = 1
     } else {
-      log.warn({ keyId: id, tenant: row.tenant, by: 'cli', action: 'key revoke' }, 'destructive action: key revoke')
-      console.log(`Key ${id} (${row.role}, tenant ${row.tenant}) revoked; every server stops taking it within AUTH_CACHE_TTL seconds (${settings.AUTH_CACHE_TTL}).`)
+      log.warn({ keyId: revokeId, tenant: row.tenant, by: 'cli', action: 'key revoke' }, 'destructive action: key revoke')
+      console.log(`Key ${revokeId} (${row.role}, tenant ${row.tenant}) revoked; every server stops taking it within AUTH_CACHE_TTL seconds (${settings.AUTH_CACHE_TTL}).`)
     }
   }
 } finally {
