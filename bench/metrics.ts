@@ -1,5 +1,5 @@
 /** What a scan costs, read from Postgres, Redis and /proc. */
-import { readFile } from 'node:fs/promises'
+import { readdir, readFile } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
 import { Cluster, type Redis } from 'ioredis'
@@ -43,15 +43,53 @@ export async function redisUsedMemory (redis: Redis | Cluster): Promise<number> 
   }
 }
 
+/** The fields of /proc/<pid>/stat after the command name (which is in parentheses and may hold spaces): [0] is state, [1] ppid, [11] utime. */
+async function procStat (pid: number): Promise<string[]> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+}
+
+const TICKS_PER_SEC = 100
+
 /** CPU seconds (user + system) and resident memory of a process. */
 export async function processUsage (pid: number): Promise<{ cpuSec: number, rssMb: number }> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
-  // Fields after the command name, which is in parentheses and may contain spaces.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  const fields = await procStat(pid)
   const ticks = Number(fields[11]) + Number(fields[12])
   const status = await readFile(`/proc/${pid}/status`, 'utf8')
   const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0)
-  return { cpuSec: ticks / 100, rssMb: Math.round(rssKb / 1024) }
+  return { cpuSec: ticks / TICKS_PER_SEC, rssMb: Math.round(rssKb / 1024) }
+}
+
+/**
+ * CPU seconds PostgreSQL has used so far, all its processes together: the postmaster's own and
+ * its reaped children's (cutime, cstime: backends that have exited), plus each living child's
+ * (backends, checkpointer, WAL writer, autovacuum). Null when the server is not on this machine.
+ */
+export async function postgresCpuSec (db: pg.Client): Promise<number | null> {
+  try {
+    const { rows } = await db.query('select pg_backend_pid() as pid')
+    const postmaster = Number((await procStat(rows[0].pid))[1])
+    const own = await procStat(postmaster)
+    let ticks = Number(own[11]) + Number(own[12]) + Number(own[13]) + Number(own[14])
+    for (const entry of await readdir('/proc')) {
+      if (!/^\d+$/.test(entry)) continue
+      const fields = await procStat(Number(entry)).catch(() => undefined) // it may have exited since readdir
+      if (fields !== undefined && Number(fields[1]) === postmaster) ticks += Number(fields[11]) + Number(fields[12])
+    }
+    return ticks / TICKS_PER_SEC
+  } catch {
+    return null
+  }
+}
+
+/** CPU seconds Redis has used so far (INFO cpu, main process); on a cluster, summed over the primaries. */
+export async function redisCpuSec (redis: Redis | Cluster): Promise<number> {
+  if (redis instanceof Cluster) {
+    const each = await Promise.all(redis.nodes('master').map((node) => redisCpuSec(node)))
+    return each.reduce((a, b) => a + b, 0)
+  }
+  const info = await redis.info('cpu')
+  return Number(/used_cpu_sys:([\d.]+)/.exec(info)?.[1] ?? 0) + Number(/used_cpu_user:([\d.]+)/.exec(info)?.[1] ?? 0)
 }
 
 export function percentile (sorted: number[], p: number): number {

@@ -25,7 +25,7 @@ import pg from 'pg'
 import { Pool } from 'undici'
 import { renderChart } from './chart.js'
 import { makeResource, ScanSimulator, type Scan } from './estate.js'
-import { percentile, processUsage, redisUsedMemory, tableCounters, walAndXid } from './metrics.js'
+import { percentile, postgresCpuSec, processUsage, redisCpuSec, redisUsedMemory, tableCounters, walAndXid } from './metrics.js'
 
 const { values: opt } = parseArgs({
   options: {
@@ -93,6 +93,12 @@ export interface ScanResult {
   redisBytesPerResource: number | null
   serverRssMb: number
   serverCpuSec: number
+  /** Server CPU (all of the design's processes) per resource of the scan, µs. */
+  serverCpuUsPerResource: number
+  /** PostgreSQL's CPU for the scan, all its processes, including the checkpoint that writes its pages; null if not local. */
+  postgresCpuSec: number | null
+  /** Redis's CPU for the scan (the naive design's is the idle server's). */
+  redisCpuSec: number
   stats: unknown
 }
 
@@ -178,7 +184,11 @@ async function runScan (server: Server, db: pg.Client, redis: Redis | Cluster, s
   // Every scan starts right after a checkpoint, so each pays the same full-page images and
   // none inherits the other design's pending WAL.
   await db.query('checkpoint')
-  const [c0, w0, p0] = await Promise.all([tableCounters(db, table), walAndXid(db), usage(server)])
+  // One query at a time on the client (pg 8 deprecates overlapping ones).
+  const c0 = await tableCounters(db, table)
+  const w0 = await walAndXid(db)
+  const pg0 = await postgresCpuSec(db)
+  const [p0, r0] = await Promise.all([usage(server), redisCpuSec(redis)])
   const first = server.instances[0]!
 
   const started = performance.now()
@@ -201,8 +211,11 @@ async function runScan (server: Server, db: pg.Client, redis: Redis | Cluster, s
   const done = await post(first, `/runs/${runId}/complete`, '{}')
   if (done.status !== 200) throw new Error(`complete: ${done.status} ${JSON.stringify(done.json)}`)
   const finished = performance.now()
-  const p1 = await usage(server)
+  const [p1, r1] = await Promise.all([usage(server), redisCpuSec(redis)])
   const w1 = await walAndXid(db)
+  // The scan's dirty pages are written by a checkpoint: its cost is the scan's, not the next one's.
+  await db.query('checkpoint')
+  const pg1 = await postgresCpuSec(db)
   const usedMemory = server.design === 'tally' ? await redisUsedMemory(redis) : 0
 
   await sleep(config.statsWaitMs)
@@ -229,6 +242,9 @@ async function runScan (server: Server, db: pg.Client, redis: Redis | Cluster, s
     redisBytesPerResource: server.design === 'tally' ? Math.round((usedMemory - redisBase) / scan.indices.length) : null,
     serverRssMb: p1.rssMb,
     serverCpuSec: Math.round((p1.cpuSec - p0.cpuSec) * 100) / 100,
+    serverCpuUsPerResource: Math.round((p1.cpuSec - p0.cpuSec) * 1e6 / scan.indices.length * 10) / 10,
+    postgresCpuSec: pg0 === null || pg1 === null ? null : Math.round((pg1 - pg0) * 100) / 100,
+    redisCpuSec: Math.round((r1 - r0) * 100) / 100,
     stats: done.json.stats
   }
 }
@@ -240,7 +256,9 @@ function steady (scans: ScanResult[]) {
   return {
     resourcesPerSec: sum((r) => r.wallMs) === 0 ? 0 : sum((r) => r.resources) / (sum((r) => r.wallMs) / 1000),
     rowsWritten: sum((r) => r.rowsWritten),
-    walBytes: sum((r) => r.walBytes)
+    walBytes: sum((r) => r.walBytes),
+    postgresCpuSec: s.some((r) => r.postgresCpuSec === null) ? 0 : sum((r) => r.postgresCpuSec ?? 0),
+    serverCpuUsPerResource: sum((r) => r.serverCpuSec) * 1e6 / Math.max(1, sum((r) => r.resources))
   }
 }
 
@@ -252,7 +270,8 @@ function printTable (results: Record<Design, ScanResult[]>) {
     ['p50 ms', (r) => r.p50BatchMs], ['p99 ms', (r) => r.p99BatchMs], ['complete ms', (r) => r.completeMs],
     ['ins', (r) => r.rowsInserted], ['upd', (r) => r.rowsUpdated], ['del', (r) => r.rowsDeleted],
     ['WAL MB', (r) => (r.walBytes / 1e6).toFixed(1)], ['xids', (r) => r.xids], ['dead', (r) => r.deadTuples],
-    ['redis B/res', (r) => r.redisBytesPerResource ?? '-'], ['rss MB', (r) => r.serverRssMb], ['cpu s', (r) => r.serverCpuSec]
+    ['redis B/res', (r) => r.redisBytesPerResource ?? '-'], ['rss MB', (r) => r.serverRssMb], ['cpu s', (r) => r.serverCpuSec],
+    ['cpu µs/res', (r) => r.serverCpuUsPerResource], ['pg cpu s', (r) => r.postgresCpuSec ?? '-'], ['redis cpu s', (r) => r.redisCpuSec]
   ]
   for (const design of Object.keys(results) as Design[]) {
     console.log(`\n${design}`)
@@ -321,11 +340,16 @@ const ratios = t !== undefined && n !== undefined
   ? {
       rowsWritten: ratio(n.rowsWritten, t.rowsWritten),
       walBytes: ratio(n.walBytes, t.walBytes),
-      resourcesPerSec: ratio(t.resourcesPerSec, n.resourcesPerSec)
+      resourcesPerSec: ratio(t.resourcesPerSec, n.resourcesPerSec),
+      postgresCpu: ratio(n.postgresCpuSec, t.postgresCpuSec),
+      serverCpuPerResource: ratio(n.serverCpuUsPerResource, t.serverCpuUsPerResource),
+      firstScanResourcesPerSec: ratio(results.tally[0]!.resourcesPerSec, results.naive[0]!.resourcesPerSec)
     }
   : null
 if (ratios !== null) {
-  console.log(`\nsteady state (scans 2–${config.scans}): naive/tally rows written ${ratios.rowsWritten}×, WAL ${ratios.walBytes}×; tally/naive resources/s ${ratios.resourcesPerSec}×`)
+  console.log(`\nsteady state (scans 2–${config.scans}): naive/tally rows written ${ratios.rowsWritten}×, WAL ${ratios.walBytes}×, ` +
+    `Postgres CPU ${ratios.postgresCpu ?? '-'}×, server CPU per resource ${ratios.serverCpuPerResource}×; tally/naive resources/s ${ratios.resourcesPerSec}×` +
+    `\nfirst scan: tally/naive resources/s ${ratios.firstScanResourcesPerSec}×`)
 }
 const machine = {
   cpus: os.cpus().length,

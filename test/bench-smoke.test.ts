@@ -31,10 +31,23 @@ t.test('npm run bench -- --resources 2000 --scans 2', async (t) => {
   for (const design of ['tally', 'naive']) {
     t.equal(result[design].length, 2, `${design}: one entry per scan`)
     for (const scan of result[design]) {
-      t.match(scan, { resourcesPerSec: Number, rowsWritten: Number, walBytes: Number, xids: Number, completeMs: Number, p99BatchMs: Number })
+      t.match(scan, {
+        resourcesPerSec: Number,
+        rowsWritten: Number,
+        walBytes: Number,
+        xids: Number,
+        completeMs: Number,
+        p99BatchMs: Number,
+        serverCpuUsPerResource: Number,
+        postgresCpuSec: Number,
+        redisCpuSec: Number
+      })
+      t.ok(scan.serverCpuUsPerResource > 0, `${design}: the server's CPU is measured`)
+      t.ok(scan.postgresCpuSec > 0, `${design}: Postgres's CPU is measured (its processes are on this machine)`)
     }
   }
-  t.match(result.ratios, { rowsWritten: Number, walBytes: Number, resourcesPerSec: Number })
+  t.ok(result.tally.every((scan: { redisCpuSec: number }) => scan.redisCpuSec > 0), 'Redis\'s CPU is measured for Tally')
+  t.match(result.ratios, { rowsWritten: Number, walBytes: Number, resourcesPerSec: Number, postgresCpu: Number, serverCpuPerResource: Number, firstScanResourcesPerSec: Number })
 
   const [first, second] = result.tally
   t.equal(first.rowsInserted, 2000, 'the first scan inserts the estate')
