@@ -6,23 +6,34 @@
  * A fast non-cryptographic hash is enough: it only tells one version of one resource from the
  * next, scanners are trusted, and a collision (2^-64 per change) would skip one write that the
  * next change makes. It is 3× cheaper than SHA-1 here, and its 8 bytes keep the Redis cache small.
+ *
+ * The canonical JSON is written by the walk that checks a resource (`canonical.ts`); the HTTP
+ * routes run that walk before schema validation and the hash it gives is kept with the
+ * resource object, so ingestion does not walk the resource again.
  */
-import { configure } from 'safe-stable-stringify'
 import xxhash from 'xxhash-wasm'
+import { canonicalResource, type BadValue } from './canonical.js'
 import type { ResourceIn } from './types.js'
 
-const canonicalJson = configure({ deterministic: true, bigint: false, circularValue: Error })
 const { h64ToString } = await xxhash()
 
+/** Hashes of resources already checked, by object: bodies are not changed between the check and ingestion. */
+const checked = new WeakMap<object, string>()
+
+/** Checks a resource as sent (see canonical.ts) and keeps its content hash; the reason it is refused, if it is. */
+export function hashResource (item: unknown, root: string, maxValues: number): BadValue | undefined {
+  const result = canonicalResource(item, root, maxValues)
+  if (!('canonical' in result)) return result
+  if (typeof item === 'object' && item !== null) checked.set(item, digest(result.canonical))
+  return undefined
+}
+
 export function contentHash (r: ResourceIn): string {
-  const canonical = canonicalJson({
-    type: r.type,
-    name: r.name ?? null,
-    region: r.region ?? null,
-    tags: r.tags ?? {},
-    attributes: r.attributes ?? {}
-  })
-  return digest(canonical as string)
+  const known = checked.get(r)
+  if (known !== undefined) return known
+  const result = canonicalResource(r, '', Infinity)
+  if (!('canonical' in result)) throw new TypeError(`resource ${JSON.stringify(r.id)}: ${result.path} ${result.message}`)
+  return digest(result.canonical)
 }
 
 /** XXH64 of any text, 16 hex digits. */

@@ -1,54 +1,28 @@
 /**
  * What JSON Schema cannot say about a request body, checked before anything is written: no
  * string or key holds U+0000 or a lone surrogate (Postgres text and jsonb cannot store them:
- * they would fail a statement or be stored altered), and nothing nests deeper than MAX_DEPTH
- * (hashing walks resource attributes). Iterative, so a hostile 100,000-deep body cannot
- * exhaust the stack.
+ * they would fail a statement or be stored altered), no number is beyond JSON, nothing nests
+ * deeper than MAX_DEPTH, no key poisons a prototype, and no resource holds more than
+ * MAX_RESOURCE_KEYS keys and items. A resource is checked by the same walk that writes its
+ * canonical JSON, and its content hash is kept for ingestion (`hashResource`): one walk, not two.
  */
-/** Levels below the body; the resources array and a resource take 2, so attributes nest up to 32 levels. */
-export const MAX_DEPTH = 34
+import { badString, checkValue, type BadValue } from '../reconcile/canonical.js'
+import { hashResource } from '../reconcile/content-hash.js'
 
-/** True for text Postgres cannot store as it is: U+0000 or an unpaired surrogate. */
-export const badString = (s: string) => s.includes('\u0000') || !s.isWellFormed()
-
-function walk (root: unknown, rootPath: string, rootDepth: number, maxValues: number): { path: string, message: string } | undefined {
-  const stack: Array<[unknown, string, number]> = [[root, rootPath, rootDepth]]
-  let values = 0
-  while (stack.length > 0) {
-    const [value, path, depth] = stack.pop()!
-    if (typeof value === 'string') {
-      if (badString(value)) return { path, message: 'must not contain U+0000 or unpaired surrogates' }
-    } else if (typeof value === 'number') {
-      // JSON.parse reads 1e309 as Infinity, which JSON cannot write back: it would be stored as null.
-      if (!Number.isFinite(value)) return { path, message: 'must be a number JSON can keep (1e309 is not)' }
-    } else if (typeof value === 'object' && value !== null) {
-      if (depth > MAX_DEPTH) return { path, message: `nests too deep (attributes hold at most ${MAX_DEPTH - 2} levels)` }
-      // Counted before the entries are listed: an object of 3 M keys is refused, not copied.
-      const keys = Array.isArray(value) ? undefined : Object.keys(value)
-      values += keys === undefined ? (value as unknown[]).length : keys.length
-      if (values > maxValues) return { path: rootPath, message: `holds more than ${maxValues} keys and array items (MAX_RESOURCE_KEYS)` }
-      const entries = keys === undefined ? (value as unknown[]).entries() : keys.map((key) => [key, (value as Record<string, unknown>)[key]] as const)
-      for (const [key, child] of entries) {
-        if (typeof key === 'string' && badString(key)) return { path, message: 'keys must not contain U+0000 or unpaired surrogates' }
-        stack.push([child, `${path}/${key}`, depth + 1])
-      }
-    }
-  }
-  return undefined
-}
+export { badString }
 
 /**
  * The first offending place in `body`, as a JSON pointer and a reason, or undefined. Each
  * resource may hold at most `maxResourceKeys` object keys and array items, at any depth.
  */
-export function findBadValue (body: unknown, maxResourceKeys = Infinity): { path: string, message: string } | undefined {
+export function findBadValue (body: unknown, maxResourceKeys = Infinity): BadValue | undefined {
   const resources = typeof body === 'object' && body !== null ? (body as { resources?: unknown }).resources : undefined
-  if (!Array.isArray(resources)) return walk(body, '', 0, Infinity)
-  for (const [i, item] of resources.entries()) {
-    const bad = walk(item, `/resources/${i}`, 2, maxResourceKeys)
+  if (!Array.isArray(resources)) return checkValue(body, '', 0)
+  for (let i = 0; i < resources.length; i++) {
+    const bad = hashResource(resources[i], `/resources/${i}`, maxResourceKeys)
     if (bad !== undefined) return bad
   }
-  return walk({ ...body as object, resources: [] }, '', 0, Infinity)
+  return checkValue({ ...body as object, resources: [] }, '', 0)
 }
 
 /**
