@@ -33,7 +33,7 @@ t.test('an older run never overwrites the version a newer run wrote', async (t) 
   const older = await tally.scan(scope, [resource('x', { attributes: { v: 1 } })])
   const newer = await tally.scan(scope, [resource('x', { attributes: { v: 2 } })])
   // A batch of the older run, delayed past the newer run's write, lands now.
-  const row = { id: 'x', type: 't', name: null, region: null, tags: {}, attributes: { v: 0 }, contentHash: Buffer.alloc(8, 7) }
+  const row = { id: 'x', content: '{"attributes":{"v":0},"name":null,"region":null,"tags":{},"type":"t"}', hash: '0707070707070707' }
   const late = await app.db.resources.writeChanged('default', scope, older.id, [row])
   t.same(late, { runOpen: false, inserted: new Set(), updated: new Set() }, 'a finished run writes nothing')
   // Second line of defence, should an older run still be in flight: the row's changed_run_id.

@@ -8,12 +8,10 @@ import { resources } from './schema.js'
 
 export interface ResourceWrite {
   id: string
-  type: string
-  name: string | null
-  region: string | null
-  tags: Record<string, string>
-  attributes: Record<string, unknown>
-  contentHash: Buffer
+  /** The canonical JSON of `{attributes, name, region, tags, type}` (absent ones `{}` or null), as hashed. */
+  content: string
+  /** Its content hash, 16 hex digits. */
+  hash: string
 }
 
 /** A live row as Postgres holds it: its content hash, and the runs that created it and last wrote it. */
@@ -43,6 +41,17 @@ export interface WriteResult {
 function primaryKeyProbe (tenant: string, scope: string, columns: SQL) {
   return sql`select ${columns}, deleted_at from resources
     where tenant = ${tenant} and scope = ${scope} and id = u.id limit 1`
+}
+
+/**
+ * A batch's rows as one JSON array, `[{"id", "h", "c"}]`, built from the canonical JSON the
+ * check already wrote: no second serialisation of the content, and no text-array literal
+ * (which pg would escape element by element) per column.
+ */
+function writePayload (rows: ResourceWrite[]): string {
+  let out = '['
+  for (const r of rows) out += `${out.length === 1 ? '' : ','}{"id":${JSON.stringify(r.id)},"h":"${r.hash}","c":${r.content}}`
+  return out + ']'
 }
 
 const ORPHAN_PAGE = 5000
@@ -83,14 +92,9 @@ export function createResourcesRepository (db: Db) {
       const result = await db.execute<{ run_open: boolean, inserted: string[], updated: string[] }>(sql`
         with fence as (select 1 from runs where id = ${runId} and status in ('open', 'completing')),
         u as (
-          select * from unnest(${sql.param(rows.map((r) => r.id))}::text[],
-                               ${sql.param(rows.map((r) => r.type))}::text[],
-                               ${sql.param(rows.map((r) => r.name))}::text[],
-                               ${sql.param(rows.map((r) => r.region))}::text[],
-                               ${sql.param(rows.map((r) => JSON.stringify(r.tags)))}::jsonb[],
-                               ${sql.param(rows.map((r) => JSON.stringify(r.attributes)))}::jsonb[],
-                               ${sql.param(rows.map((r) => r.contentHash))}::bytea[])
-            as u(id, type, name, region, tags, attributes, content_hash)),
+          select x.id, x.c->>'type' as type, x.c->>'name' as name, x.c->>'region' as region,
+                 x.c->'tags' as tags, x.c->'attributes' as attributes, decode(x.h, 'hex') as content_hash
+          from jsonb_to_recordset(${writePayload(rows)}::jsonb) as x(id text, h text, c jsonb)),
         ins as (
           insert into resources (tenant, scope, id, type, name, region, tags, attributes,
                                  content_hash, first_seen_run_id, changed_run_id)

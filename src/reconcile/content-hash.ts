@@ -17,24 +17,33 @@ import type { ResourceIn } from './types.js'
 
 const { h64ToString } = await xxhash()
 
-/** Hashes of resources already checked, by object: bodies are not changed between the check and ingestion. */
-const checked = new WeakMap<object, string>()
+/** A resource's content: its canonical JSON (everything but the id), and the hash of that. */
+export interface Content {
+  canonical: string
+  hash: string
+}
 
-/** Checks a resource as sent (see canonical.ts) and keeps its content hash; the reason it is refused, if it is. */
+/** What the check found for resources already checked, by object: bodies are not changed between the check and ingestion. */
+const checked = new WeakMap<object, Content>()
+
+/** Checks a resource as sent (see canonical.ts) and keeps its content; the reason it is refused, if it is. */
 export function hashResource (item: unknown, root: string, maxValues: number): BadValue | undefined {
   const result = canonicalResource(item, root, maxValues)
   if (!('canonical' in result)) return result
-  if (typeof item === 'object' && item !== null) checked.set(item, digest(result.canonical))
+  if (typeof item === 'object' && item !== null) checked.set(item, { canonical: result.canonical, hash: digest(result.canonical) })
   return undefined
 }
 
-export function contentHash (r: ResourceIn): string {
+/** The content of a resource: as its check found it, or (called without HTTP) made now. */
+export function contentOf (r: ResourceIn): Content {
   const known = checked.get(r)
   if (known !== undefined) return known
   const result = canonicalResource(r, '', Infinity)
   if (!('canonical' in result)) throw new TypeError(`resource ${JSON.stringify(r.id)}: ${result.path} ${result.message}`)
-  return digest(result.canonical)
+  return { canonical: result.canonical, hash: digest(result.canonical) }
 }
+
+export const contentHash = (r: ResourceIn): string => contentOf(r).hash
 
 /** XXH64 of any text, 16 hex digits. */
 export function digest (text: string): string {

@@ -22,7 +22,7 @@ import { LRUCache } from 'lru-cache'
 import type { RunRow } from '../db/runs-repository.js'
 import type { ResourceWrite, StoredVersion } from '../db/resources-repository.js'
 import { TallyError } from '../errors.js'
-import { contentHash, digest } from './content-hash.js'
+import { contentOf, digest } from './content-hash.js'
 import { groupByShard, shardOf } from './keys.js'
 import { BATCH_STALE_MS } from './run-keys.js'
 import { checkAccess, requireRun } from './runs.js'
@@ -34,7 +34,8 @@ type Kind = 'created' | 'updated' | 'unchanged'
 
 interface Item {
   resource: ResourceIn
-  /** The content hash, 16 hex digits, as kept in the Redis cache. */
+  /** The canonical JSON of its content (what is written), and its hash, 16 hex digits, as kept in the Redis cache. */
+  content: string
   hash: string
   /** What the cache held for the id when the batch read it; '' for nothing. */
   cached: string
@@ -98,17 +99,7 @@ function dedupe (resources: ResourceIn[]): Map<string, ResourceIn> {
   return byId
 }
 
-function toWrite (r: ResourceIn, hash: string): ResourceWrite {
-  return {
-    id: r.id,
-    type: r.type,
-    name: r.name ?? null,
-    region: r.region ?? null,
-    tags: r.tags ?? {},
-    attributes: r.attributes ?? {},
-    contentHash: Buffer.from(hash, 'hex')
-  }
-}
+const toWrite = (item: Item): ResourceWrite => ({ id: item.resource.id, content: item.content, hash: item.hash })
 
 /** What a batch id's record holds: the first copy's result, and a fingerprint of its content. */
 interface BatchRecord {
@@ -139,7 +130,8 @@ function replayOf (deps: ReconcileDeps, run: RunRow, batchId: string, stored: st
 function itemsOf (resources: ResourceIn[]): Map<string, Item> {
   const items = new Map<string, Item>()
   for (const [id, resource] of dedupe(resources)) {
-    items.set(id, { resource, hash: contentHash(resource), cached: '', kind: 'created', pending: true, fill: '' })
+    const { canonical, hash } = contentOf(resource)
+    items.set(id, { resource, content: canonical, hash, cached: '', kind: 'created', pending: true, fill: '' })
   }
   return items
 }
@@ -284,7 +276,7 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
   for (let attempt = 1; ; attempt++) {
     const pending = [...items.values()].filter((i) => i.pending)
     if (pending.length === 0) break
-    const written = await deps.resources.writeChanged(run.tenant, run.scope, run.id, pending.map((i) => toWrite(i.resource, i.hash)))
+    const written = await deps.resources.writeChanged(run.tenant, run.scope, run.id, pending.map(toWrite))
     if (!written.runOpen) throw await refusal(deps, run, false)
     const left: Item[] = []
     for (const item of pending) {
