@@ -35,11 +35,11 @@ t.test('an older run never overwrites the version a newer run wrote', async (t) 
   // A batch of the older run, delayed past the newer run's write, lands now.
   const row = { id: 'x', content: '{"attributes":{"v":0},"name":null,"region":null,"tags":{},"type":"t"}', hash: '0707070707070707' }
   const late = await app.db.resources.writeChanged('default', scope, older.id, [row])
-  t.same(late, { runOpen: false, inserted: new Set(), updated: new Set() }, 'a finished run writes nothing')
+  t.same(late, { runOpen: false, inserted: new Set(), updated: new Set(), revived: new Set() }, 'a finished run writes nothing')
   // Second line of defence, should an older run still be in flight: the row's changed_run_id.
   await db.query("update runs set status = 'open' where id = $1", [older.id])
   const guarded = await app.db.resources.writeChanged('default', scope, older.id, [row])
-  t.same(guarded, { runOpen: true, inserted: new Set(), updated: new Set() }, 'the guard refused the write')
+  t.same(guarded, { runOpen: true, inserted: new Set(), updated: new Set(), revived: new Set() }, 'the guard refused the write')
   const { rows } = await db.query("select attributes->>'v' as v, changed_run_id, xmax from resources where scope = $1 and id = 'x'", [scope])
   t.same(rows, [{ v: '2', changed_run_id: String(newer.id), xmax: '0' }], 'the newer version stands, unlocked')
 })

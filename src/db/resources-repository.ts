@@ -26,6 +26,8 @@ export interface WriteResult {
   runOpen: boolean
   inserted: Set<string>
   updated: Set<string>
+  /** Among the updated, the rows that were soft-deleted: revived, which counts as created. */
+  revived: Set<string>
 }
 
 /**
@@ -88,8 +90,8 @@ export function createResourcesRepository (db: Db) {
      * that was neither inserted nor updated.
      */
     async writeChanged (tenant: string, scope: string, runId: number, rows: ResourceWrite[]): Promise<WriteResult> {
-      if (rows.length === 0) return { runOpen: true, inserted: new Set(), updated: new Set() }
-      const result = await db.execute<{ run_open: boolean, inserted: string[], updated: string[] }>(sql`
+      if (rows.length === 0) return { runOpen: true, inserted: new Set(), updated: new Set(), revived: new Set() }
+      const result = await db.execute<{ run_open: boolean, inserted: string[], updated: string[], revived: string[] }>(sql`
         with fence as (select 1 from runs where id = ${runId} and status in ('open', 'completing')),
         u as (
           select x.id, x.c->>'type' as type, x.c->>'name' as name, x.c->>'region' as region,
@@ -108,18 +110,26 @@ export function createResourcesRepository (db: Db) {
             type = x.type, name = x.name, region = x.region, tags = x.tags, attributes = x.attributes,
             content_hash = x.content_hash, changed_at = now(), changed_run_id = ${runId},
             deleted_at = null, deleted_run_id = null
-          from (select u.*, p.ctid as tid from u
+          from (select u.*, p.ctid as tid, p.deleted_at as was_deleted_at from u
                 cross join lateral (${primaryKeyProbe(tenant, scope, sql`ctid`)}) p) x
           where exists (select 1 from fence)
             and r.ctid = x.tid
             and (r.content_hash is distinct from x.content_hash or r.deleted_at is not null)
             and r.changed_run_id <= ${runId}
-          returning r.id)
+          returning r.id, x.was_deleted_at is not null as revived)
         select exists (select 1 from fence) as run_open,
                array(select id from ins) as inserted,
-               array(select id from upd) as updated`)
+               array(select id from upd) as updated,
+               array(select id from upd where revived) as revived`)
       const row = result.rows[0]!
-      return { runOpen: row.run_open, inserted: new Set(row.inserted), updated: new Set(row.updated) }
+      return { runOpen: row.run_open, inserted: new Set(row.inserted), updated: new Set(row.updated), revived: new Set(row.revived) }
+    },
+
+    /** Whether the scope holds any live row: a first load has nothing to compare against. */
+    async anyLive (tenant: string, scope: string): Promise<boolean> {
+      const result = await db.execute<{ any: boolean }>(sql`
+        select exists (select 1 from resources where tenant = ${tenant} and scope = ${scope} and deleted_at is null) as any`)
+      return result.rows[0]!.any
     },
 
     /** Type and region of the live rows among `ids`: what partition each lies in. */

@@ -56,6 +56,13 @@ interface RunContext {
   run: RunRow
   cacheShards: number
   generation: number
+  /**
+   * The scope held no live row when this instance first saw the run (a first load): cache
+   * misses go straight to the write instead of being looked up first. Only a speed-up: the
+   * write leaves equal rows alone and the read-back settles them (this run's own earlier
+   * batches, an aborted run's rows).
+   */
+  loading: boolean
 }
 
 type RunCache = LRUCache<number, RunContext>
@@ -74,8 +81,8 @@ async function runFor (deps: ReconcileDeps, runCache: RunCache, runId: number, a
   }
   const run = await requireRun(deps, runId, access)
   if (run.status !== 'open') throw new TallyError('run_not_open', `Run ${runId} is ${run.status}`)
-  const scope = await deps.runs.getScope(run.tenant, run.scope)
-  const context = { run, cacheShards: scope?.cacheShardCount ?? run.shardCount, generation: scope?.cacheGeneration ?? 0 }
+  const [scope, anyLive] = await Promise.all([deps.runs.getScope(run.tenant, run.scope), deps.resources.anyLive(run.tenant, run.scope)])
+  const context = { run, cacheShards: scope?.cacheShardCount ?? run.shardCount, generation: scope?.cacheGeneration ?? 0, loading: !anyLive }
   runCache.set(runId, context)
   return context
 }
@@ -263,9 +270,10 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
       item.kind = 'updated' // or the entry is wrong: the write finds out, and the read-back repairs it
     }
   }
-  // A cold cache must not turn into writes: misses are compared against Postgres.
+  // A cold cache must not turn into writes: misses are compared against Postgres (but in a
+  // first load there is nothing to compare against).
   const misses = [...items.values()].filter((i) => i.cached === '')
-  if (misses.length > 0) {
+  if (misses.length > 0 && !context.loading) {
     const stored = await deps.resources.liveVersions(run.tenant, run.scope, misses.map((i) => i.resource.id))
     for (const item of misses) settle(item, stored.get(item.resource.id), run.id)
   }
@@ -282,7 +290,7 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
     for (const item of pending) {
       const id = item.resource.id
       if (written.inserted.has(id) || written.updated.has(id)) {
-        if (written.inserted.has(id)) item.kind = 'created'
+        item.kind = written.inserted.has(id) || written.revived.has(id) ? 'created' : 'updated'
         item.pending = false
         item.fill = item.hash
       } else {
