@@ -1,7 +1,7 @@
 /** Resolvers and loaders: thin shapes over the inventory repository, one query per list or batch. */
 import type { IResolvers, MercuriusContext, MercuriusLoaders } from 'mercurius'
 import { scopeRefusal, type Access } from '../auth/keys.js'
-import { badString } from '../routes/resource-values.js'
+import { badString } from '../reconcile/canonical.js'
 import { RUN_ID_TEXT } from '../routes/schemas.js'
 
 import mercurius from 'mercurius'

@@ -12,7 +12,7 @@
  */
 
 /** Levels below the body; the resources array and a resource take 2, so attributes nest up to 32 levels. */
-export const MAX_DEPTH = 34
+const MAX_DEPTH = 34
 
 /** True for text Postgres cannot store as it is: U+0000 or an unpaired surrogate. */
 export const badString = (s: string) => s.includes('\u0000') || !s.isWellFormed()
@@ -82,13 +82,7 @@ function write (value: unknown, depth: number, walk: Walk): string {
   if (Array.isArray(value)) {
     count(walk, value.length)
     let out = '['
-    walk.path.push(0)
-    for (let i = 0; i < value.length; i++) {
-      walk.path[walk.path.length - 1] = i
-      if (i > 0) out += ','
-      out += write(value[i], depth + 1, walk)
-    }
-    walk.path.pop()
+    for (let i = 0; i < value.length; i++) out += `${i === 0 ? '' : ','}${member(value[i], i, depth, walk)}`
     return out + ']'
   }
   // Counted before anything else is done with them: an object of 3 M keys is refused, not sorted.
@@ -100,9 +94,7 @@ function write (value: unknown, depth: number, walk: Walk): string {
     const v = (value as Record<string, unknown>)[k]
     const name = keyText(k, v)
     if (v === undefined) continue
-    walk.path.push(k)
-    out += `${out.length === 1 ? '' : ','}${name}:${write(v, depth + 1, walk)}`
-    walk.path.pop()
+    out += `${out.length === 1 ? '' : ','}${name}:${member(v, k, depth, walk)}`
   }
   return out + '}'
 }

@@ -36,11 +36,11 @@ export function hashResource (item: unknown, root: string, maxValues: number): B
 
 /** The content of a resource: as its check found it, or (called without HTTP) made now. */
 export function contentOf (r: ResourceIn): Content {
-  const known = checked.get(r)
-  if (known !== undefined) return known
-  const result = canonicalResource(r, '', Infinity)
-  if (!('canonical' in result)) throw new TypeError(`resource ${JSON.stringify(r.id)}: ${result.path} ${result.message}`)
-  return { canonical: result.canonical, hash: digest(result.canonical) }
+  if (!checked.has(r)) {
+    const bad = hashResource(r, '', Infinity)
+    if (bad !== undefined) throw new TypeError(`resource ${JSON.stringify(r.id)}: ${bad.path} ${bad.message}`)
+  }
+  return checked.get(r)!
 }
 
 export const contentHash = (r: ResourceIn): string => contentOf(r).hash

@@ -6,10 +6,8 @@
  * MAX_RESOURCE_KEYS keys and items. A resource is checked by the same walk that writes its
  * canonical JSON, and its content hash is kept for ingestion (`hashResource`): one walk, not two.
  */
-import { badString, checkValue, type BadValue } from '../reconcile/canonical.js'
+import { checkValue, type BadValue } from '../reconcile/canonical.js'
 import { hashResource } from '../reconcile/content-hash.js'
-
-export { badString }
 
 /**
  * The first offending place in `body`, as a JSON pointer and a reason, or undefined. Each
