@@ -28,6 +28,17 @@ export const EnvSchema = Type.Object({
   ),
   REDIS_KEY_PREFIX: Type.String({ pattern: '^[^{}\\s]*$', default: 'tally:' }),
   DEFAULT_SHARD_COUNT: Type.Integer({ minimum: 1, maximum: 1024, default: 64 }),
+  SEEN_SET_SIZE: Type.Integer({
+    minimum: 1,
+    default: 256,
+    description: "members a run's seen set aims for; keep it at most half Redis's set-max-intset-entries (512 by default) so sets stay integer-encoded"
+  }),
+  ID_DIGEST_BITS: Type.Integer({
+    minimum: 1,
+    maximum: 64,
+    default: 64,
+    description: 'bits of the id digests the seen sets hold; fewer only to test collisions (a run keeps the width it opened with)'
+  }),
   MAX_SHARD_COUNT: Type.Integer({ minimum: 1, maximum: 1024, default: 256, description: 'the largest shardCount a run may ask for' }),
   MAX_OPEN_RUNS: Type.Integer({ minimum: 1, default: 100, description: 'runs in flight per tenant' }),
   MAX_BATCH: Type.Integer({ minimum: 1, maximum: 100000, default: 5000 }),

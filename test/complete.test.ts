@@ -1,7 +1,6 @@
 /** Completion: the guard, revival, abort, and the paths that diff without the baseline's sets. */
 import t from 'tap'
-import { createKeys, shardOf } from '../src/reconcile/keys.js'
-import { api, build, liveIds, redisClient, resource, sqlClient } from './helper.js'
+import { api, build, liveIds, redisClient, resource, seenMember, sqlClient } from './helper.js'
 
 const ids = (n: number, from = 0) => Array.from({ length: n }, (_, i) => `r-${String(i + from).padStart(4, '0')}`)
 
@@ -126,7 +125,7 @@ t.test('without usable baseline sets, completion diffs against Postgres with the
 
   // Lost baseline sets.
   await tally.scan('aws/lost', ids(50).map((id) => resource(id)))
-  const seenKeys = await redis.keys(`${prefix}*aws/lost*:seen:*`)
+  const seenKeys = await redis.keys(`${prefix}*aws/lost*:ids:*`)
   t.ok(seenKeys.length > 0)
   await redis.unlink(...seenKeys)
   const afterLoss = await tally.scan('aws/lost', ids(45).map((id) => resource(id)))
@@ -198,13 +197,13 @@ t.test('what the baseline wrote but its sets lack is found stale by the next com
   const db = await sqlClient(t, app)
   const tally = api(app)
   const scope = 'aws/missing-from-sets'
-  const keys = createKeys(app.config.REDIS_KEY_PREFIX)
   await tally.scan(scope, ids(10).map((id) => resource(id)), { open: { shardCount: 4 } })
 
   // The next run writes a new resource whose id then goes missing from its sets (however that happens).
   const run = (await tally.open(scope)).body.id as number
   await tally.ingest(run, [...ids(10).map((id) => resource(id)), resource('NEW')])
-  t.equal(await app.redis.srem(keys.seen({ tenant: 'default', scope }, shardOf('NEW', 4), run), 'NEW'), 1)
+  const { key, member } = await seenMember(app, run, 'NEW')
+  t.equal(await app.redis.srem(key, member), 1)
   t.equal((await tally.complete(run)).status, 200)
   t.ok((await liveIds(db, scope)).includes('NEW'), 'the run wrote it')
 
@@ -212,4 +211,61 @@ t.test('what the baseline wrote but its sets lack is found stale by the next com
   const next = await tally.scan(scope, ids(10).map((id) => resource(id)))
   t.match(next.stats, { deleted: 1 })
   t.same(await liveIds(db, scope), ids(10))
+})
+
+/** Counts the completions that diff against Postgres (they read the scope's live ids in pages). */
+function countScans (app: Awaited<ReturnType<typeof build>>): { scans: number } {
+  const counter = { scans: 0 }
+  const page = app.db.resources.liveIdsPage
+  app.db.resources.liveIdsPage = async (...args) => {
+    if (args[2] === null) counter.scans++ // a first page
+    return page(...args)
+  }
+  return counter
+}
+
+t.test('runs whose set counts differ (the scope grew or shrank) diff set by set, from Redis', async (t) => {
+  const app = await build(t, { SEEN_SET_SIZE: '8', GUARD_MIN_BASELINE: '100000' })
+  const db = await sqlClient(t, app)
+  const tally = api(app)
+  const scope = 'aws/growing'
+  const counter = countScans(app)
+  const scan = (n: number, from = 0) => tally.scan(scope, ids(n, from).map((id) => resource(id)), { open: { shardCount: 4 } })
+  await scan(40)
+  t.match((await scan(300)).stats, { created: 260, unchanged: 40, deleted: 0 })
+  t.match((await scan(250, 30)).stats, { unchanged: 250, deleted: 50 }, 'grown: 50 vanished')
+  t.same(await liveIds(db, scope), ids(250, 30))
+  t.match((await scan(20, 100)).stats, { unchanged: 20, deleted: 230 }, 'shrunk: 230 vanished')
+  t.same(await liveIds(db, scope), ids(20, 100))
+  const { rows } = await db.query('select seen_sets from runs where scope = $1 order by id', [scope])
+  // Sized at open for the scope's last size: 0, 40, 300, 250 resources over 4 shards of 8.
+  t.same(rows.map((r) => r.seen_sets), [1, 2, 16, 8], 'each run sized its sets for the scope')
+  t.equal(counter.scans, 0, 'no completion fell back to Postgres')
+})
+
+t.test('a run or baseline of a version whose sets held ids: refused, and diffed against Postgres', async (t) => {
+  const app = await build(t)
+  const db = await sqlClient(t, app)
+  const tally = api(app)
+  const scope = 'aws/upgraded'
+  const counter = countScans(app)
+  const first = await tally.scan(scope, ids(30).map((id) => resource(id)))
+  // As an upgrade leaves it: the baseline and its rows without digests, a run opened by the old version.
+  await db.query('update runs set seen_sets = null, digest_bits = null where id = $1', [first.id])
+  await db.query('update resources set id_digest = null where scope = $1', [scope])
+  const old = (await tally.open(scope)).body.id as number
+  await db.query('update runs set seen_sets = null, digest_bits = null where id = $1', [old])
+  t.match((await tally.ingest(old, [resource('x')])).body, { status: 409, code: 'run_state_lost' }, 'its batches are refused')
+  t.match((await tally.complete(old)).body, { status: 409, code: 'run_state_lost' }, 'its completion is refused')
+  t.match((await tally.abort(old)).body, { status: 'aborted' }, 'it can be aborted')
+  t.same(await liveIds(db, scope), ids(30), 'nothing changed')
+
+  const fallback = await tally.scan(scope, ids(25).map((id) => resource(id)))
+  t.match(fallback.stats, { unchanged: 25, deleted: 5 })
+  t.equal(counter.scans, 1, 'the old baseline was diffed against Postgres')
+  const { rows } = await db.query('select count(*)::int as n from resources where scope = $1 and deleted_at is null and id_digest is null', [scope])
+  t.equal(rows[0].n, 0, 'which gave the live rows their digests')
+  t.match((await tally.scan(scope, ids(20).map((id) => resource(id)))).stats, { unchanged: 20, deleted: 5 })
+  t.equal(counter.scans, 1, 'the next completion diffed from Redis, and found the vanished rows by digest')
+  t.same(await liveIds(db, scope), ids(20))
 })

@@ -61,7 +61,7 @@ t.test('bad input is a 400/413/415 problem and changes nothing', async (t) => {
   t.equal(rows[0].n, 0, 'no resource was written')
   t.match((await tally.get(runId)).body, { status: 'open', stats: { seen: 0, batches: 0 } }, 'the run counted nothing and is still open')
   t.equal((await db.query('select count(*)::int as n from runs')).rows[0].n, 1, 'no run was opened')
-  const keys = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:seen:*`)
+  const keys = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:ids:*`)
   t.same(keys, [], 'no id reached a seen set')
   t.match((await tally.ingest(runId, [resource('fine', { attributes: { nested: { ok: [1, { deeper: 'yes' }] } } })])).body, { created: 1 },
     'the server still serves well-formed batches')
@@ -116,7 +116,7 @@ t.test('a run whose Redis state is lost refuses to complete: run_state_lost', as
   const opened = await tally.open('aws/lost-state', { shardCount: 4 })
   await tally.ingest(opened.body.id, [resource('a')])
   // One shard's marker vanishes, as after a Redis restart or failover.
-  const markers = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:run:${opened.body.id}`)
+  const markers = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:mark:${opened.body.id}`)
   t.equal(markers.length, 4)
   await app.redis.unlink(markers[0]!)
   const res = await tally.complete(opened.body.id)

@@ -2,8 +2,7 @@
 import t from 'tap'
 import pg from 'pg'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { createKeys, shardOf } from '../src/reconcile/keys.js'
-import { api, build, liveIds, resource, sqlClient } from './helper.js'
+import { api, build, liveIds, resource, seenMember, sqlClient } from './helper.js'
 
 t.test('a run that started before the current baseline completes as superseded and deletes nothing', async (t) => {
   const app = await build(t)
@@ -22,7 +21,7 @@ t.test('a run that started before the current baseline completes as superseded a
   const done = await tally.complete(stale, { force: true })
   t.match(done.body, { status: 'superseded', stats: { deleted: 0 } })
   t.same(await liveIds(db, scope), ['a', 'b', 'c'], 'nothing deleted')
-  t.same(await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:run:${stale}`), [], 'its keys are dropped')
+  t.same(await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:mark:${stale}`), [], 'its keys are dropped')
 })
 
 t.test('an older run never overwrites the version a newer run wrote', async (t) => {
@@ -33,7 +32,7 @@ t.test('an older run never overwrites the version a newer run wrote', async (t) 
   const older = await tally.scan(scope, [resource('x', { attributes: { v: 1 } })])
   const newer = await tally.scan(scope, [resource('x', { attributes: { v: 2 } })])
   // A batch of the older run, delayed past the newer run's write, lands now.
-  const row = { id: 'x', content: '{"attributes":{"v":0},"name":null,"region":null,"tags":{},"type":"t"}', hash: '0707070707070707' }
+  const row = { id: 'x', content: '{"attributes":{"v":0},"name":null,"region":null,"tags":{},"type":"t"}', hash: '0707070707070707', digest: '7' }
   const late = await app.db.resources.writeChanged('default', scope, older.id, [row])
   t.same(late, { runOpen: false, inserted: new Set(), updated: new Set(), revived: new Set() }, 'a finished run writes nothing')
   // Second line of defence, should an older run still be in flight: the row's changed_run_id.
@@ -67,7 +66,8 @@ t.test('a completion whose attempt ended under it (reopened, fed, completing aga
   }
   // Meanwhile, as when a concurrent complete was refused: the run reopened, a batch brought c
   // back, and a new attempt began.
-  await app.redis.sadd(createKeys(app.config.REDIS_KEY_PREFIX).seen({ tenant: 'default', scope }, shardOf('c', 64), run), 'c')
+  const c = await seenMember(app, run, 'c')
+  await app.redis.sadd(c.key, c.member)
   await blocker.query('update runs set attempt = attempt + 1 where id = $1', [run])
   await blocker.query('commit')
 

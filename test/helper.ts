@@ -12,6 +12,9 @@ import addFormats from 'ajv-formats'
 import { buildApp } from '../src/app.js'
 import { generateKey, type Role } from '../src/auth/keys.js'
 import { loadConfig } from '../src/config.js'
+import { createKeys } from '../src/reconcile/keys.js'
+import { idDigest, place } from '../src/reconcile/members.js'
+import { layoutOf } from '../src/reconcile/run-keys.js'
 
 type Tap = {
   teardown (fn: () => unknown): void
@@ -220,4 +223,11 @@ export async function rowVersions (db: pg.Client, scope: string): Promise<Map<st
   const { rows } = await db.query(
     "select id, xmin::text || '/' || xmax::text || '/' || ctid::text as v from resources where scope = $1", [scope])
   return new Map(rows.map((r: { id: string, v: string }) => [r.id, r.v]))
+}
+
+/** Where ingestion puts `id` in run `runId`'s seen sets: the set's key, and the id's member. */
+export async function seenMember (app: App, runId: number, id: string): Promise<{ key: string, member: string }> {
+  const run = (await app.db.runs.getRun(runId))!
+  const { member, shard, set } = place(idDigest(id), layoutOf(run)!)
+  return { key: createKeys(app.config.REDIS_KEY_PREFIX).seen(run, shard, runId, set), member }
 }

@@ -80,7 +80,7 @@ t.test('a claim whose holder died is taken over; a failed copy releases its clai
   t.match((await tally.ingest(id, batch('d', 5), { batchId: 'orphaned' })).body, { duplicate: true })
 
   // A copy that fails after claiming (here: its shard's marker is gone) leaves no claim behind.
-  const markers = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:run:${id}`)
+  const markers = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:mark:${id}`)
   await app.redis.unlink(...markers)
   t.match((await tally.ingest(id, batch('e', 2), { batchId: 'failing' })).body, { code: 'run_state_lost' })
   t.equal(await app.redis.hget(`${app.config.REDIS_KEY_PREFIX}{run:${id}}:batches`, 'failing'), null, 'the claim was released')

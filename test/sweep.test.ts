@@ -8,7 +8,7 @@ const estate = (n: number) => Array.from({ length: n }, (_, i) => resource(`s-${
 const NO_TIMER = { RUN_TTL: '60', SWEEP_INTERVAL: '0' }
 async function runKeys (app: Awaited<ReturnType<typeof build>>, id: number): Promise<string[]> {
   const p = app.config.REDIS_KEY_PREFIX
-  const found = await Promise.all([`${p}*:run:${id}`, `${p}*:seen:${id}`, `${p}{run:${id}}*`].map((k) => app.redis.keys(k)))
+  const found = await Promise.all([`${p}*:mark:${id}`, `${p}*:ids:${id}:*`, `${p}{run:${id}}*`].map((k) => app.redis.keys(k)))
   return found.flat()
 }
 
@@ -38,7 +38,7 @@ t.test('an active run has every key renewed, including shards no batch touched',
   const tally = api(app)
   const id = (await tally.open('aws/long', { shardCount: 8 })).body.id as number
   await tally.ingest(id, [resource('only-one')])
-  const markers = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:run:${id}`)
+  const markers = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:mark:${id}`)
   t.equal(markers.length, 8)
   for (const m of markers) await app.redis.expire(m, 5)
   await app.reconcile.sweep()
@@ -57,7 +57,7 @@ t.test('a completion that crashed and was never retried is given up; the baselin
   t.same((await app.reconcile.sweep(Date.now() + 61_000)).abandoned, [id])
   t.match((await tally.complete(id)).body, { status: 409, code: 'run_not_open' })
   t.equal((await liveIds(db, 'aws/stuck')).length, 20, 'nothing deleted')
-  const baselineSets = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:seen:${first.id}`)
+  const baselineSets = await app.redis.keys(`${app.config.REDIS_KEY_PREFIX}*:ids:${first.id}:*`)
   t.ok(baselineSets.length > 0, "the baseline's sets are kept")
   const next = await tally.scan('aws/stuck', estate(19))
   t.match(next.stats, { deleted: 1 })

@@ -94,7 +94,7 @@ t.test('zero-config start, scan, restart: the inventory and the baseline survive
   t.equal(status, 401, 'revoked: refused within seconds')
   const redis = new Redis(redisPort(server))
   t.teardown(() => redis.quit())
-  t.ok((await redis.keys(`tally:*:seen:${first.id}`)).length > 0, "the baseline's sets survived (AOF)")
+  t.ok((await redis.keys(`tally:*:ids:${first.id}:*`)).length > 0, "the baseline's sets survived (AOF)")
   const second = await scan(server, ['A', 'B', 'D'])
   t.match(second, { status: 'completed', baselineRunId: first.id, stats: { created: 1, unchanged: 2, deleted: 1 } })
 

@@ -12,6 +12,8 @@ export interface ResourceWrite {
   content: string
   /** Its content hash, 16 hex digits. */
   hash: string
+  /** XXH64 of the id as a signed 64-bit decimal (reconcile/members.ts idDigest). */
+  digest: string
 }
 
 /** A live row as Postgres holds it: its content hash, and the runs that created it and last wrote it. */
@@ -46,13 +48,13 @@ function primaryKeyProbe (tenant: string, scope: string, columns: SQL) {
 }
 
 /**
- * A batch's rows as one JSON array, `[{"id", "h", "c"}]`, built from the canonical JSON the
+ * A batch's rows as one JSON array, `[{"id", "h", "d", "c"}]`, built from the canonical JSON the
  * check already wrote: no second serialisation of the content, and no text-array literal
  * (which pg would escape element by element) per column.
  */
 function writePayload (rows: ResourceWrite[]): string {
   let out = '['
-  for (const r of rows) out += `${out.length === 1 ? '' : ','}{"id":${JSON.stringify(r.id)},"h":"${r.hash}","c":${r.content}}`
+  for (const r of rows) out += `${out.length === 1 ? '' : ','}{"id":${JSON.stringify(r.id)},"h":"${r.hash}","d":${r.digest},"c":${r.content}}`
   return out + ']'
 }
 
@@ -95,20 +97,20 @@ export function createResourcesRepository (db: Db) {
         with fence as (select 1 from runs where id = ${runId} and status in ('open', 'completing')),
         u as (
           select x.id, x.c->>'type' as type, x.c->>'name' as name, x.c->>'region' as region,
-                 x.c->'tags' as tags, x.c->'attributes' as attributes, decode(x.h, 'hex') as content_hash
-          from jsonb_to_recordset(${writePayload(rows)}::jsonb) as x(id text, h text, c jsonb)),
+                 x.c->'tags' as tags, x.c->'attributes' as attributes, decode(x.h, 'hex') as content_hash, x.d as id_digest
+          from jsonb_to_recordset(${writePayload(rows)}::jsonb) as x(id text, h text, d bigint, c jsonb)),
         ins as (
           insert into resources (tenant, scope, id, type, name, region, tags, attributes,
-                                 content_hash, first_seen_run_id, changed_run_id)
+                                 content_hash, id_digest, first_seen_run_id, changed_run_id)
           select ${tenant}, ${scope}, u.id, u.type, u.name, u.region, u.tags, u.attributes,
-                 u.content_hash, ${runId}, ${runId}
+                 u.content_hash, u.id_digest, ${runId}, ${runId}
           from u where exists (select 1 from fence)
           on conflict (tenant, scope, id) do nothing
           returning id),
         upd as (
           update resources as r set
             type = x.type, name = x.name, region = x.region, tags = x.tags, attributes = x.attributes,
-            content_hash = x.content_hash, changed_at = now(), changed_run_id = ${runId},
+            content_hash = x.content_hash, id_digest = x.id_digest, changed_at = now(), changed_run_id = ${runId},
             deleted_at = null, deleted_run_id = null
           from (select u.*, p.ctid as tid, p.deleted_at as was_deleted_at from u
                 cross join lateral (${primaryKeyProbe(tenant, scope, sql`ctid`)}) p) x
@@ -172,16 +174,47 @@ export function createResourcesRepository (db: Db) {
       return result.rowCount ?? 0
     },
 
-    /** One keyset page of the scope's live ids, in id order, after `afterId`. */
-    async liveIdsPage (tenant: string, scope: string, afterId: string | null, limit: number): Promise<string[]> {
-      const rows = await db.select({ id: resources.id }).from(resources)
+    /**
+     * One keyset page of the scope's live ids, in id order, after `afterId`; `bare` for a row
+     * written before ids had digests (see fillDigests).
+     */
+    async liveIdsPage (tenant: string, scope: string, afterId: string | null, limit: number): Promise<Array<{ id: string, bare: boolean }>> {
+      return db.select({ id: resources.id, bare: sql<boolean>`${resources.idDigest} is null` }).from(resources)
         .where(and(
           eq(resources.tenant, tenant), eq(resources.scope, scope), isNull(resources.deletedAt),
           afterId === null ? undefined : gt(resources.id, afterId)
         ))
         .orderBy(resources.id)
         .limit(limit)
-      return rows.map((r) => r.id)
+    },
+
+    /** Writes the id digest of rows that have none (written by a version before digests). */
+    async fillDigests (tenant: string, scope: string, rows: Array<{ id: string, digest: string }>): Promise<void> {
+      if (rows.length === 0) return
+      await db.execute(sql`
+        update resources as r set id_digest = x.digest
+        from (select u.digest, p.ctid as tid
+              from unnest(${sql.param(rows.map((r) => r.id))}::text[], ${sql.param(rows.map((r) => r.digest))}::bigint[]) as u(id, digest)
+              cross join lateral (${primaryKeyProbe(tenant, scope, sql`ctid`)}) p) x
+        where r.ctid = x.tid and r.id_digest is null`)
+    },
+
+    /**
+     * Live ids whose digest lies in one of the ranges (inclusive, signed): the rows of the
+     * members a diff found. One index range of `resources_digest_idx` per member, for the same
+     * reasons as primaryKeyProbe: `offset 0` keeps the probe from being flattened into a join,
+     * and leaving `deleted_at` out of it keeps the partial indexes out of the planner's choice.
+     */
+    async liveIdsOfDigests (tenant: string, scope: string, ranges: Array<[string, string]>): Promise<string[]> {
+      if (ranges.length === 0) return []
+      const result = await db.execute<{ id: string }>(sql`
+        select r.id
+        from unnest(${sql.param(ranges.map((r) => r[0]))}::bigint[], ${sql.param(ranges.map((r) => r[1]))}::bigint[]) as d(lo, hi)
+        cross join lateral (
+          select id, deleted_at from resources
+          where tenant = ${tenant} and scope = ${scope} and id_digest between d.lo and d.hi offset 0) r
+        where r.deleted_at is null`)
+      return result.rows.map((r) => r.id)
     },
 
     /**

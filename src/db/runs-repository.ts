@@ -21,6 +21,8 @@ export interface NewRun {
   tenant: string
   scope: string
   shardCount: number
+  seenSets: number
+  digestBits: number
   scannerName: string | null
   scannerVersion: string | null
   openedBy: string | null

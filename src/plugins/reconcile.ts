@@ -21,6 +21,8 @@ export default fp(async function reconcile (fastify) {
     settings: {
       runTtl: config.RUN_TTL,
       defaultShardCount: config.DEFAULT_SHARD_COUNT,
+      seenSetSize: config.SEEN_SET_SIZE,
+      idDigestBits: config.ID_DIGEST_BITS,
       guardMinBaseline: config.GUARD_MIN_BASELINE,
       maxDeleteRatio: config.MAX_DELETE_RATIO,
       maxOpenRuns: config.MAX_OPEN_RUNS,

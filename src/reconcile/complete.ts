@@ -14,8 +14,9 @@ import type { RunCounts, RunRow, ScopeRow } from '../db/runs-repository.js'
 import type { SkipPartition } from '../db/schema.js'
 import { TallyError } from '../errors.js'
 import { groupByShard } from './keys.js'
-import { drain, dropRunKeys, liveCounts, moveMarkers, runStateKeys, seenCount, shards } from './run-keys.js'
-import { requireRun, stateOf } from './runs.js'
+import { digestRange, groupMembers, idDigest, type SetLayout } from './members.js'
+import { drain, dropRunKeys, layoutOf, liveCounts, moveMarkers, runStateKeys, seenCount, seenKeys, shardSeenKeys, shards } from './run-keys.js'
+import { legacyRun, requireRun, stateOf } from './runs.js'
 import type { Access } from '../auth/keys.js'
 import type { ReconcileDeps, RunState } from './types.js'
 
@@ -45,12 +46,15 @@ interface Stale {
   method: 'sdiff' | 'scan'
 }
 
-/** Which of `ids` are absent from the run's seen sets (SMISMEMBER, one call per shard). */
-async function notSeen (deps: ReconcileDeps, run: RunRow, ids: string[]): Promise<string[]> {
+/** Which of `ids` the run's sets lack: their members looked up, one script per shard. */
+async function notSeen (deps: ReconcileDeps, run: RunRow, layout: SetLayout, ids: string[]): Promise<string[]> {
   const absent: string[] = []
-  await Promise.all([...groupByShard(ids, run.shardCount)].map(async ([shard, group]) => {
-    const member = await deps.redis.smismember(deps.keys.seen(run, shard, run.id), ...group)
-    group.forEach((id, i) => { if (member[i] === 0) absent.push(id) })
+  await Promise.all([...groupMembers(ids, layout)].map(async ([shard, sets]) => {
+    const setKeys = [...sets.keys()].map((set) => deps.keys.seen(run, shard, run.id, set))
+    const members = [...sets.values()].map((m) => [...m.keys()])
+    const found = await deps.redis.tallyIsMember(setKeys.length, ...setKeys, ...members.flatMap((m) => [m.length, ...m]))
+    const idsOf = [...sets.values()].flatMap((m) => [...m.values()])
+    idsOf.forEach((same, i) => { if (found[i] === 0) absent.push(...same) })
   }))
   return absent
 }
@@ -62,36 +66,50 @@ async function notSeen (deps: ReconcileDeps, run: RunRow, ids: string[]): Promis
  * SADD); an index on `changed_run_id` finds all of them without reading the scope. Such runs
  * all opened after the baseline and before this run: a scope has one run in flight at a time.
  */
-async function orphans (deps: ReconcileDeps, run: RunRow, fromRunId: number): Promise<string[]> {
-  return notSeen(deps, run, await deps.resources.liveIdsWrittenBetween(run.tenant, run.scope, fromRunId, run.id))
+async function orphans (deps: ReconcileDeps, run: RunRow, layout: SetLayout, fromRunId: number): Promise<string[]> {
+  return notSeen(deps, run, layout, await deps.resources.liveIdsWrittenBetween(run.tenant, run.scope, fromRunId, run.id))
 }
 
 /**
- * Fast path, from Redis: SDIFF(baseline, run) per shard when the baseline's sets are there,
- * whole (the count recorded at its completion) and sharded alike, plus the orphans. A scope
- * that never completed a run has only orphans to lose. Undefined when the sets cannot be trusted.
+ * Fast path, from Redis: the baseline's members that none of the run's sets holds, shard by
+ * shard, when the baseline's sets are there, whole (the count recorded at its completion) and
+ * laid out compatibly (same shards and digest width; set counts may differ); then the rows of
+ * those members, plus the orphans. A scope that never completed a run has only orphans to lose.
+ * Undefined when the sets cannot be trusted.
  */
-async function staleFromSets (deps: ReconcileDeps, run: RunRow, scope: ScopeRow, seen: number): Promise<Stale | undefined> {
+async function staleFromSets (deps: ReconcileDeps, run: RunRow, layout: SetLayout, scope: ScopeRow, seen: number): Promise<Stale | undefined> {
   const baselineId = scope.baselineRunId
   if (baselineId === null) {
-    const ids = await orphans(deps, run, 0)
+    const ids = await orphans(deps, run, layout, 0)
     return { ids, baselineSize: seen + ids.length, method: 'sdiff' }
   }
-  if (scope.shardCount !== run.shardCount) return undefined
-  const baseline = { ...run, id: baselineId }
+  const baseline = await deps.runs.getRun(baselineId)
+  const from = baseline === undefined ? null : layoutOf(baseline)
+  if (baseline === undefined || from === null || from.shardCount !== layout.shardCount || from.bits !== layout.bits) return undefined
   if (await seenCount(deps, baseline) !== scope.baselineSeen) {
     deps.log.warn({ runId: run.id, baselineRunId: baselineId }, 'baseline sets incomplete; diffing against Postgres')
     return undefined
   }
   const limit = pLimit(DIFF_PARALLELISM)
-  const diffs = await Promise.all(shards(run.shardCount).map((k) => limit(() =>
-    deps.redis.sdiff(deps.keys.seen(run, k, baselineId), deps.keys.seen(run, k, run.id)))))
-  const ids = [...new Set([...diffs.flat(), ...await orphans(deps, run, baselineId)])]
+  const diffs = await Promise.all(shards(layout.shardCount).map((k) => limit(() => {
+    const setKeys = [...shardSeenKeys(deps, baseline, k), ...shardSeenKeys(deps, run, k)]
+    return deps.redis.tallyDiff(setKeys.length, ...setKeys, from.sets, layout.sets)
+  })))
+  const ranges = diffs.flat().map((member) => digestRange(member, layout.bits))
+  const vanished: string[] = []
+  for (let i = 0; i < ranges.length; i += PAGE) {
+    vanished.push(...await deps.resources.liveIdsOfDigests(run.tenant, run.scope, ranges.slice(i, i + PAGE)))
+  }
+  const ids = [...new Set([...vanished, ...await orphans(deps, run, layout, baselineId)])]
   return { ids, baselineSize: scope.baselineSeen, method: 'sdiff' }
 }
 
-/** Fallback: every live id of the scope, in keyset pages, checked against the run's sets. */
-async function staleByScan (deps: ReconcileDeps, run: RunRow): Promise<Stale> {
+/**
+ * Fallback: every live id of the scope, in keyset pages, checked against the run's sets. Rows
+ * written before ids had digests get theirs here: a baseline this completion leaves can then
+ * be diffed from Redis, its vanished members found in Postgres.
+ */
+async function staleByScan (deps: ReconcileDeps, run: RunRow, layout: SetLayout): Promise<Stale> {
   const ids: string[] = []
   let live = 0
   let after: string | null = null
@@ -99,8 +117,9 @@ async function staleByScan (deps: ReconcileDeps, run: RunRow): Promise<Stale> {
     const page = await deps.resources.liveIdsPage(run.tenant, run.scope, after, PAGE)
     if (page.length === 0) break
     live += page.length
-    ids.push(...await notSeen(deps, run, page))
-    after = page[page.length - 1]!
+    await deps.resources.fillDigests(run.tenant, run.scope, page.filter((r) => r.bare).map((r) => ({ id: r.id, digest: idDigest(r.id).toString() })))
+    ids.push(...await notSeen(deps, run, layout, page.map((r) => r.id)))
+    after = page[page.length - 1]!.id
   }
   return { ids, baselineSize: live, method: 'scan' }
 }
@@ -135,9 +154,9 @@ async function withoutSkipped (deps: ReconcileDeps, run: RunRow, ids: string[], 
  * that). Should this step be lost (a crash right after the commit), the baseline's recorded
  * size (seen + kept) no longer matches its sets, and the next completion diffs against Postgres.
  */
-async function adoptKept (deps: ReconcileDeps, run: RunRow, kept: string[]): Promise<void> {
-  await Promise.all([...groupByShard(kept, run.shardCount)].map(([shard, group]) =>
-    deps.redis.sadd(deps.keys.seen(run, shard, run.id), ...group)))
+async function adoptKept (deps: ReconcileDeps, run: RunRow, layout: SetLayout, kept: string[]): Promise<void> {
+  await Promise.all([...groupMembers(kept, layout)].flatMap(([shard, sets]) => [...sets].map(([set, members]) =>
+    deps.redis.sadd(deps.keys.seen(run, shard, run.id, set), ...members.keys()))))
 }
 
 /** What a tripped guard holds back, for an operator deciding between force and abort. */
@@ -222,11 +241,11 @@ async function settleKeys (deps: ReconcileDeps, run: RunRow): Promise<void> {
     : await deps.runs.getRun(run.baselineRunId)
   const isBaseline = scope?.baselineRunId === run.id
   await Promise.all([
-    ...(old === undefined ? [] : shards(old.shardCount).map((k) => redis.unlink(keys.seen(old, k, old.id)))),
+    // An old baseline left by a version that kept id strings has those sets instead.
+    ...(old === undefined ? [] : layoutOf(old) === null ? shards(old.shardCount).map((k) => keys.legacySeen(old, k, old.id)) : seenKeys(deps, old))
+      .map((key) => redis.unlink(key)),
     // A run that is no longer the baseline (superseded, or replaced since) keeps no sets.
-    ...shards(run.shardCount).map((k) => isBaseline
-      ? redis.persist(keys.seen(run, k, run.id))
-      : redis.unlink(keys.seen(run, k, run.id))),
+    ...seenKeys(deps, run).map((key) => isBaseline ? redis.persist(key) : redis.unlink(key)),
     ...runStateKeys(deps, run).map((key) => redis.unlink(key))
   ])
 }
@@ -238,6 +257,8 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
     return stateOf(deps, run)
   }
   if (run.status === 'aborted') throw new TallyError('run_not_open', `Run ${id} was aborted`)
+  const layout = layoutOf(run)
+  if (layout === null) throw legacyRun(id)
   if (run.status === 'open') {
     // One caller wins the move; a loser (or a retry after a crash) resumes a completing run.
     run = await deps.runs.transition(id, ['open'], 'completing') ?? await requireRun(deps, id)
@@ -260,11 +281,11 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
   const scope = await deps.runs.getScope(run.tenant, run.scope)
   if (scope === undefined || scope.baselineRunId !== run.baselineRunId) {
     // Another run completed after this one started: its view is older, it deletes nothing.
-    return await finish(deps, run, scope?.cacheShardCount ?? run.shardCount, 'superseded', counts, []) ?? completeRun(deps, id, opts)
+    return await finish(deps, run, layout, scope?.cacheShardCount ?? run.shardCount, 'superseded', counts, []) ?? completeRun(deps, id, opts)
   }
 
   const diffStarted = performance.now()
-  const stale = await staleFromSets(deps, run, scope, counts.seen) ?? await staleByScan(deps, run)
+  const stale = await staleFromSets(deps, run, layout, scope, counts.seen) ?? await staleByScan(deps, run, layout)
   const skip = opts.skip ?? []
   const { ids, kept } = await withoutSkipped(deps, run, stale.ids, skip)
   const diffMs = Math.round(performance.now() - diffStarted)
@@ -285,11 +306,11 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
   // back from a persistence file, may have kept the markers but lost the last batches' ids.
   if (!await moveMarkers(deps, run, 'closing', 'closing') || !await acksWhole(deps, run)) return stateGone(deps, run, 'diff')
   deps.log.info({ runId: id, stale: ids.length, skipped: kept.length, method: stale.method, diffMs }, 'completing run')
-  return await finish(deps, run, scope.cacheShardCount, 'completed', { ...counts, skipped: kept.length }, ids, { skip, kept }) ?? completeRun(deps, id, opts)
+  return await finish(deps, run, layout, scope.cacheShardCount, 'completed', { ...counts, skipped: kept.length }, ids, { skip, kept }) ?? completeRun(deps, id, opts)
 }
 
 /** Commits the outcome; undefined when the run is no longer this completion's to finish (start over). */
-async function finish (deps: ReconcileDeps, run: RunRow, cacheShards: number, status: 'completed' | 'superseded', counts: RunCounts,
+async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cacheShards: number, status: 'completed' | 'superseded', counts: RunCounts,
   stale: string[], partial: { skip: SkipPartition[], kept: string[] } = { skip: [], kept: [] }): Promise<RunState | undefined> {
   const started = performance.now()
   // Forget the cached hashes first, and again after the commit (a fill prepared in between is
@@ -326,7 +347,7 @@ async function finish (deps: ReconcileDeps, run: RunRow, cacheShards: number, st
   if (finished !== undefined) await invalidate(deps, run, cacheShards, stale, finished.generation)
   if (result.status === 'superseded') await dropRunKeys(deps, result)
   else {
-    if (finished !== undefined) await adoptKept(deps, run, partial.kept)
+    if (finished !== undefined) await adoptKept(deps, run, layout, partial.kept)
     await settleKeys(deps, result)
   }
   deps.log.info({ runId: run.id, status: result.status, deleted: result.deleted, finishMs: Math.round(performance.now() - started) }, 'run finished')

@@ -23,9 +23,10 @@ import type { RunRow } from '../db/runs-repository.js'
 import type { ResourceWrite, StoredVersion } from '../db/resources-repository.js'
 import { TallyError } from '../errors.js'
 import { contentOf, digest } from './content-hash.js'
-import { groupByShard, shardOf } from './keys.js'
-import { BATCH_STALE_MS } from './run-keys.js'
-import { checkAccess, requireRun } from './runs.js'
+import { groupByShard } from './keys.js'
+import { idDigest, place, type Placed, type SetLayout } from './members.js'
+import { BATCH_STALE_MS, layoutOf } from './run-keys.js'
+import { checkAccess, legacyRun, requireRun } from './runs.js'
 import type { Access } from '../auth/keys.js'
 import { MARKER_MISSING } from './scripts.js'
 import type { BatchResult, ReconcileDeps, ResourceIn } from './types.js'
@@ -37,6 +38,9 @@ interface Item {
   /** The canonical JSON of its content (what is written), and its hash, 16 hex digits, as kept in the Redis cache. */
   content: string
   hash: string
+  /** XXH64 of the id (resources.id_digest), and where its member goes in the run's sets. */
+  digest: bigint
+  placed: Placed
   /** What the cache held for the id when the batch read it; '' for nothing. */
   cached: string
   /** Relative to the inventory before this run: what the run's stats count this id as. */
@@ -54,6 +58,7 @@ interface Item {
  */
 interface RunContext {
   run: RunRow
+  layout: SetLayout
   cacheShards: number
   generation: number
   /**
@@ -81,8 +86,10 @@ async function runFor (deps: ReconcileDeps, runCache: RunCache, runId: number, a
   }
   const run = await requireRun(deps, runId, access)
   if (run.status !== 'open') throw new TallyError('run_not_open', `Run ${runId} is ${run.status}`)
+  const layout = layoutOf(run)
+  if (layout === null) throw legacyRun(run.id)
   const [scope, anyLive] = await Promise.all([deps.runs.getScope(run.tenant, run.scope), deps.resources.anyLive(run.tenant, run.scope)])
-  const context = { run, cacheShards: scope?.cacheShardCount ?? run.shardCount, generation: scope?.cacheGeneration ?? 0, loading: !anyLive }
+  const context = { run, layout, cacheShards: scope?.cacheShardCount ?? run.shardCount, generation: scope?.cacheGeneration ?? 0, loading: !anyLive }
   runCache.set(runId, context)
   return context
 }
@@ -106,7 +113,7 @@ function dedupe (resources: ResourceIn[]): Map<string, ResourceIn> {
   return byId
 }
 
-const toWrite = (item: Item): ResourceWrite => ({ id: item.resource.id, content: item.content, hash: item.hash })
+const toWrite = (item: Item): ResourceWrite => ({ id: item.resource.id, content: item.content, hash: item.hash, digest: item.digest.toString() })
 
 /** What a batch id's record holds: the first copy's result, and a fingerprint of its content. */
 interface BatchRecord {
@@ -134,11 +141,12 @@ function replayOf (deps: ReconcileDeps, run: RunRow, batchId: string, stored: st
   return { runId: run.id, received: record.received, created: record.created, updated: record.updated, unchanged: record.unchanged, duplicate: true }
 }
 
-function itemsOf (resources: ResourceIn[]): Map<string, Item> {
+function itemsOf (resources: ResourceIn[], layout: SetLayout): Map<string, Item> {
   const items = new Map<string, Item>()
   for (const [id, resource] of dedupe(resources)) {
     const { canonical, hash } = contentOf(resource)
-    items.set(id, { resource, content: canonical, hash, cached: '', kind: 'created', pending: true, fill: '' })
+    const digest = idDigest(id)
+    items.set(id, { resource, content: canonical, hash, digest, placed: place(digest, layout), cached: '', kind: 'created', pending: true, fill: '' })
   }
   return items
 }
@@ -158,7 +166,7 @@ export function createIngest (deps: ReconcileDeps) {
   return async function ingestBatch (runId: number, resources: ResourceIn[], batchId?: string, access?: Access): Promise<BatchResult> {
     try {
       const context = await runFor(deps, runCache, runId, access)
-      const items = itemsOf(resources)
+      const items = itemsOf(resources, context.layout)
       const batch = { id: batchId ?? '', fingerprint: batchId === undefined ? '' : fingerprintOf(items), token: randomUUID() }
       const replayed = await begin(deps, context.run, batch)
       if (replayed !== undefined) return replayed
@@ -225,7 +233,8 @@ function settle (item: Item, stored: StoredVersion | undefined, runId: number): 
  * the run is not `open`. When the run's shards are the cache's (the usual case), marker and
  * cache share a slot and one script per shard reads both; otherwise they are read apart.
  */
-async function readCache (deps: ReconcileDeps, { run, cacheShards, generation }: RunContext, byCache: Map<number, string[]>) {
+async function readCache (deps: ReconcileDeps, { run, cacheShards, generation }: RunContext, byCache: Map<number, string[]>,
+  items: Map<string, Item>) {
   const { redis, keys } = deps
   const hashes = new Map<string, string>()
   const epochs = new Map<number, string>()
@@ -241,7 +250,7 @@ async function readCache (deps: ReconcileDeps, { run, cacheShards, generation }:
       else take(shard, ids, reply)
     }))
   } else {
-    const runShards = [...new Set([...byCache.values()].flat().map((id) => shardOf(id, run.shardCount)))]
+    const runShards = [...new Set([...items.values()].map((i) => i.placed.shard))]
     await Promise.all([
       ...runShards.map(async (shard) => { markers.push(await redis.get(keys.marker(run, shard, run.id))) }),
       ...[...byCache].map(async ([shard, ids]) => take(shard, ids, await redis.tallyCacheRead(keys.cache(run, shard), generation, ...ids)))
@@ -259,7 +268,7 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
 
   // 2. The markers (a run whose state is lost writes nothing) and the cache, every shard at once.
   const byCache = groupByShard(items.keys(), context.cacheShards)
-  const cached = await readCache(deps, context, byCache)
+  const cached = await readCache(deps, context, byCache, items)
   for (const [id, value] of cached.hashes) {
     const item = items.get(id)!
     item.cached = value
@@ -306,21 +315,30 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
     }
   }
 
-  // 4. Into the run's sets and counts: each shard's ids in one script, created first, then updated, then unchanged.
-  const order: Kind[] = ['created', 'updated', 'unchanged']
-  const byRunShard = groupByShard(items.keys(), run.shardCount)
-  const replies = await Promise.all([...byRunShard].map(([shard, ids]) => {
-    const sorted = order.flatMap((kind) => ids.filter((id) => items.get(id)!.kind === kind))
-    const n = (kind: Kind) => ids.filter((id) => items.get(id)!.kind === kind).length
-    return redis.tallyCommit(keys.marker(run, shard, run.id), keys.seen(run, shard, run.id), keys.counts(run, shard, run.id),
-      keys.acks(run, shard, run.id), deps.settings.runTtl, n('created'), n('updated'), batch.token, ...sorted)
+  // 4. Into the run's sets and counts: one script per shard, each set's members created first,
+  // then updated, then unchanged.
+  const bySet = new Map<number, Map<number, Record<Kind, string[]>>>()
+  for (const item of items.values()) {
+    const { shard, set, member } = item.placed
+    let sets = bySet.get(shard)
+    if (sets === undefined) bySet.set(shard, sets = new Map())
+    let kinds = sets.get(set)
+    if (kinds === undefined) sets.set(set, kinds = { created: [], updated: [], unchanged: [] })
+    kinds[item.kind].push(member)
+  }
+  const replies = await Promise.all([...bySet].map(([shard, sets]) => {
+    const setKeys = [...sets.keys()].map((set) => keys.seen(run, shard, run.id, set))
+    const args = [...sets.values()].flatMap((k) =>
+      [k.created.length, k.updated.length, k.unchanged.length, ...k.created, ...k.updated, ...k.unchanged])
+    return redis.tallyCommit(3 + setKeys.length, keys.marker(run, shard, run.id), keys.counts(run, shard, run.id),
+      keys.acks(run, shard, run.id), ...setKeys, deps.settings.runTtl, batch.token, ...args)
   }))
   const refused = replies.filter((r) => r !== 1)
   if (refused.length > 0) throw await refusal(deps, run, refused.includes(MARKER_MISSING))
   // The witness, outside Redis, before the batch is acknowledged: should Redis lose these
   // writes (a failover, a restart from a file missing its last second), the completion finds
   // the token missing from a shard's acks set and deletes nothing.
-  await deps.runs.recordAck(run.id, batch.token, [...byRunShard.keys()])
+  await deps.runs.recordAck(run.id, batch.token, [...bySet.keys()])
 
   // 5. The cache learns what Postgres holds, unless someone else touched the entry meanwhile.
   await Promise.all([...byCache].map(([shard, ids]) => {

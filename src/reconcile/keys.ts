@@ -5,7 +5,10 @@
  */
 import { crc32 } from 'node:zlib'
 
-/** crc32(utf8(id)) mod shardCount: stable forever, across processes and versions. */
+/**
+ * crc32(utf8(id)) mod shardCount: stable forever, across processes and versions. The cache's
+ * shards; a run's sets are placed by their members instead (members.ts).
+ */
 export function shardOf (id: string, shardCount: number): number {
   return crc32(id) % shardCount
 }
@@ -30,8 +33,14 @@ export interface ScopeRef {
 export function createKeys (prefix: string) {
   const tag = (s: ScopeRef, shard: number) => `${prefix}{${s.tenant}/${s.scope}/${shard}}`
   return {
-    /** SET of ids the run saw in this shard: only ids whose batch reached Postgres join it. */
-    seen: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:seen:${runId}`,
+    /**
+     * SET of the members (id digests, see members.ts) of set `set` of this shard that the run saw:
+     * only ids whose batch reached Postgres join it. `ids`, not the `seen` of versions that held
+     * id strings: a baseline left by one of those is simply absent (and diffed against Postgres).
+     */
+    seen: (s: ScopeRef, shard: number, runId: number, set: number) => `${tag(s, shard)}:ids:${runId}:${set}`,
+    /** The seen SET of versions that held id strings (one per shard): only ever unlinked. */
+    legacySeen: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:seen:${runId}`,
     /**
      * HASH created / updated / unchanged: the run's counts of this shard's ids, each id counted
      * once, in the same script that adds it to the seen set (so Σ counts = SCARD, always).
@@ -42,8 +51,12 @@ export function createKeys (prefix: string) {
      * script as the ids; Postgres (run_acks) witnesses every acknowledged one.
      */
     acks: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:acks:${runId}`,
-    /** STRING marker open | closing: proves the shard's set is whole and fences ingestion. */
-    marker: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:run:${runId}`,
+    /**
+     * STRING marker open | closing: proves the shard's sets whole and fences ingestion. Named
+     * `mark`, not the `run` of versions that kept id strings: an instance of such a version finds
+     * no marker for a run of this one (and refuses its batches), and the other way round.
+     */
+    marker: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:mark:${runId}`,
     /**
      * HASH id -> content hash, a cache of resources.content_hash, sharded by the scope's own
      * cache shard count (whatever count each run uses). Field '' is the epoch: every

@@ -3,10 +3,34 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { RunCounts, RunRow } from '../db/runs-repository.js'
 import type { ReconcileDeps } from './types.js'
 import { MARKER_MISSING } from './scripts.js'
+import type { SetLayout } from './members.js'
 
 type Deps = Pick<ReconcileDeps, 'redis' | 'keys'>
 
 export const shards = (count: number) => Array.from({ length: count }, (_, k) => k)
+
+type LayoutFields = Pick<RunRow, 'shardCount' | 'seenSets' | 'digestBits'>
+
+/**
+ * How the run lays out its seen sets. A run opened by a version that kept id strings has no
+ * layout (null): its sets are not this version's to read.
+ */
+export function layoutOf (run: LayoutFields): SetLayout | null {
+  if (run.seenSets === null || run.digestBits === null) return null
+  return { shardCount: run.shardCount, sets: run.seenSets, bits: run.digestBits }
+}
+
+type SetsOf = Pick<RunRow, 'id' | 'tenant' | 'scope'> & LayoutFields
+
+/** The seen-set keys of one shard of a run. */
+export function shardSeenKeys (deps: Deps, run: SetsOf, shard: number): string[] {
+  return shards(run.seenSets ?? 1).map((set) => deps.keys.seen(run, shard, run.id, set))
+}
+
+/** Every seen-set key of a run: shard by shard, set by set. */
+export function seenKeys (deps: Deps, run: SetsOf): string[] {
+  return shards(run.shardCount).flatMap((k) => shardSeenKeys(deps, run, k))
+}
 
 /**
  * How long a batch may stay registered in flight before a completion takes its holder for dead
@@ -50,9 +74,11 @@ export async function drain (deps: Deps, run: RunRow): Promise<boolean> {
 }
 
 /** Σ SCARD of a run's seen sets. */
-export async function seenCount (deps: Deps, run: Pick<RunRow, 'id' | 'tenant' | 'scope' | 'shardCount'>): Promise<number> {
-  const counts = await Promise.all(shards(run.shardCount).map((k) =>
-    deps.redis.scard(deps.keys.seen(run, k, run.id))))
+export async function seenCount (deps: Deps, run: SetsOf): Promise<number> {
+  const counts = await Promise.all(shards(run.shardCount).map((k) => {
+    const keys = shardSeenKeys(deps, run, k)
+    return deps.redis.tallyCard(keys.length, ...keys)
+  }))
   return counts.reduce((a, b) => a + b, 0)
 }
 
@@ -80,7 +106,7 @@ export function runStateKeys (deps: Deps, run: RunRow): string[] {
 export async function dropRunKeys (deps: Deps & Pick<ReconcileDeps, 'runs'>, run: RunRow): Promise<void> {
   await Promise.all([
     deps.runs.dropAcks(run.id),
-    ...shards(run.shardCount).map((k) => deps.redis.unlink(deps.keys.seen(run, k, run.id))),
+    ...seenKeys(deps, run).map((key) => deps.redis.unlink(key)),
     ...runStateKeys(deps, run).map((key) => deps.redis.unlink(key))
   ])
 }

@@ -5,6 +5,7 @@ import type { RunStatus } from '../db/schema.js'
 import { allowsScope, type Access } from '../auth/keys.js'
 import { TallyError } from '../errors.js'
 import { drain, dropRunKeys, liveCounts, runStateKeys, writeMarkers } from './run-keys.js'
+import { setsFor } from './members.js'
 import type { ReconcileDeps, RunState } from './types.js'
 
 export interface OpenRunInput {
@@ -38,6 +39,11 @@ export async function requireRun (deps: ReconcileDeps, id: number, access?: Acce
   return run!
 }
 
+/** A run opened by a version whose seen sets held ids: this version can neither feed nor complete it. */
+export function legacyRun (runId: number): TallyError {
+  return new TallyError('run_state_lost', `Run ${runId} was opened by an earlier version of Tally, whose Redis layout this one does not use; abort it and rescan`)
+}
+
 export function checkAccess (run: RunRow | undefined, id: number, access: Access | undefined): asserts run is RunRow {
   if (run === undefined || (access !== undefined && run.tenant !== access.tenant)) {
     throw new TallyError('run_not_found', `Run ${id} does not exist`)
@@ -65,6 +71,8 @@ export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promis
   const { tenant, scope } = input
   const scopeRow = await deps.runs.ensureScope(tenant, scope, input.shardCount ?? deps.settings.defaultShardCount)
   const shardCount = input.shardCount ?? scopeRow.shardCount
+  // Sets sized for the scope as it stands (a first scan: one per shard; the next follows its size).
+  const seenSets = setsFor(Math.max(scopeRow.baselineSeen, scopeRow.resourceCount), shardCount, deps.settings.seenSetSize)
   for (let attempt = 0; ; attempt++) {
     try {
       const run = await deps.transaction(async (tx) => {
@@ -77,6 +85,8 @@ export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promis
           tenant,
           scope,
           shardCount,
+          seenSets,
+          digestBits: deps.settings.idDigestBits,
           scannerName: input.scanner?.name ?? null,
           scannerVersion: input.scanner?.version ?? null,
           openedBy: input.openedBy ?? null
@@ -91,7 +101,7 @@ export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promis
         }
         return row
       })
-      deps.log.info({ runId: run.id, scope, shardCount }, 'run opened')
+      deps.log.info({ runId: run.id, scope, shardCount, seenSets }, 'run opened')
       return stateOf(deps, run)
     } catch (err) {
       if (!isOpenRunConflict(err)) throw err

@@ -104,34 +104,81 @@ ${cacheRead(2)}`
     lua: cacheRead(1)
   },
   /**
-   * KEYS marker, seen, counts, acks; ARGV ttl, nCreated, nUpdated, token, id… (the created ids,
-   * then the updated, then the unchanged). If the marker says `open`: SADD each id, and count
-   * each one new to the set under its kind, so the counts never disagree with the set; add the
-   * batch's token to the acks set. Returns 1, or -1 (sealed) / -2 (missing: the run's state is
-   * lost) having added nothing.
+   * KEYS marker, counts, acks, then seen sets of the shard; ARGV ttl, token, then for each of
+   * those sets in order: nCreated, nUpdated, nUnchanged and that many members (the created ones,
+   * then the updated, then the unchanged). If the marker says `open`: SADD each member, and
+   * count each one new to its set under its kind, so the counts never disagree with the sets;
+   * add the batch's token to the acks set. Returns 1, or -1 (sealed) / -2 (missing: the run's
+   * state is lost) having added nothing.
    */
   tallyCommit: {
-    numberOfKeys: 4,
     lua: `
 local m = redis.call('GET', KEYS[1])
 if m ~= 'open' then
   if m then return -1 end
   return -2
 end
-local created, updated = tonumber(ARGV[2]), tonumber(ARGV[3])
 local c, u, n = 0, 0, 0
-for i = 5, #ARGV do
-  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
-    local k = i - 4
-    if k <= created then c = c + 1 elseif k <= created + updated then u = u + 1 else n = n + 1 end
+local i = 3
+for k = 4, #KEYS do
+  local nc, nu = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local total = nc + nu + tonumber(ARGV[i + 2])
+  i = i + 3
+  for j = 0, total - 1 do
+    if redis.call('SADD', KEYS[k], ARGV[i + j]) == 1 then
+      if j < nc then c = c + 1 elseif j < nc + nu then u = u + 1 else n = n + 1 end
+    end
   end
+  i = i + total
+  redis.call('EXPIRE', KEYS[k], ARGV[1])
 end
-if c > 0 then redis.call('HINCRBY', KEYS[3], 'created', c) end
-if u > 0 then redis.call('HINCRBY', KEYS[3], 'updated', u) end
-if n > 0 then redis.call('HINCRBY', KEYS[3], 'unchanged', n) end
-redis.call('SADD', KEYS[4], ARGV[4])
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+if c > 0 then redis.call('HINCRBY', KEYS[2], 'created', c) end
+if u > 0 then redis.call('HINCRBY', KEYS[2], 'updated', u) end
+if n > 0 then redis.call('HINCRBY', KEYS[2], 'unchanged', n) end
+redis.call('SADD', KEYS[3], ARGV[2])
+for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ARGV[1]) end
 return 1`
+  },
+  /**
+   * KEYS seen sets of one shard; ARGV for each of them in order: n and n members. 1 or 0 for
+   * each member, in order: is it in its set?
+   */
+  tallyIsMember: {
+    lua: `
+local out = {}
+local i = 1
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[i])
+  for j = i + 1, i + n do out[#out + 1] = redis.call('SISMEMBER', KEYS[k], ARGV[j]) end
+  i = i + n + 1
+end
+return out`
+  },
+  /**
+   * KEYS the baseline's seen sets of one shard, then the run's; ARGV the baseline's set count,
+   * the run's. The members of the baseline's sets that none of the run's sets holds. Set counts
+   * are powers of two: the members of baseline set j can only be in run sets i ≡ j (mod the
+   * smaller count), and only those are diffed against it.
+   */
+  tallyDiff: {
+    lua: `
+local from, to = tonumber(ARGV[1]), tonumber(ARGV[2])
+local common = math.min(from, to)
+local out = {}
+for j = 0, from - 1 do
+  local against = {}
+  for i = j % common, to - 1, common do against[#against + 1] = KEYS[from + 1 + i] end
+  local stale = redis.call('SDIFF', KEYS[1 + j], unpack(against))
+  for _, m in ipairs(stale) do out[#out + 1] = m end
+end
+return out`
+  },
+  /** KEYS the seen sets of one shard: Σ SCARD. */
+  tallyCard: {
+    lua: `
+local n = 0
+for k = 1, #KEYS do n = n + redis.call('SCARD', KEYS[k]) end
+return n`
   },
   /**
    * KEYS cache; ARGV epoch, then id, expected, value… Writes `value` for each id whose entry is
@@ -258,8 +305,10 @@ declare module 'ioredis' {
     tallyBegin(counters: string, batches: string, inflight: string, batchId: string, token: string, staleMs: number, ttl: number): Result<[BeginState, string], Context>
     tallyRead(marker: string, cache: string, generation: number, ...ids: string[]): Result<number | Array<string | null>, Context>
     tallyCacheRead(cache: string, generation: number, ...ids: string[]): Result<Array<string | null>, Context>
-    tallyCommit(marker: string, seen: string, counts: string, acks: string, ttl: number, created: number, updated: number, token: string,
-      ...ids: string[]): Result<number, Context>
+    tallyCommit(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number, Context>
+    tallyCard(numberOfKeys: number, ...keys: string[]): Result<number, Context>
+    tallyIsMember(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number[], Context>
+    tallyDiff(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<string[], Context>
     tallyFill(cache: string, epoch: string, ...idExpectedValue: string[]): Result<number, Context>
     tallyInvalidate(cache: string, generation: number | '', ...ids: string[]): Result<number, Context>
     tallyDone(batches: string, counters: string, inflight: string, batchId: string, token: string, result: string, ttl: number): Result<['revoked' | 'replay' | 'done', string], Context>

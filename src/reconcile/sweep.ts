@@ -9,7 +9,7 @@
  * - rows soft-deleted longer ago than DELETED_RETENTION are purged in bounded batches.
  */
 import type { RunRow } from '../db/runs-repository.js'
-import { dropRunKeys, runStateKeys, shards } from './run-keys.js'
+import { dropRunKeys, runStateKeys, seenKeys } from './run-keys.js'
 import type { ReconcileDeps } from './types.js'
 
 const PURGE_BATCH = 1000
@@ -30,7 +30,7 @@ async function lastActive (deps: ReconcileDeps, run: RunRow): Promise<number> {
 
 async function renew (deps: ReconcileDeps, run: RunRow): Promise<void> {
   const ttl = deps.settings.runTtl
-  await Promise.all([...shards(run.shardCount).map((k) => deps.keys.seen(run, k, run.id)), ...runStateKeys(deps, run)]
+  await Promise.all([...seenKeys(deps, run), ...runStateKeys(deps, run)]
     .map((key) => deps.redis.expire(key, ttl, 'XX')))
 }
 

@@ -23,6 +23,10 @@ export interface Logger {
 export interface ReconcileSettings {
   runTtl: number
   defaultShardCount: number
+  /** Members a seen set aims for (SEEN_SET_SIZE): a run's sets per shard follow the scope's size. */
+  seenSetSize: number
+  /** Width of the id digests new runs put in their seen sets (ID_DIGEST_BITS). */
+  idDigestBits: number
   guardMinBaseline: number
   maxDeleteRatio: number
   /** Runs in flight per tenant. */

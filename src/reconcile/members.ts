@@ -1,0 +1,97 @@
+/**
+ * What a run's seen sets hold: not the ids themselves but 64-bit digests of them ("members"),
+ * in sets kept small enough for Redis's integer encoding (an intset: ~8 bytes a member, against
+ * ~120 for a 70-character ARN in a hashtable-encoded set of strings).
+ *
+ * The digest is XXH64 of the id's UTF-8 bytes, read as a signed 64-bit integer; Postgres keeps
+ * it with each row (`resources.id_digest`), so a completion turns the members a diff finds
+ * back into rows. A member is the digest's top `bits` bits (all 64 but in tests of collisions).
+ * Everything about where a member lives follows from the member alone: its shard (`u mod
+ * shardCount`, u the member as an unsigned number) and its set within the shard
+ * (`⌊u / shardCount⌋ mod sets`). Set counts are powers of two, so a set of a run with twice the
+ * sets holds a subset of one set of the other: runs with different set counts still diff set by set.
+ *
+ * Two ids of one scope with the same member are one member to the sets. The only effect: once
+ * one of them vanishes while the other stays, the vanished one is not deleted (nothing stale is
+ * found for a member the run saw). A collision never deletes a live resource and never hides a
+ * change (contents are compared by id, against the cache and Postgres). See docs/architecture.md
+ * for the odds.
+ */
+import xxhash from 'xxhash-wasm'
+
+const { h64 } = await xxhash()
+
+/** How a run lays out its seen sets; stored with the run (`runs.shard_count`, `seen_sets`, `digest_bits`). */
+export interface SetLayout {
+  shardCount: number
+  /** Sets per shard, a power of two. */
+  sets: number
+  /** Bits of the digest a member keeps, 1–64. */
+  bits: number
+}
+
+export interface Placed {
+  /** The member as Redis stores it: a decimal integer (so sets of members stay intsets). */
+  member: string
+  shard: number
+  set: number
+}
+
+/** XXH64 of the id's UTF-8, as the signed 64-bit integer `resources.id_digest` holds. */
+export function idDigest (id: string): bigint {
+  return BigInt.asIntN(64, h64(id))
+}
+
+/** The member's value as an unsigned number (0 … 2^bits − 1). */
+function unsignedOf (member: string, bits: number): bigint {
+  return bits === 64 ? BigInt.asUintN(64, BigInt(member)) : BigInt(member)
+}
+
+/** Where the member of an id of this digest (`idDigest`) lives in a run's sets. */
+export function place (digest: bigint, layout: SetLayout): Placed {
+  const bits = BigInt(layout.bits)
+  const u = BigInt.asUintN(64, digest) >> (64n - bits)
+  const shards = BigInt(layout.shardCount)
+  return {
+    member: (layout.bits === 64 ? BigInt.asIntN(64, u) : u).toString(),
+    shard: Number(u % shards),
+    set: Number((u / shards) % BigInt(layout.sets))
+  }
+}
+
+/** The range of `resources.id_digest` (signed, inclusive) whose rows have this member. */
+export function digestRange (member: string, bits: number): [string, string] {
+  const shift = 64n - BigInt(bits)
+  const u = unsignedOf(member, bits)
+  return [BigInt.asIntN(64, u << shift).toString(), BigInt.asIntN(64, ((u + 1n) << shift) - 1n).toString()]
+}
+
+/** Groups ids by the shard and set of their member: shard → set → members, and member → ids. */
+export function groupMembers (ids: Iterable<string>, layout: SetLayout): Map<number, Map<number, Map<string, string[]>>> {
+  const shards = new Map<number, Map<number, Map<string, string[]>>>()
+  for (const id of ids) {
+    const { member, shard, set } = place(idDigest(id), layout)
+    let sets = shards.get(shard)
+    if (sets === undefined) shards.set(shard, sets = new Map())
+    let members = sets.get(set)
+    if (members === undefined) sets.set(set, members = new Map())
+    const same = members.get(member)
+    if (same === undefined) members.set(member, [id])
+    else same.push(id)
+  }
+  return shards
+}
+
+/**
+ * Sets per shard for a run of a scope expected to hold about `size` resources: the smallest
+ * power of two that keeps a set at or under `setSize` members on average.
+ */
+export function setsFor (size: number, shardCount: number, setSize: number): number {
+  const needed = Math.ceil(size / (shardCount * setSize))
+  let sets = 1
+  while (sets < needed && sets < MAX_SETS) sets *= 2
+  return sets
+}
+
+/** Sets per shard are capped: past this, fewer and larger (hashtable-encoded) sets cost less than more keys. */
+export const MAX_SETS = 1024
