@@ -14,13 +14,13 @@ const result = JSON.parse(await readFile(file, 'utf8')) as {
 const fmt = (n: number) => Math.round(n).toLocaleString('en')
 console.log(`${fmt(result.config.resources)} resources, ${result.config.scans} scans, batches of ${result.config.batch}, ` +
   `${result.config.concurrency} in flight, ${result.config.instances ?? 1} server process(es) per design\n`)
-console.log('| design | scan | resources/s | p50 / p99 batch ms | complete ms | rows ins / upd / del | WAL MB | xids | dead tuples | Redis B/resource | server CPU µs/resource | Postgres CPU s | Redis CPU s | RSS MB |')
+console.log('| design | scan | resources/s | p50 / p99 batch ms | complete ms | rows ins / upd / del | WAL MB | xids | dead tuples | Redis B/resource after / during | server CPU µs/resource | Postgres CPU s | Redis CPU s | RSS MB |')
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const design of ['tally', 'naive'] as const) {
   for (const r of result[design]) {
     console.log(`| ${design} | ${r.scan} | ${fmt(r.resourcesPerSec)} | ${r.p50BatchMs} / ${r.p99BatchMs} | ${fmt(r.completeMs)} | ` +
       `${fmt(r.rowsInserted)} / ${fmt(r.rowsUpdated)} / ${fmt(r.rowsDeleted)} | ${(r.walBytes / 1e6).toFixed(1)} | ${fmt(r.xids)} | ` +
-      `${fmt(r.deadTuples)} | ${r.redisBytesPerResource ?? '–'} | ${r.serverCpuUsPerResource} | ${r.postgresCpuSec ?? '–'} | ${r.redisCpuSec} | ${r.serverRssMb} |`)
+      `${fmt(r.deadTuples)} | ${r.redisBytesPerResource ?? '–'} / ${r.redisBytesDuringScan ?? '–'} | ${r.serverCpuUsPerResource} | ${r.postgresCpuSec ?? '–'} | ${r.redisCpuSec} | ${r.serverRssMb} |`)
   }
 }
 if (result.ratios !== null) {

@@ -91,6 +91,8 @@ export interface ScanResult {
   xids: number
   deadTuples: number
   redisBytesPerResource: number | null
+  /** Redis bytes per resource once every batch is in, before the completion: both runs' sets and the cache. */
+  redisBytesDuringScan: number | null
   serverRssMb: number
   serverCpuSec: number
   /** Server CPU (all of the design's processes) per resource of the scan, µs. */
@@ -208,6 +210,9 @@ async function runScan (server: Server, db: pg.Client, redis: Redis | Cluster, s
     }
   }))
   const ingested = performance.now()
+  // Both runs' sets and the cache, before the completion drops the old baseline's sets.
+  const memoryDuring = server.design === 'tally' ? await redisUsedMemory(redis) : 0
+  const completing = performance.now()
   const done = await post(first, `/runs/${runId}/complete`, '{}')
   if (done.status !== 200) throw new Error(`complete: ${done.status} ${JSON.stringify(done.json)}`)
   const finished = performance.now()
@@ -221,7 +226,7 @@ async function runScan (server: Server, db: pg.Client, redis: Redis | Cluster, s
   await sleep(config.statsWaitMs)
   const c1 = await tableCounters(db, table)
   latencies.sort((a, b) => a - b)
-  const wallMs = finished - started
+  const wallMs = (ingested - started) + (finished - completing)
   const rows = { rowsInserted: c1.inserted - c0.inserted, rowsUpdated: c1.updated - c0.updated, rowsDeleted: c1.deleted - c0.deleted }
   return {
     scan: scanNo,
@@ -233,13 +238,14 @@ async function runScan (server: Server, db: pg.Client, redis: Redis | Cluster, s
     resourcesPerSec: Math.round(scan.indices.length / (wallMs / 1000)),
     p50BatchMs: Math.round(percentile(latencies, 0.5) * 10) / 10,
     p99BatchMs: Math.round(percentile(latencies, 0.99) * 10) / 10,
-    completeMs: Math.round(finished - ingested),
+    completeMs: Math.round(finished - completing),
     ...rows,
     rowsWritten: rows.rowsInserted + rows.rowsUpdated + rows.rowsDeleted,
     walBytes: w1.wal - w0.wal,
     xids: w1.xid - w0.xid,
     deadTuples: c1.dead,
     redisBytesPerResource: server.design === 'tally' ? Math.round((usedMemory - redisBase) / scan.indices.length) : null,
+    redisBytesDuringScan: server.design === 'tally' ? Math.round((memoryDuring - redisBase) / scan.indices.length) : null,
     serverRssMb: p1.rssMb,
     serverCpuSec: Math.round((p1.cpuSec - p0.cpuSec) * 100) / 100,
     serverCpuUsPerResource: Math.round((p1.cpuSec - p0.cpuSec) * 1e6 / scan.indices.length * 10) / 10,
@@ -270,7 +276,7 @@ function printTable (results: Record<Design, ScanResult[]>) {
     ['p50 ms', (r) => r.p50BatchMs], ['p99 ms', (r) => r.p99BatchMs], ['complete ms', (r) => r.completeMs],
     ['ins', (r) => r.rowsInserted], ['upd', (r) => r.rowsUpdated], ['del', (r) => r.rowsDeleted],
     ['WAL MB', (r) => (r.walBytes / 1e6).toFixed(1)], ['xids', (r) => r.xids], ['dead', (r) => r.deadTuples],
-    ['redis B/res', (r) => r.redisBytesPerResource ?? '-'], ['rss MB', (r) => r.serverRssMb], ['cpu s', (r) => r.serverCpuSec],
+    ['redis B/res', (r) => r.redisBytesPerResource ?? '-'], ['during', (r) => r.redisBytesDuringScan ?? '-'], ['rss MB', (r) => r.serverRssMb], ['cpu s', (r) => r.serverCpuSec],
     ['cpu µs/res', (r) => r.serverCpuUsPerResource], ['pg cpu s', (r) => r.postgresCpuSec ?? '-'], ['redis cpu s', (r) => r.redisCpuSec]
   ]
   for (const design of Object.keys(results) as Design[]) {
