@@ -1,8 +1,28 @@
-/** Run fencing: an older run neither deletes on top of a newer baseline nor overwrites a newer version. */
+/**
+ * Run fencing: an older run neither deletes on top of a newer baseline nor overwrites a newer
+ * version; a finishing run's writes are over before its completion counts them.
+ */
 import t from 'tap'
 import pg from 'pg'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { api, build, liveIds, resource, seenMember, sqlClient } from './helper.js'
+import { idDigest } from '../src/reconcile/members.js'
+import { api, build, liveIds, resource, seenMember, sqlClient, waitFor } from './helper.js'
+
+/** A write of run `runId` as a batch makes it, straight to Postgres (a batch that then fails leaves just that). */
+const write = (app: Awaited<ReturnType<typeof build>>, scope: string, runId: number, id: string) => app.db.resources.writeChanged('default', scope, runId,
+  [{ id, content: '{"attributes":{"v":0},"name":null,"region":null,"tags":{},"type":"t"}', hash: '0707070707070707', digest: idDigest(id).toString() }])
+const writesSeen = async (db: pg.Client, runId: number) => (await db.query('select writes_seen from runs where id = $1', [runId])).rows[0].writes_seen
+const abc = () => ['a', 'b', 'c'].map((id) => resource(id))
+
+/** A scope scanned once (a, b, c), and a run of it that has seen them again, still open. */
+async function rescanning (t: Parameters<typeof build>[0], scope: string) {
+  const app = await build(t)
+  const tally = api(app)
+  const db = await sqlClient(t, app)
+  const first = await tally.scan(scope, abc())
+  const run = (await tally.open(scope)).body.id as number
+  await tally.ingest(run, abc())
+  return { app, tally, db, first, run }
+}
 
 t.test('a run that started before the current baseline completes as superseded and deletes nothing', async (t) => {
   const app = await build(t)
@@ -52,18 +72,16 @@ t.test('a completion whose attempt ended under it (reopened, fed, completing aga
   const run = (await tally.open(scope)).body.id as number
   await tally.ingest(run, [resource('a'), resource('b')])
 
-  // Hold c's row: the completion diffs (c is stale), then waits in its transaction to delete it.
+  // Hold the acknowledged-batch witness: the completion diffs (c is stale), then waits to check
+  // the witness, just before its transaction.
   const blocker = new pg.Client({ connectionString: app.config.DATABASE_URL })
   await blocker.connect()
   t.teardown(() => blocker.end())
   await blocker.query('begin')
-  await blocker.query("select * from resources where scope = $1 and id = 'c' for update", [scope])
+  await blocker.query('lock table run_acks in access exclusive mode')
   const completing = tally.complete(run)
-  for (let i = 0; i < 200; i++) {
-    const { rows } = await db.query("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")
-    if (rows[0].n > 0) break
-    await sleep(25)
-  }
+  await waitFor(t, 'the completion, its diff done, waits for the witness', async () => (await db.query(`select count(*)::int as n from pg_stat_activity
+    where datname = current_database() and wait_event_type = 'Lock' and query like '%run_acks%'`)).rows[0].n > 0)
   // Meanwhile, as when a concurrent complete was refused: the run reopened, a batch brought c
   // back, and a new attempt began.
   const c = await seenMember(app, run, 'c')
@@ -74,4 +92,41 @@ t.test('a completion whose attempt ended under it (reopened, fed, completing aga
   const done = await completing
   t.match(done.body, { status: 'completed', stats: { seen: 3, deleted: 0 } }, 'the stale diff was dropped and done again')
   t.same(await liveIds(db, scope), ['a', 'b', 'c'], 'c, seen by the run after all, is live')
+})
+
+t.test('rows a run wrote but never acknowledged: its completion says so, and the next completion finds them stale', async (t) => {
+  const scope = 'aws/unacknowledged'
+  const { app, tally, db, first, run } = await rescanning(t, scope)
+  t.equal(await writesSeen(db, first.id), true, 'a whole first load: every row it wrote is in its sets')
+  // A batch that wrote, then failed before its ids reached the sets.
+  t.match(await write(app, scope, run, 'ghost'), { runOpen: true, inserted: new Set(['ghost']) })
+  t.match((await tally.complete(run)).body, { status: 'completed', stats: { seen: 3, deleted: 0 } })
+  t.equal(await writesSeen(db, run), false, 'its completion counted a row its sets lack')
+  t.match((await tally.scan(scope, abc())).stats, { deleted: 1 }, 'the next completion checked it')
+  t.same(await liveIds(db, scope), ['a', 'b', 'c'])
+})
+
+t.test("a write of a finishing run waits for the completion's commit, then writes nothing", async (t) => {
+  const scope = 'aws/late-write'
+  const { app, tally, db, run } = await rescanning(t, scope)
+
+  // Hold the completion inside its transaction (it has locked the run, counted its rows, and
+  // waits for the scope's row), while a batch of the run that a drain gave up on writes late.
+  const blocker = new pg.Client({ connectionString: app.config.DATABASE_URL })
+  await blocker.connect()
+  t.teardown(() => blocker.end())
+  await blocker.query('begin')
+  await blocker.query('select * from scopes where scope = $1 for update', [scope])
+  const completing = tally.complete(run)
+  const waiting = async (query: string) => (await db.query(`select count(*)::int as n from pg_stat_activity
+    where datname = current_database() and wait_event_type = 'Lock' and query like $1`, [query])).rows[0].n > 0
+  await waitFor(t, 'the completion waits for the scope row', () => waiting('update "scopes"%'))
+  const late = write(app, scope, run, 'late')
+  await waitFor(t, 'the late write waits for the run row', () => waiting('%with fence as%'))
+  await blocker.query('commit')
+
+  t.match((await completing).body, { status: 'completed', stats: { seen: 3, deleted: 0 } })
+  t.same(await late, { runOpen: false, inserted: new Set(), updated: new Set(), revived: new Set() }, 'the late write found the run finished')
+  t.same(await liveIds(db, scope), ['a', 'b', 'c'], 'and wrote nothing')
+  t.equal(await writesSeen(db, run), true, 'so every row the run wrote is in its sets')
 })

@@ -127,10 +127,20 @@ export function createRunsRepository (db: Db) {
       return row
     },
 
+    /**
+     * Locks the run's row until the transaction ends. Every write of the run's batches holds a
+     * share of that lock (resources writeChanged), so none is under way meanwhile, and none
+     * begins before the transaction ends (and then finds the run finished).
+     */
+    async lockRun (id: number, tx: Tx): Promise<void> {
+      await tx.select({ id: runs.id }).from(runs).where(eq(runs.id, id)).for('update')
+    },
+
     /** Finishes a run still completing in `attempt`; undefined when it is not (see runs.attempt). */
-    async finishRun (id: number, attempt: number, status: 'completed' | 'superseded', counts: RunCounts, skip: SkipPartition[], tx: Tx): Promise<RunRow | undefined> {
+    async finishRun (id: number, attempt: number, status: 'completed' | 'superseded', counts: RunCounts, skip: SkipPartition[],
+      writesSeen: boolean, tx: Tx): Promise<RunRow | undefined> {
       const [row] = await tx.update(runs)
-        .set({ status, completedAt: sql`now()`, ...counts, skip })
+        .set({ status, completedAt: sql`now()`, ...counts, skip, writesSeen })
         .where(and(eq(runs.id, id), eq(runs.status, 'completing'), eq(runs.attempt, attempt)))
         .returning()
       return row

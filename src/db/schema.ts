@@ -6,7 +6,7 @@
  */
 import { sql } from 'drizzle-orm'
 import {
-  bigint, check, customType, index, integer, jsonb, pgTable, primaryKey, smallint, text, timestamp, uniqueIndex
+  bigint, boolean, check, customType, index, integer, jsonb, pgTable, primaryKey, smallint, text, timestamp, uniqueIndex
 } from 'drizzle-orm/pg-core'
 
 const bytea = customType<{ data: Buffer, driverData: Buffer }>({
@@ -95,7 +95,13 @@ export const runs = pgTable('runs', {
   /** Partitions the scanner could not enumerate (complete's `skip`): nothing in them was deleted. */
   skip: jsonb().$type<SkipPartition[]>().notNull().default([]),
   /** Resources the run did not see but kept because they lie in a skipped partition. */
-  skipped: bigint({ mode: 'number' }).notNull().default(0)
+  skipped: bigint({ mode: 'number' }).notNull().default(0),
+  /**
+   * Set by the run's completion: every live row the run wrote is in its seen sets (counted
+   * under the run row's lock, which every write holds a share of: none can land after the
+   * count). The next completion then need not check the run's own rows against its sets.
+   */
+  writesSeen: boolean().notNull().default(false)
 }, (t) => [
   index('runs_scope_idx').on(t.tenant, t.scope, t.id),
   index('runs_status_idx').on(t.tenant, t.status, t.id),

@@ -67,6 +67,7 @@ async function notSeen (deps: ReconcileDeps, run: RunRow, layout: SetLayout, ids
  * all opened after the baseline and before this run: a scope has one run in flight at a time.
  */
 async function orphans (deps: ReconcileDeps, run: RunRow, layout: SetLayout, fromRunId: number): Promise<string[]> {
+  if (fromRunId >= run.id) return []
   return notSeen(deps, run, layout, await deps.resources.liveIdsWrittenBetween(run.tenant, run.scope, fromRunId, run.id))
 }
 
@@ -100,7 +101,9 @@ async function staleFromSets (deps: ReconcileDeps, run: RunRow, layout: SetLayou
   for (let i = 0; i < ranges.length; i += PAGE) {
     vanished.push(...await deps.resources.liveIdsOfDigests(run.tenant, run.scope, ranges.slice(i, i + PAGE)))
   }
-  const ids = [...new Set([...vanished, ...await orphans(deps, run, layout, baselineId)])]
+  // A baseline whose completion found every row it wrote in its sets (runs.writes_seen) has
+  // none of its own to check: after a first load, that is the whole scope.
+  const ids = [...new Set([...vanished, ...await orphans(deps, run, layout, baseline.writesSeen ? baselineId + 1 : baselineId)])]
   return { ids, baselineSize: scope.baselineSeen, method: 'sdiff' }
 }
 
@@ -319,11 +322,18 @@ async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cach
   await invalidate(deps, run, cacheShards, stale)
 
   const finished = await deps.transaction(async (tx) => {
+    // No write of the run is under way from here to the commit, and none can begin: so the
+    // rows it wrote can be counted. All of them are in its sets (none written by a batch that
+    // then failed) when the count equals what its sets counted as written, and its sets agree
+    // with their counts; then the next completion skips them (writesSeen).
+    await deps.runs.lockRun(run.id, tx)
+    const writesSeen = status === 'completed' && counts.seen === counts.created + counts.updated + counts.unchanged &&
+      await deps.resources.countLiveWrittenBy(run.tenant, run.scope, run.id, tx) === counts.created + counts.updated
     let deleted = 0
     for (let i = 0; i < stale.length; i += DELETE_CHUNK) {
       deleted += await deps.resources.softDelete(run.tenant, run.scope, stale.slice(i, i + DELETE_CHUNK), run.id, tx)
     }
-    const row = await deps.runs.finishRun(run.id, run.attempt, status, { ...counts, deleted }, partial.skip, tx)
+    const row = await deps.runs.finishRun(run.id, run.attempt, status, { ...counts, deleted }, partial.skip, writesSeen, tx)
     if (row === undefined) throw new ConcurrentFinish()
     await deps.runs.dropAcks(run.id, tx)
     // The baseline's sets hold what the run saw and what its skip kept (adoptKept).

@@ -1,0 +1,1 @@
+ALTER TABLE "runs" ADD COLUMN "writes_seen" boolean DEFAULT false NOT NULL;
