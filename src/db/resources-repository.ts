@@ -58,8 +58,6 @@ function writePayload (rows: ResourceWrite[]): string {
   return out + ']'
 }
 
-const ORPHAN_PAGE = 5000
-
 export function createResourcesRepository (db: Db) {
   return {
     /**
@@ -237,32 +235,23 @@ export function createResourcesRepository (db: Db) {
 
     /**
      * Live ids last written by run `fromRunId` or a later one before `beforeRunId`: what the
-     * baseline itself and the runs that never completed since created or changed. A completion
-     * checks each against its own sets: whatever left such an id out of every set (an aborted
-     * run, a batch that failed after its write, a lost SADD), it is found stale. Read in pages
-     * ordered like `resources_live_changed_run_idx`: the order and limit make that index the
-     * planner's choice even without statistics (otherwise it may take another index on tenant
-     * and scope and read the whole scope: 2 s at 1M rows), and the rows the current run
-     * rewrote are never read.
+     * baseline itself (unless its completion proved them all in its sets) and the runs that
+     * never completed since created or changed. A completion checks each against its own sets:
+     * whatever left such an id out of every set (an aborted run, a batch that failed after its
+     * write, a lost SADD), it is found stale. One range of `resources_live_changed_run_idx`, in
+     * its order, which keeps the plan on that index without statistics; the rows the current
+     * run rewrote are never read. Not paged: keyset pages on (changed_run_id, id), which that
+     * index does not order, re-read the whole range for each page (quadratic: 184 s for 1M
+     * rows); the ids are all held by the caller anyway.
      */
     async liveIdsWrittenBetween (tenant: string, scope: string, fromRunId: number, beforeRunId: number): Promise<string[]> {
-      const ids: string[] = []
-      let after: { runId: number, id: string } | null = null
-      for (;;) {
-        const rows: Array<{ id: string, changedRunId: number }> = await db.select({ id: resources.id, changedRunId: resources.changedRunId })
-          .from(resources)
-          .where(and(
-            eq(resources.tenant, tenant), eq(resources.scope, scope), isNull(resources.deletedAt),
-            gte(resources.changedRunId, fromRunId), lt(resources.changedRunId, beforeRunId),
-            after === null ? undefined : sql`(${resources.changedRunId}, ${resources.id}) > (${after.runId}, ${after.id})`
-          ))
-          .orderBy(asc(resources.changedRunId), asc(resources.id))
-          .limit(ORPHAN_PAGE)
-        ids.push(...rows.map((r) => r.id))
-        const last = rows.at(-1)
-        if (rows.length < ORPHAN_PAGE || last === undefined) return ids
-        after = { runId: last.changedRunId, id: last.id }
-      }
+      const rows = await db.select({ id: resources.id }).from(resources)
+        .where(and(
+          eq(resources.tenant, tenant), eq(resources.scope, scope), isNull(resources.deletedAt),
+          gte(resources.changedRunId, fromRunId), lt(resources.changedRunId, beforeRunId)
+        ))
+        .orderBy(asc(resources.changedRunId))
+      return rows.map((r) => r.id)
     }
   }
 }
