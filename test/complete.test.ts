@@ -1,5 +1,6 @@
 /** Completion: the guard, revival, abort, and the paths that diff without the baseline's sets. */
 import t from 'tap'
+import { createKeys } from '../src/reconcile/keys.js'
 import { api, build, liveIds, redisClient, resource, seenMember, sqlClient } from './helper.js'
 
 const ids = (n: number, from = 0) => Array.from({ length: n }, (_, i) => `r-${String(i + from).padStart(4, '0')}`)
@@ -257,7 +258,10 @@ t.test('a run or baseline of a version whose sets held ids: refused, and diffed 
   await db.query('update runs set seen_sets = null, digest_bits = null where id = $1', [old])
   t.match((await tally.ingest(old, [resource('x')])).body, { status: 409, code: 'run_state_lost' }, 'its batches are refused')
   t.match((await tally.complete(old)).body, { status: 409, code: 'run_state_lost' }, 'its completion is refused')
+  const oldSet = createKeys(app.config.REDIS_KEY_PREFIX).legacySeen({ tenant: 'default', scope }, 0, old)
+  await app.redis.sadd(oldSet, 'x')
   t.match((await tally.abort(old)).body, { status: 'aborted' }, 'it can be aborted')
+  t.equal(await app.redis.exists(oldSet), 0, 'which drops the sets of ids it kept')
   t.same(await liveIds(db, scope), ids(30), 'nothing changed')
 
   const fallback = await tally.scan(scope, ids(25).map((id) => resource(id)))

@@ -16,7 +16,7 @@ import { TallyError } from '../errors.js'
 import { groupByShard } from './keys.js'
 import { digestRange, groupMembers, idDigest, type SetLayout } from './members.js'
 import { drain, dropRunKeys, layoutOf, liveCounts, moveMarkers, runStateKeys, seenCount, seenKeys, shardSeenKeys, shards } from './run-keys.js'
-import { legacyRun, requireRun, stateOf } from './runs.js'
+import { requireLayout, requireRun, stateOf } from './runs.js'
 import type { Access } from '../auth/keys.js'
 import type { ReconcileDeps, RunState } from './types.js'
 
@@ -236,7 +236,7 @@ async function acksWhole (deps: ReconcileDeps, run: RunRow): Promise<boolean> {
  * new baseline), its markers and counters go. Idempotent, so a repeated complete redoes it.
  */
 async function settleKeys (deps: ReconcileDeps, run: RunRow): Promise<void> {
-  const { redis, keys } = deps
+  const { redis } = deps
   const scope = await deps.runs.getScope(run.tenant, run.scope)
   // The run's old baseline, unless it is still the scope's (then this run never replaced it).
   const old = run.baselineRunId === null || scope?.baselineRunId === run.baselineRunId
@@ -244,9 +244,7 @@ async function settleKeys (deps: ReconcileDeps, run: RunRow): Promise<void> {
     : await deps.runs.getRun(run.baselineRunId)
   const isBaseline = scope?.baselineRunId === run.id
   await Promise.all([
-    // An old baseline left by a version that kept id strings has those sets instead.
-    ...(old === undefined ? [] : layoutOf(old) === null ? shards(old.shardCount).map((k) => keys.legacySeen(old, k, old.id)) : seenKeys(deps, old))
-      .map((key) => redis.unlink(key)),
+    ...(old === undefined ? [] : seenKeys(deps, old)).map((key) => redis.unlink(key)),
     // A run that is no longer the baseline (superseded, or replaced since) keeps no sets.
     ...seenKeys(deps, run).map((key) => isBaseline ? redis.persist(key) : redis.unlink(key)),
     ...runStateKeys(deps, run).map((key) => redis.unlink(key))
@@ -260,8 +258,7 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
     return stateOf(deps, run)
   }
   if (run.status === 'aborted') throw new TallyError('run_not_open', `Run ${id} was aborted`)
-  const layout = layoutOf(run)
-  if (layout === null) throw legacyRun(id)
+  const layout = requireLayout(run)
   if (run.status === 'open') {
     // One caller wins the move; a loser (or a retry after a crash) resumes a completing run.
     run = await deps.runs.transition(id, ['open'], 'completing') ?? await requireRun(deps, id)

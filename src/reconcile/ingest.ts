@@ -24,9 +24,9 @@ import type { ResourceWrite, StoredVersion } from '../db/resources-repository.js
 import { TallyError } from '../errors.js'
 import { contentOf, digest } from './content-hash.js'
 import { groupByShard } from './keys.js'
-import { idDigest, place, type Placed, type SetLayout } from './members.js'
-import { BATCH_STALE_MS, layoutOf } from './run-keys.js'
-import { checkAccess, legacyRun, requireRun } from './runs.js'
+import { groupPlaced, idDigest, place, type Placed, type SetLayout } from './members.js'
+import { BATCH_STALE_MS } from './run-keys.js'
+import { checkAccess, requireLayout, requireRun } from './runs.js'
 import type { Access } from '../auth/keys.js'
 import { MARKER_MISSING } from './scripts.js'
 import type { BatchResult, ReconcileDeps, ResourceIn } from './types.js'
@@ -86,8 +86,7 @@ async function runFor (deps: ReconcileDeps, runCache: RunCache, runId: number, a
   }
   const run = await requireRun(deps, runId, access)
   if (run.status !== 'open') throw new TallyError('run_not_open', `Run ${runId} is ${run.status}`)
-  const layout = layoutOf(run)
-  if (layout === null) throw legacyRun(run.id)
+  const layout = requireLayout(run)
   const [scope, anyLive] = await Promise.all([deps.runs.getScope(run.tenant, run.scope), deps.resources.anyLive(run.tenant, run.scope)])
   const context = { run, layout, cacheShards: scope?.cacheShardCount ?? run.shardCount, generation: scope?.cacheGeneration ?? 0, loading: !anyLive }
   runCache.set(runId, context)
@@ -317,19 +316,14 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
 
   // 4. Into the run's sets and counts: one script per shard, each set's members created first,
   // then updated, then unchanged.
-  const bySet = new Map<number, Map<number, Record<Kind, string[]>>>()
-  for (const item of items.values()) {
-    const { shard, set, member } = item.placed
-    let sets = bySet.get(shard)
-    if (sets === undefined) bySet.set(shard, sets = new Map())
-    let kinds = sets.get(set)
-    if (kinds === undefined) sets.set(set, kinds = { created: [], updated: [], unchanged: [] })
-    kinds[item.kind].push(member)
-  }
+  const bySet = groupPlaced([...items.values()].map((item) => [item, item.placed] as const))
   const replies = await Promise.all([...bySet].map(([shard, sets]) => {
     const setKeys = [...sets.keys()].map((set) => keys.seen(run, shard, run.id, set))
-    const args = [...sets.values()].flatMap((k) =>
-      [k.created.length, k.updated.length, k.unchanged.length, ...k.created, ...k.updated, ...k.unchanged])
+    const args = [...sets.values()].flatMap((members) => {
+      const k: Record<Kind, string[]> = { created: [], updated: [], unchanged: [] }
+      for (const [member, same] of members) for (const item of same) k[item.kind].push(member)
+      return [k.created.length, k.updated.length, k.unchanged.length, ...k.created, ...k.updated, ...k.unchanged]
+    })
     return redis.tallyCommit(3 + setKeys.length, keys.marker(run, shard, run.id), keys.counts(run, shard, run.id),
       keys.acks(run, shard, run.id), ...setKeys, deps.settings.runTtl, batch.token, ...args)
   }))

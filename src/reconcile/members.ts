@@ -66,21 +66,28 @@ export function digestRange (member: string, bits: number): [string, string] {
   return [BigInt.asIntN(64, u << shift).toString(), BigInt.asIntN(64, ((u + 1n) << shift) - 1n).toString()]
 }
 
-/** Groups ids by the shard and set of their member: shard → set → members, and member → ids. */
-export function groupMembers (ids: Iterable<string>, layout: SetLayout): Map<number, Map<number, Map<string, string[]>>> {
-  const shards = new Map<number, Map<number, Map<string, string[]>>>()
-  for (const id of ids) {
-    const { member, shard, set } = place(idDigest(id), layout)
+/** Groups things by where their members live: shard → set → member → the things with that member. */
+export function groupPlaced<T> (entries: Iterable<readonly [T, Placed]>): Map<number, Map<number, Map<string, T[]>>> {
+  const shards = new Map<number, Map<number, Map<string, T[]>>>()
+  for (const [thing, { member, shard, set }] of entries) {
     let sets = shards.get(shard)
     if (sets === undefined) shards.set(shard, sets = new Map())
     let members = sets.get(set)
     if (members === undefined) sets.set(set, members = new Map())
     const same = members.get(member)
-    if (same === undefined) members.set(member, [id])
-    else same.push(id)
+    if (same === undefined) members.set(member, [thing])
+    else same.push(thing)
   }
   return shards
 }
+
+/** Groups ids by the shard and set of their member: shard → set → member → ids. */
+export function groupMembers (ids: Iterable<string>, layout: SetLayout): Map<number, Map<number, Map<string, string[]>>> {
+  return groupPlaced([...ids].map((id) => [id, place(idDigest(id), layout)] as const))
+}
+
+/** Sets per shard are capped: past this, fewer and larger (hashtable-encoded) sets cost less than more keys. */
+export const MAX_SETS = 1024
 
 /**
  * Sets per shard for a run of a scope expected to hold about `size` resources: the smallest
@@ -92,6 +99,3 @@ export function setsFor (size: number, shardCount: number, setSize: number): num
   while (sets < needed && sets < MAX_SETS) sets *= 2
   return sets
 }
-
-/** Sets per shard are capped: past this, fewer and larger (hashtable-encoded) sets cost less than more keys. */
-export const MAX_SETS = 1024

@@ -22,9 +22,10 @@ export function layoutOf (run: LayoutFields): SetLayout | null {
 
 type SetsOf = Pick<RunRow, 'id' | 'tenant' | 'scope'> & LayoutFields
 
-/** The seen-set keys of one shard of a run. */
+/** The seen-set keys of one shard of a run: the one set of ids for a run of a version that kept those. */
 export function shardSeenKeys (deps: Deps, run: SetsOf, shard: number): string[] {
-  return shards(run.seenSets ?? 1).map((set) => deps.keys.seen(run, shard, run.id, set))
+  if (run.seenSets === null) return [deps.keys.legacySeen(run, shard, run.id)]
+  return shards(run.seenSets).map((set) => deps.keys.seen(run, shard, run.id, set))
 }
 
 /** Every seen-set key of a run: shard by shard, set by set. */

@@ -4,8 +4,8 @@ import { isOpenRunConflict } from '../db/runs-repository.js'
 import type { RunStatus } from '../db/schema.js'
 import { allowsScope, type Access } from '../auth/keys.js'
 import { TallyError } from '../errors.js'
-import { drain, dropRunKeys, liveCounts, runStateKeys, writeMarkers } from './run-keys.js'
-import { setsFor } from './members.js'
+import { drain, dropRunKeys, layoutOf, liveCounts, runStateKeys, writeMarkers } from './run-keys.js'
+import { setsFor, type SetLayout } from './members.js'
 import type { ReconcileDeps, RunState } from './types.js'
 
 export interface OpenRunInput {
@@ -39,9 +39,16 @@ export async function requireRun (deps: ReconcileDeps, id: number, access?: Acce
   return run!
 }
 
-/** A run opened by a version whose seen sets held ids: this version can neither feed nor complete it. */
-export function legacyRun (runId: number): TallyError {
-  return new TallyError('run_state_lost', `Run ${runId} was opened by an earlier version of Tally, whose Redis layout this one does not use; abort it and rescan`)
+/**
+ * The run's seen-set layout. A run opened by a version whose seen sets held ids has none: this
+ * version can neither feed nor complete it.
+ */
+export function requireLayout (run: RunRow): SetLayout {
+  const layout = layoutOf(run)
+  if (layout === null) {
+    throw new TallyError('run_state_lost', `Run ${run.id} was opened by an earlier version of Tally, whose Redis layout this one does not use; abort it and rescan`)
+  }
+  return layout
 }
 
 export function checkAccess (run: RunRow | undefined, id: number, access: Access | undefined): asserts run is RunRow {
