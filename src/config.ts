@@ -33,6 +33,11 @@ export const EnvSchema = Type.Object({
     default: 256,
     description: "members a run's seen set aims for; keep it at most half Redis's set-max-intset-entries (512 by default) so sets stay integer-encoded"
   }),
+  CACHE_BUCKET_SIZE: Type.Integer({
+    minimum: 1,
+    default: 64,
+    description: "entries a bucket of the content-hash cache aims for; keep it at most half Redis's hash-max-listpack-entries (128 by default) so buckets stay listpack-encoded"
+  }),
   ID_DIGEST_BITS: Type.Integer({
     minimum: 1,
     maximum: 64,

@@ -5,24 +5,19 @@
  */
 import t from 'tap'
 import type { Redis } from 'ioredis'
-import { api, build, liveIds, redisClient, resource, rowVersions, sqlClient, type App, type ResourceBody } from './helper.js'
+import { api, build, cacheBucketKeys, cacheEntry, liveIds, testEnv, redisClient, resource, rowVersions, sqlClient, type App, type ResourceBody } from './helper.js'
 
 const estate = (n: number): ResourceBody[] => Array.from({ length: n }, (_, i) =>
   resource(`arn:aws:ec2:eu-west-1:1:instance/i-${String(i).padStart(4, '0')}`, { attributes: { n: i } }))
 
-/** Every cache hash of the app's prefix (whatever its naming), and the ids it holds. */
-async function cacheKeys (app: App, redis: Redis): Promise<string[]> {
-  return (await redis.keys(`${app.config.REDIS_KEY_PREFIX}*`)).filter((k) => /:hash(:|$)/.test(k))
-}
-
-/** Overwrites every cached hash with a value no content has: the cache is wrong for every id. */
+/** Overwrites every cached value with one no content has: the cache is wrong for every id. */
 async function corruptCache (app: App, redis: Redis): Promise<number> {
   let n = 0
-  for (const key of await cacheKeys(app, redis)) {
-    const ids = (await redis.hkeys(key)).filter((f) => f !== '' && f !== '!')
-    if (ids.length === 0) continue
-    await redis.hset(key, ...ids.flatMap((id) => [id, '00000000deadbeef']))
-    n += ids.length
+  for (const key of await cacheBucketKeys(app, redis)) {
+    const fields = await redis.hkeys(key)
+    if (fields.length === 0) continue
+    await redis.hset(key, ...fields.flatMap((f) => [f, '12345']))
+    n += fields.length
   }
   return n
 }
@@ -44,12 +39,9 @@ t.test('a wrong cache entry is repaired and costs no write, no lock, no WAL', as
 
   // Repaired: every entry holds the row's hash again.
   const { rows } = await db.query("select id, encode(content_hash, 'hex') as h from resources where scope = $1", [scope])
-  const stored = new Map(rows.map((r: { id: string, h: string }) => [r.id, r.h]))
-  const cached = new Map<string, string>()
-  for (const key of await cacheKeys(app, redis)) {
-    for (const [id, h] of Object.entries(await redis.hgetall(key))) if (id !== '') cached.set(id, h)
-  }
-  t.same(new Map([...cached].sort()), new Map([...stored].sort()), 'the cache equals Postgres again')
+  const entries = await Promise.all(rows.map((r: { id: string, h: string }) => cacheEntry(app, redis, scope, r.id, r.h)))
+  t.equal(entries.length, 200)
+  t.same(entries.filter((e) => e.cached !== e.expected), [], 'the cache equals Postgres again')
   t.match((await tally.scan(scope, resources, { batch: 50 })).stats, { unchanged: 200 })
   t.same(await rowVersions(db, scope), before)
 })
@@ -94,7 +86,7 @@ t.test('identical rescans under another shard count, a cold cache and a wrong ca
     t.match(run.stats, { seen: 300, unchanged: 300, created: 0, updated: 0, deleted: 0 }, `at ${shardCount} shards`)
     t.same(await rowVersions(db, scope), before, `at ${shardCount} shards: no row touched`)
   }
-  const keys = await cacheKeys(app, redis)
+  const keys = await cacheBucketKeys(app, redis)
   await redis.unlink(...keys)
   t.match((await tally.scan(scope, resources, { open: { shardCount: 16 } })).stats, { unchanged: 300 }, 'cold cache')
   t.same(await rowVersions(db, scope), before, 'cold cache: no row touched')
@@ -107,4 +99,67 @@ t.test('identical rescans under another shard count, a cold cache and a wrong ca
   t.match((await tally.scan(scope, changed, { open: { shardCount: 5 } })).stats, { updated: 30, unchanged: 270 })
   const after = await rowVersions(db, scope)
   t.equal([...after].filter(([id, v]) => before.get(id) !== v).length, 30, 'exactly the 30 changed rows were written')
+})
+
+t.test('a first load keeps its cache buckets small: a bucket that fills up doubles its shard\'s count', async (t) => {
+  const app = await build(t, { DEFAULT_SHARD_COUNT: '4', CACHE_BUCKET_SIZE: '4' })
+  const redis = redisClient(t)
+  const tally = api(app)
+  const scope = 'aws/first-load-cache'
+  const resources = estate(600)
+  t.match((await tally.scan(scope, resources, { batch: 100 })).stats, { created: 600 })
+  const buckets = await cacheBucketKeys(app, redis, scope)
+  const sizes = await Promise.all(buckets.map((k) => redis.hlen(k)))
+  t.equal(sizes.reduce((a, b) => a + b, 0), 600, 'every resource is cached')
+  t.ok(Math.max(...sizes) <= 8, `no bucket holds more than twice CACHE_BUCKET_SIZE (largest: ${Math.max(...sizes)})`)
+  t.ok(buckets.length >= 600 / 8, `${buckets.length} buckets`)
+  t.match((await tally.scan(scope, resources)).stats, { unchanged: 600 }, 'and every entry is found')
+})
+
+t.test('a grown scope moves its cache into more buckets, and deleted ones are forgotten wherever they sit', async (t) => {
+  const env = await testEnv(t)
+  // First loaded by an instance whose buckets take 64 (128 at most): 75 a cache shard fit in one.
+  const first = await build(t, { DEFAULT_SHARD_COUNT: '4' }, env)
+  const app = await build(t, { DEFAULT_SHARD_COUNT: '4', CACHE_BUCKET_SIZE: '4' }, env)
+  const db = await sqlClient(t, app)
+  const redis = redisClient(t)
+  const tally = api(app)
+  const scope = 'aws/growing-cache'
+  const resources = estate(300)
+  await api(first).scan(scope, resources)
+  t.equal((await cacheBucketKeys(app, redis, scope)).length, 4, 'one bucket per cache shard')
+  const before = await rowVersions(db, scope)
+
+  // This instance sizes buckets by the scope (300 / (4 shards × 4) → 32 a shard) and moves
+  // what it reads; the ten it does not report stay in the first buckets.
+  const gone = new Set(resources.slice(0, 10).map((r) => r.id))
+  const second = await tally.scan(scope, resources.filter((r) => !gone.has(r.id)))
+  t.match(second.stats, { seen: 290, unchanged: 290, deleted: 10 })
+  const shardKeys = await redis.keys(`${app.config.REDIS_KEY_PREFIX}{default/${scope}/*}:cache`)
+  t.same(await Promise.all(shardKeys.map((k) => redis.hget(k, 'n'))), ['32', '32', '32', '32'], 'every cache shard grew to 32 buckets')
+  t.ok((await cacheBucketKeys(app, redis, scope)).length > 100, 'entries moved to their buckets')
+  const { rows } = await db.query("select id, encode(content_hash, 'hex') as h from resources where scope = $1 and deleted_at is null", [scope])
+  const entries = await Promise.all(rows.map((r: { id: string, h: string }) => cacheEntry(app, redis, scope, r.id, r.h)))
+  t.same(entries.filter((e) => e.cached !== e.expected), [], 'every live row is cached where a read looks first')
+
+  // The ten come back: their deletion reached them in the first buckets, so they are created
+  // again (an entry forgotten there would have answered "unchanged" and left them deleted).
+  const third = await tally.scan(scope, resources)
+  t.match(third.stats, { seen: 300, created: 10, unchanged: 290, deleted: 0 })
+  t.equal((await liveIds(db, scope)).length, 300, 'all 300 live again')
+  const after = await rowVersions(db, scope)
+  t.same([...after].filter(([id, v]) => before.get(id) !== v).map(([id]) => id).sort(), [...gone].sort(), 'only the ten revived rows were written')
+})
+
+t.test('the cache of earlier versions (one hash of id → content hash per shard) is dropped when a shard is first read', async (t) => {
+  const app = await build(t, { DEFAULT_SHARD_COUNT: '4' })
+  const redis = redisClient(t)
+  const tally = api(app)
+  const scope = 'aws/old-cache'
+  const legacy = [0, 1, 2, 3].map((k) => `${app.config.REDIS_KEY_PREFIX}{default/${scope}/${k}}:hash`)
+  for (const key of legacy) await redis.hset(key, '', '7', 'some-id', '0123456789abcdef')
+  const resources = estate(100)
+  t.match((await tally.scan(scope, resources)).stats, { created: 100 })
+  t.equal(await redis.exists(...legacy), 0, 'the old cache is gone')
+  t.match((await tally.scan(scope, resources)).stats, { unchanged: 100 })
 })

@@ -14,6 +14,7 @@ import { generateKey, type Role } from '../src/auth/keys.js'
 import { loadConfig } from '../src/config.js'
 import { createKeys } from '../src/reconcile/keys.js'
 import { idDigest, place } from '../src/reconcile/members.js'
+import { cacheSlot, cacheValue } from '../src/reconcile/cache.js'
 import { layoutOf } from '../src/reconcile/run-keys.js'
 
 type Tap = {
@@ -230,4 +231,24 @@ export async function seenMember (app: App, runId: number, id: string): Promise<
   const run = (await app.db.runs.getRun(runId))!
   const { member, shard, set } = place(idDigest(id), layoutOf(run)!)
   return { key: createKeys(app.config.REDIS_KEY_PREFIX).seen(run, shard, runId, set), member }
+}
+
+/** The app's cache bucket keys (reconcile/cache.ts), of one scope or of all. */
+export async function cacheBucketKeys (app: App, redis: Redis, scope = '*'): Promise<string[]> {
+  return redis.keys(`${app.config.REDIS_KEY_PREFIX}{default/${scope}/*}:cache:*`)
+}
+
+/**
+ * What the cache holds for an id of a scope, in the bucket a read looks in first (null for
+ * nothing), and what it would hold for the content hash Postgres has for it.
+ */
+export async function cacheEntry (app: App, redis: Redis, scope: string, id: string, hash: string): Promise<{ cached: string | null, expected: string }> {
+  const scopeRow = (await app.db.runs.getScope('default', scope))!
+  const digest = idDigest(id)
+  const slot = cacheSlot(id, digest, { shards: scopeRow.cacheShardCount, buckets: 1, bits: app.config.ID_DIGEST_BITS })
+  const shard = createKeys(app.config.REDIS_KEY_PREFIX).cache({ tenant: 'default', scope }, slot.shard)
+  const buckets = Number(await redis.hget(shard, 'n') ?? '1')
+  const field = Number(slot.field)
+  const bucket = ((field % buckets) + buckets) % buckets
+  return { cached: await redis.hget(`${shard}:${bucket}`, slot.field), expected: cacheValue(digest, hash) }
 }

@@ -1,6 +1,6 @@
 /** The point of Tally: what did not change is not written. Row identity (xmin, xmax, ctid) proves it. */
 import t from 'tap'
-import { api, build, redisClient, resource, rowVersions, sqlClient, type ResourceBody } from './helper.js'
+import { api, build, cacheBucketKeys, redisClient, resource, rowVersions, sqlClient, type ResourceBody } from './helper.js'
 
 const estate = (n: number): ResourceBody[] => Array.from({ length: n }, (_, i) => resource(`arn:aws:ec2:eu-west-1:1:instance/i-${i}`, {
   name: `web-${i}`,
@@ -73,7 +73,7 @@ t.test('a cold hash cache (Redis hashes flushed between runs) causes no row rewr
   await tally.scan(scope, resources)
   const before = await rowVersions(db, scope)
 
-  const hashKeys = await redis.keys(`${app.config.REDIS_KEY_PREFIX}*:hash`)
+  const hashKeys = await cacheBucketKeys(app, redis)
   t.ok(hashKeys.length > 0, 'the hash cache exists before the flush')
   await redis.unlink(...hashKeys)
 
@@ -82,7 +82,7 @@ t.test('a cold hash cache (Redis hashes flushed between runs) causes no row rewr
   t.match(second.stats, { seen: 250, created: 0, updated: 1, unchanged: 249, deleted: 0 })
   const after = await rowVersions(db, scope)
   t.same([...after].filter(([id, v]) => before.get(id) !== v).map(([id]) => id), [changedId], 'only the changed row is rewritten')
-  t.equal((await redis.keys(`${app.config.REDIS_KEY_PREFIX}*:hash`)).length, hashKeys.length, 'misses were written back to the cache')
+  t.equal((await cacheBucketKeys(app, redis)).length, hashKeys.length, 'misses were written back to the cache')
 })
 
 t.test('duplicates inside a batch: the last one wins, counted once', async (t) => {

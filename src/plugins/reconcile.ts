@@ -22,6 +22,7 @@ export default fp(async function reconcile (fastify) {
       runTtl: config.RUN_TTL,
       defaultShardCount: config.DEFAULT_SHARD_COUNT,
       seenSetSize: config.SEEN_SET_SIZE,
+      cacheBucketSize: config.CACHE_BUCKET_SIZE,
       idDigestBits: config.ID_DIGEST_BITS,
       guardMinBaseline: config.GUARD_MIN_BASELINE,
       maxDeleteRatio: config.MAX_DELETE_RATIO,

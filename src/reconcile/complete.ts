@@ -13,7 +13,7 @@ import pLimit from 'p-limit'
 import type { RunCounts, RunRow, ScopeRow } from '../db/runs-repository.js'
 import type { SkipPartition } from '../db/schema.js'
 import { TallyError } from '../errors.js'
-import { groupByShard } from './keys.js'
+import { byCacheShard, cacheLayoutOf, cacheSlot, type CacheLayout } from './cache.js'
 import { digestRange, groupMembers, idDigest, type SetLayout } from './members.js'
 import { drain, dropRunKeys, layoutOf, liveCounts, moveMarkers, runStateKeys, seenCount, seenKeys, shardSeenKeys, shards } from './run-keys.js'
 import { requireLayout, requireRun, stateOf } from './runs.js'
@@ -199,15 +199,15 @@ async function stateGone (deps: ReconcileDeps, run: RunRow, during: string): Pro
 }
 
 /**
- * Forgets cached hashes of the ids in every cache shard they fall in, and bumps those shards'
- * epochs. With a generation (after a commit that deleted), every cache shard records it: a shard
- * where that write is lost stays behind the scope's generation, and is emptied when next read.
+ * Forgets what the cache holds for the ids in every cache shard they fall in, and bumps those
+ * shards' epochs. With a generation (after a commit that deleted), every cache shard records it:
+ * a shard where that write is lost stays behind the scope's generation, and is emptied when next read.
  */
-async function invalidate (deps: ReconcileDeps, run: RunRow, cacheShards: number, ids: string[], generation?: number): Promise<void> {
-  const groups = groupByShard(ids, cacheShards)
-  const targets = generation === undefined ? [...groups.keys()] : shards(cacheShards)
-  await Promise.all(targets.map((shard) =>
-    deps.redis.tallyInvalidate(deps.keys.cache(run, shard), generation ?? '', ...groups.get(shard) ?? [])))
+async function invalidate (deps: ReconcileDeps, run: RunRow, cache: CacheLayout, ids: string[], generation?: number): Promise<void> {
+  const groups = byCacheShard(ids.map((id) => cacheSlot(id, idDigest(id), cache)), (slot) => slot)
+  const targets = generation === undefined ? [...groups.keys()] : shards(cache.shards)
+  await Promise.all(targets.map((shard) => deps.redis.tallyInvalidate(deps.keys.cache(run, shard), deps.keys.legacyCache(run, shard),
+    generation ?? '', cache.buckets, cache.bits, ...(groups.get(shard) ?? []).map((slot) => slot.field))))
 }
 
 /**
@@ -281,7 +281,7 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
   const scope = await deps.runs.getScope(run.tenant, run.scope)
   if (scope === undefined || scope.baselineRunId !== run.baselineRunId) {
     // Another run completed after this one started: its view is older, it deletes nothing.
-    return await finish(deps, run, layout, scope?.cacheShardCount ?? run.shardCount, 'superseded', counts, []) ?? completeRun(deps, id, opts)
+    return await finish(deps, run, layout, cacheOf(deps, scope, run, layout), 'superseded', counts, []) ?? completeRun(deps, id, opts)
   }
 
   const diffStarted = performance.now()
@@ -306,17 +306,20 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
   // back from a persistence file, may have kept the markers but lost the last batches' ids.
   if (!await moveMarkers(deps, run, 'closing', 'closing') || !await acksWhole(deps, run)) return stateGone(deps, run, 'diff')
   deps.log.info({ runId: id, stale: ids.length, skipped: kept.length, method: stale.method, diffMs }, 'completing run')
-  return await finish(deps, run, layout, scope.cacheShardCount, 'completed', { ...counts, skipped: kept.length }, ids, { skip, kept }) ?? completeRun(deps, id, opts)
+  return await finish(deps, run, layout, cacheOf(deps, scope, run, layout), 'completed', { ...counts, skipped: kept.length }, ids, { skip, kept }) ?? completeRun(deps, id, opts)
 }
 
+const cacheOf = (deps: ReconcileDeps, scope: ScopeRow | undefined, run: RunRow, layout: SetLayout): CacheLayout =>
+  cacheLayoutOf(scope, run, layout.bits, deps.settings.cacheBucketSize)
+
 /** Commits the outcome; undefined when the run is no longer this completion's to finish (start over). */
-async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cacheShards: number, status: 'completed' | 'superseded', counts: RunCounts,
+async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cache: CacheLayout, status: 'completed' | 'superseded', counts: RunCounts,
   stale: string[], partial: { skip: SkipPartition[], kept: string[] } = { skip: [], kept: [] }): Promise<RunState | undefined> {
   const started = performance.now()
   // Forget the cached hashes first, and again after the commit (a fill prepared in between is
   // dropped by the epoch): a cache entry outliving its row's deletion would make a reappearing
   // resource look unchanged and leave it deleted. A miss only costs a read.
-  await invalidate(deps, run, cacheShards, stale)
+  await invalidate(deps, run, cache, stale)
 
   const finished = await deps.transaction(async (tx) => {
     // No write of the run is under way from here to the commit, and none can begin: so the
@@ -351,7 +354,7 @@ async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cach
     await dropRunKeys(deps, result)
     throw new TallyError('run_not_open', `Run ${run.id} was aborted while completing`)
   }
-  if (finished !== undefined) await invalidate(deps, run, cacheShards, stale, finished.generation)
+  if (finished !== undefined) await invalidate(deps, run, cache, stale, finished.generation)
   if (result.status === 'superseded') await dropRunKeys(deps, result)
   else {
     if (finished !== undefined) await adoptKept(deps, run, layout, partial.kept)

@@ -23,7 +23,7 @@ import type { RunRow } from '../db/runs-repository.js'
 import type { ResourceWrite, StoredVersion } from '../db/resources-repository.js'
 import { TallyError } from '../errors.js'
 import { contentOf, digest } from './content-hash.js'
-import { groupByShard } from './keys.js'
+import { byCacheShard, cacheLayoutOf, cacheSlot, cacheValue, type CacheLayout, type CacheSlot } from './cache.js'
 import { groupPlaced, idDigest, place, type Placed, type SetLayout } from './members.js'
 import { BATCH_STALE_MS } from './run-keys.js'
 import { checkAccess, requireLayout, requireRun } from './runs.js'
@@ -35,12 +35,15 @@ type Kind = 'created' | 'updated' | 'unchanged'
 
 interface Item {
   resource: ResourceIn
-  /** The canonical JSON of its content (what is written), and its hash, 16 hex digits, as kept in the Redis cache. */
+  /** The canonical JSON of its content (what is written), and its hash, 16 hex digits. */
   content: string
   hash: string
   /** XXH64 of the id (resources.id_digest), and where its member goes in the run's sets. */
   digest: bigint
   placed: Placed
+  /** Where the cache keeps the id, and what it holds for the id if its content is unchanged. */
+  slot: CacheSlot
+  value: string
   /** What the cache held for the id when the batch read it; '' for nothing. */
   cached: string
   /** Relative to the inventory before this run: what the run's stats count this id as. */
@@ -52,14 +55,14 @@ interface Item {
 }
 
 /**
- * A run as ingestion needs it: the row (scope and shard count never change), the scope's cache
- * shards, and its cache generation (only a completion of the scope changes it, and none but this
- * run's can happen while it takes batches).
+ * A run as ingestion needs it: the row (scope and shard count never change), the layout of its
+ * sets and of the scope's cache, and the cache generation (only a completion of the scope changes
+ * those, and none but this run's can happen while it takes batches).
  */
 interface RunContext {
   run: RunRow
   layout: SetLayout
-  cacheShards: number
+  cache: CacheLayout
   generation: number
   /**
    * The scope held no live row when this instance first saw the run (a first load): cache
@@ -88,7 +91,13 @@ async function runFor (deps: ReconcileDeps, runCache: RunCache, runId: number, a
   if (run.status !== 'open') throw new TallyError('run_not_open', `Run ${runId} is ${run.status}`)
   const layout = requireLayout(run)
   const [scope, anyLive] = await Promise.all([deps.runs.getScope(run.tenant, run.scope), deps.resources.anyLive(run.tenant, run.scope)])
-  const context = { run, layout, cacheShards: scope?.cacheShardCount ?? run.shardCount, generation: scope?.cacheGeneration ?? 0, loading: !anyLive }
+  const context = {
+    run,
+    layout,
+    cache: cacheLayoutOf(scope, run, layout.bits, deps.settings.cacheBucketSize),
+    generation: scope?.cacheGeneration ?? 0,
+    loading: !anyLive
+  }
   runCache.set(runId, context)
   return context
 }
@@ -140,12 +149,24 @@ function replayOf (deps: ReconcileDeps, run: RunRow, batchId: string, stored: st
   return { runId: run.id, received: record.received, created: record.created, updated: record.updated, unchanged: record.unchanged, duplicate: true }
 }
 
-function itemsOf (resources: ResourceIn[], layout: SetLayout): Map<string, Item> {
+function itemsOf (resources: ResourceIn[], { layout, cache }: RunContext): Map<string, Item> {
   const items = new Map<string, Item>()
   for (const [id, resource] of dedupe(resources)) {
     const { canonical, hash } = contentOf(resource)
     const digest = idDigest(id)
-    items.set(id, { resource, content: canonical, hash, digest, placed: place(digest, layout), cached: '', kind: 'created', pending: true, fill: '' })
+    items.set(id, {
+      resource,
+      content: canonical,
+      hash,
+      digest,
+      placed: place(digest, layout),
+      slot: cacheSlot(id, digest, cache),
+      value: cacheValue(digest, hash),
+      cached: '',
+      kind: 'created',
+      pending: true,
+      fill: ''
+    })
   }
   return items
 }
@@ -165,7 +186,7 @@ export function createIngest (deps: ReconcileDeps) {
   return async function ingestBatch (runId: number, resources: ResourceIn[], batchId?: string, access?: Access): Promise<BatchResult> {
     try {
       const context = await runFor(deps, runCache, runId, access)
-      const items = itemsOf(resources, context.layout)
+      const items = itemsOf(resources, context)
       const batch = { id: batchId ?? '', fingerprint: batchId === undefined ? '' : fingerprintOf(items), token: randomUUID() }
       const replayed = await begin(deps, context.run, batch)
       if (replayed !== undefined) return replayed
@@ -228,36 +249,38 @@ function settle (item: Item, stored: StoredVersion | undefined, runId: number): 
 }
 
 /**
- * Reads the cached hash of every id, and the epoch of each cache shard; throws if a marker of
- * the run is not `open`. When the run's shards are the cache's (the usual case), marker and
+ * Reads what the cache holds for every id, and the epoch of each cache shard; throws if a marker
+ * of the run is not `open`. When the run's shards are the cache's (the usual case), marker and
  * cache share a slot and one script per shard reads both; otherwise they are read apart.
  */
-async function readCache (deps: ReconcileDeps, { run, cacheShards, generation }: RunContext, byCache: Map<number, string[]>,
-  items: Map<string, Item>) {
+async function readCache (deps: ReconcileDeps, context: RunContext, byCache: Map<number, Item[]>, items: Map<string, Item>) {
   const { redis, keys } = deps
-  const hashes = new Map<string, string>()
+  const { run, cache, generation } = context
   const epochs = new Map<number, string>()
   const markers: Array<number | string | null> = []
-  const take = (shard: number, ids: string[], [epoch, ...values]: Array<string | null>) => {
+  const args = (group: Item[]) => group.flatMap((i) => [i.slot.field, i.value])
+  const take = (shard: number, group: Item[], [epoch, ...values]: Array<string | null>) => {
     epochs.set(shard, epoch ?? '0')
-    ids.forEach((id, i) => hashes.set(id, values[i] ?? ''))
+    group.forEach((item, i) => { item.cached = values[i] ?? '' })
   }
-  if (cacheShards === run.shardCount) {
-    await Promise.all([...byCache].map(async ([shard, ids]) => {
-      const reply = await redis.tallyRead(keys.marker(run, shard, run.id), keys.cache(run, shard), generation, ...ids)
+  if (cache.shards === run.shardCount) {
+    await Promise.all([...byCache].map(async ([shard, group]) => {
+      const reply = await redis.tallyRead(keys.marker(run, shard, run.id), keys.cache(run, shard), keys.legacyCache(run, shard),
+        generation, cache.buckets, cache.bits, ...args(group))
       if (typeof reply === 'number') markers.push(reply)
-      else take(shard, ids, reply)
+      else take(shard, group, reply)
     }))
   } else {
     const runShards = [...new Set([...items.values()].map((i) => i.placed.shard))]
     await Promise.all([
       ...runShards.map(async (shard) => { markers.push(await redis.get(keys.marker(run, shard, run.id))) }),
-      ...[...byCache].map(async ([shard, ids]) => take(shard, ids, await redis.tallyCacheRead(keys.cache(run, shard), generation, ...ids)))
+      ...[...byCache].map(async ([shard, group]) => take(shard, group,
+        await redis.tallyCacheRead(keys.cache(run, shard), keys.legacyCache(run, shard), generation, cache.buckets, cache.bits, ...args(group))))
     ])
   }
   const refused = markers.filter((m) => m !== 'open')
   if (refused.length > 0) throw await refusal(deps, run, refused.some((m) => m === null || m === MARKER_MISSING))
-  return { hashes, epochs }
+  return epochs
 }
 
 async function apply (deps: ReconcileDeps, context: RunContext, items: Map<string, Item>, received: number,
@@ -266,15 +289,13 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
   const { run } = context
 
   // 2. The markers (a run whose state is lost writes nothing) and the cache, every shard at once.
-  const byCache = groupByShard(items.keys(), context.cacheShards)
-  const cached = await readCache(deps, context, byCache, items)
-  for (const [id, value] of cached.hashes) {
-    const item = items.get(id)!
-    item.cached = value
-    if (value === item.hash) {
+  const byCache = byCacheShard(items.values(), (i) => i.slot)
+  const epochs = await readCache(deps, context, byCache, items)
+  for (const item of items.values()) {
+    if (item.cached === item.value) {
       item.kind = 'unchanged'
       item.pending = false
-    } else if (value !== '') {
+    } else if (item.cached !== '') {
       item.kind = 'updated' // or the entry is wrong: the write finds out, and the read-back repairs it
     }
   }
@@ -335,10 +356,13 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
   await deps.runs.recordAck(run.id, batch.token, [...bySet.keys()])
 
   // 5. The cache learns what Postgres holds, unless someone else touched the entry meanwhile.
-  await Promise.all([...byCache].map(([shard, ids]) => {
-    const fills = ids.map((id) => items.get(id)!).filter((i) => i.fill !== '' && i.fill !== i.cached)
+  await Promise.all([...byCache].map(([shard, group]) => {
+    const fills = group.flatMap((i) => {
+      const value = i.fill === '' ? '' : i.fill === i.hash ? i.value : cacheValue(i.digest, i.fill)
+      return value === '' || value === i.cached ? [] : [i.slot.field, i.cached, value]
+    })
     if (fills.length === 0) return undefined
-    return redis.tallyFill(keys.cache(run, shard), cached.epochs.get(shard)!, ...fills.flatMap((i) => [i.resource.id, i.cached, i.fill]))
+    return redis.tallyFill(keys.cache(run, shard), epochs.get(shard)!, 2 * deps.settings.cacheBucketSize, ...fills)
   }))
 
   const counts = { created: 0, updated: 0, unchanged: 0 }

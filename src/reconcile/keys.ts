@@ -13,18 +13,6 @@ export function shardOf (id: string, shardCount: number): number {
   return crc32(id) % shardCount
 }
 
-/** Groups ids by shard; each shard's ids keep their input order. */
-export function groupByShard (ids: Iterable<string>, shardCount: number): Map<number, string[]> {
-  const groups = new Map<number, string[]>()
-  for (const id of ids) {
-    const shard = shardOf(id, shardCount)
-    const group = groups.get(shard)
-    if (group === undefined) groups.set(shard, [id])
-    else group.push(id)
-  }
-  return groups
-}
-
 export interface ScopeRef {
   tenant: string
   scope: string
@@ -58,12 +46,16 @@ export function createKeys (prefix: string) {
      */
     marker: (s: ScopeRef, shard: number, runId: number) => `${tag(s, shard)}:mark:${runId}`,
     /**
-     * HASH id -> content hash, a cache of resources.content_hash, sharded by the scope's own
-     * cache shard count (whatever count each run uses). Field '' is the epoch: every
-     * invalidation bumps it, and a fill prepared before it is dropped. Field '!' is the scope's
-     * cache generation (scopes.cache_generation) the shard's last invalidation was for.
+     * HASH of one cache shard's bookkeeping (the cache itself is in its buckets, `<this>:<b>`,
+     * HASHes field -> value, see cache.ts): '' the epoch (every invalidation bumps it, and a fill
+     * prepared before it is dropped), '!' the scope's cache generation (scopes.cache_generation)
+     * the shard's last invalidation was for, 'n' its bucket count, 'lo' the smallest bucket count
+     * it had since it was last emptied (entries may sit in any count's bucket between), 'w' the
+     * member width its fields are of. The bucket keys are named by the scripts, in this key's slot.
      */
-    cache: (s: ScopeRef, cacheShard: number) => `${tag(s, cacheShard)}:hash`,
+    cache: (s: ScopeRef, cacheShard: number) => `${tag(s, cacheShard)}:cache`,
+    /** HASH id -> content hash of versions before the bucketed cache: only ever unlinked. */
+    legacyCache: (s: ScopeRef, cacheShard: number) => `${tag(s, cacheShard)}:hash`,
     /** HASH of the run in flight: state open | closing, batches, touched (ms of its last batch). */
     counters: (runId: number) => `${prefix}{run:${runId}}`,
     /** HASH batch id -> the batch's result, or a claim while a copy is being applied. Same slot as the counters. */

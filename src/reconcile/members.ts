@@ -90,12 +90,17 @@ export function groupMembers (ids: Iterable<string>, layout: SetLayout): Map<num
 export const MAX_SETS = 1024
 
 /**
- * Sets per shard for a run of a scope expected to hold about `size` resources: the smallest
- * power of two that keeps a set at or under `setSize` members on average.
+ * How many parts, a power of two of at most `max`, to split each of `groups` groups into so that
+ * `size` things spread evenly leave a part at or under `perPart` on average.
  */
+export function partsFor (size: number, groups: number, perPart: number, max: number): number {
+  const needed = Math.ceil(size / (groups * perPart))
+  let parts = 1
+  while (parts < needed && parts < max) parts *= 2
+  return parts
+}
+
+/** Sets per shard for a run of a scope expected to hold about `size` resources (SEEN_SET_SIZE members a set). */
 export function setsFor (size: number, shardCount: number, setSize: number): number {
-  const needed = Math.ceil(size / (shardCount * setSize))
-  let sets = 1
-  while (sets < needed && sets < MAX_SETS) sets *= 2
-  return sets
+  return partsFor(size, shardCount, setSize, MAX_SETS)
 }

@@ -8,8 +8,12 @@
  * to the seen sets and count them), `tallyFill` (cache), `tallyDone` (run slot: record and
  * unregister). A completion runs `tallyClose` (run slot: take no new batch; wait until the
  * registered ones are done) before it seals the markers with `tallyMarker` and reads anything.
+ *
+ * The cache scripts name their bucket keys themselves (`<cache shard key>:<bucket>`, cache.ts):
+ * the same hash tag as the cache shard key they are given, so the same slot.
  */
 import type { Redis, Cluster, Result } from 'ioredis'
+import { MAX_BUCKETS } from './cache.js'
 
 /** What the scripts return when a key that must exist is gone (the run's state is lost), or is in another state. */
 export const MARKER_MISSING = -2
@@ -20,30 +24,82 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
 
 /**
- * The cache read: KEYS[k] the cache shard, ARGV[1] the scope's cache generation, the ids after
- * it. A shard behind that generation is emptied (keeping its epoch rising, so fills prepared
- * before are dropped) and answers misses; one ahead of it (a reader with an old generation)
- * answers misses too.
+ * The buckets of a field's chain (cache.ts) below its bucket under the count n, each once: its
+ * buckets under n / 2, n / 4, … down to the shard's `lo`. Needs `meta`, `n` and `lo`.
  */
-const cacheRead = (k: number) => `
-local gen = tonumber(ARGV[1])
-local have = tonumber(redis.call('HGET', KEYS[${k}], '!') or '0') or 0
-local epoch = redis.call('HGET', KEYS[${k}], '') or '0'
-local n = #ARGV
-local out = {epoch}
-if have ~= gen then
-  if have < gen then
-    redis.call('DEL', KEYS[${k}])
-    epoch = tostring(tonumber(epoch) + 1)
-    redis.call('HSET', KEYS[${k}], '!', gen, '', epoch)
-    out[1] = epoch
+const below = `
+local function below (f)
+  local keys, last, m = {}, f % n, n / 2
+  while m >= lo do
+    local b = f % m
+    if b ~= last then
+      keys[#keys + 1] = meta .. ':' .. b
+      last = b
+    end
+    m = m / 2
   end
-  for i = 2, n do out[#out + 1] = false end
+  return keys
+end`
+
+/**
+ * What the read and the invalidation share. KEYS[k] is a cache shard's bookkeeping hash
+ * (keys.cache), KEYS[k + 1] the cache of earlier versions; ARGV[2] the bucket count the caller
+ * asks for, ARGV[3] the member width. The shard's count is the larger of that and its own
+ * (counts only grow). `empty` drops every bucket and the old cache, keeping the epoch rising
+ * (from Redis's clock for a shard seen for the first time).
+ */
+const cacheShard = (k: number) => `
+local meta = KEYS[${k}]
+local info = redis.call('HMGET', meta, '!', '', 'n', 'lo', 'w')
+local have = tonumber(info[1]) or 0
+local n = math.max(tonumber(ARGV[2]), tonumber(info[3]) or 0)
+local lo = tonumber(info[4]) or n
+local known = info[2] and info[5] == ARGV[3]
+local function empty (gen)
+  for b = 0, n - 1 do redis.call('UNLINK', meta .. ':' .. b) end
+  redis.call('UNLINK', KEYS[${k + 1}])
+  if not info[2] then
+    local t = redis.call('TIME')
+    redis.call('HSET', meta, '', t[1] .. string.format('%06d', tonumber(t[2])))
+  end
+  redis.call('HSET', meta, '!', gen, 'n', n, 'lo', n, 'w', ARGV[3])
+  redis.call('HINCRBY', meta, '', 1)
+  return redis.call('HGET', meta, '')
+end
+if known and n ~= tonumber(info[3]) then redis.call('HSET', meta, 'n', n) end
+${below}`
+
+/**
+ * The cache read: ARGV[1] the scope's cache generation, then per id its field and the value it
+ * would have if unchanged. Returns the epoch, then each id's value (false for none). A shard
+ * behind that generation, or never seen, or of another member width, is emptied and answers
+ * misses; one ahead of it (a reader with an old generation) answers misses too. On a miss in the
+ * field's bucket, the rest of its chain is emptied of the field: an entry holding the id's value
+ * is moved to the bucket (a hit), any other dropped (another id's, or out of date: a miss is safe).
+ */
+const cacheRead = (k: number) => `${cacheShard(k)}
+local gen = tonumber(ARGV[1])
+local out = {info[2]}
+if not known or have ~= gen then
+  if not known or have < gen then out[1] = empty(math.max(have, gen)) end
+  for i = 4, #ARGV, 2 do out[#out + 1] = false end
   return out
 end
-for i = 2, n, 1000 do
-  local got = redis.call('HMGET', KEYS[${k}], unpack(ARGV, i, math.min(i + 999, n)))
-  for j = 1, #got do out[#out + 1] = got[j] end
+for i = 4, #ARGV, 2 do
+  local f, v = ARGV[i], ARGV[i + 1]
+  local key = meta .. ':' .. (tonumber(f) % n)
+  local val = redis.call('HGET', key, f)
+  if not val then
+    for _, old in ipairs(below(tonumber(f))) do
+      local got = redis.call('HGET', old, f)
+      if got then
+        redis.call('HDEL', old, f)
+        if got == v then val = got end
+      end
+    end
+    if val then redis.call('HSET', key, f, val) end
+  end
+  out[#out + 1] = val or false
 end
 return out`
 
@@ -80,12 +136,12 @@ redis.call('EXPIRE', KEYS[3], ARGV[4])
 return {'begun', ''}`
   },
   /**
-   * KEYS marker, cache; ARGV generation, id… The cache read of a batch, when the run's shard and
-   * the cache's shard are one slot: -1 / -2 (as tallyCommit) if the marker is not `open`, else
-   * as tallyCacheRead.
+   * KEYS marker, cache, old cache; ARGV generation, buckets, width, then field, value per id.
+   * The cache read of a batch, when the run's shard and the cache's shard are one slot: -1 / -2
+   * (as tallyCommit) if the marker is not `open`, else as tallyCacheRead.
    */
   tallyRead: {
-    numberOfKeys: 2,
+    numberOfKeys: 3,
     lua: `
 local m = redis.call('GET', KEYS[1])
 if m ~= 'open' then
@@ -95,12 +151,13 @@ end
 ${cacheRead(2)}`
   },
   /**
-   * KEYS cache; ARGV generation, id… The cache's epoch followed by the cached hash of each id
-   * (nil for none). A shard whose recorded generation ('!') is behind the scope's missed an
-   * invalidation (Redis lost it): it is emptied and answers misses.
+   * KEYS cache, old cache; ARGV generation, buckets, width, then field, value per id.
+   * The cache shard's epoch followed by each id's cached value (nil for none). A shard whose
+   * recorded generation ('!') is behind the scope's missed an invalidation (Redis lost it): it is
+   * emptied and answers misses.
    */
   tallyCacheRead: {
-    numberOfKeys: 1,
+    numberOfKeys: 2,
     lua: cacheRead(1)
   },
   /**
@@ -181,41 +238,81 @@ for k = 1, #KEYS do n = n + redis.call('SCARD', KEYS[k]) end
 return n`
   },
   /**
-   * KEYS cache; ARGV epoch, then id, expected, value… Writes `value` for each id whose entry is
-   * still what the batch read (`expected`, '' for none) or already `value`; drops any other
-   * entry (a concurrent writer: a miss is safe, a wrong hash is not). Does nothing if the epoch
-   * moved since the batch read it: an invalidation happened in between.
+   * KEYS cache; ARGV epoch, most entries a bucket takes, then field, expected, value per id.
+   * Writes `value` in the field's bucket (under the shard's count now) if the entry is still what
+   * the batch read (`expected`, '' for none) or already `value`, else drops it (a concurrent
+   * writer: a miss is safe, a wrong value is not); either way the rest of the field's chain is
+   * emptied of it. A bucket that fills up has its entries moved to their buckets under the count
+   * (`rehome`), and while it stays full the shard's count doubles (up to MAX_BUCKETS): a scope
+   * that grows within a scan, a first load above all, keeps small buckets. Does nothing if the
+   * epoch moved since the batch read it: an invalidation happened in between.
    */
   tallyFill: {
     numberOfKeys: 1,
     lua: `
-if (redis.call('HGET', KEYS[1], '') or '0') ~= ARGV[1] then return 0 end
-for i = 2, #ARGV, 3 do
-  local cur = redis.call('HGET', KEYS[1], ARGV[i]) or ''
+local meta = KEYS[1]
+local info = redis.call('HMGET', meta, '', 'n', 'lo')
+if info[1] ~= ARGV[1] then return 0 end
+local n, lo, most = tonumber(info[2]), tonumber(info[3]), tonumber(ARGV[2])
+${below}
+local function rehome (k)
+  local key = meta .. ':' .. k
+  local all = redis.call('HGETALL', key)
+  local stay = #all / 2
+  for j = 1, #all, 2 do
+    local dest = meta .. ':' .. (tonumber(all[j]) % n)
+    if dest ~= key then
+      if redis.call('HEXISTS', dest, all[j]) == 1 then
+        redis.call('HDEL', dest, all[j])
+        redis.call('HDEL', key, all[j])
+        stay = stay - 1
+      elseif redis.call('HLEN', dest) < most then
+        redis.call('HSET', dest, all[j], all[j + 1])
+        redis.call('HDEL', key, all[j])
+        stay = stay - 1
+      end
+    end
+  end
+  return stay
+end
+for i = 3, #ARGV, 3 do
+  local f = ARGV[i]
+  local k = tonumber(f) % n
+  local key = meta .. ':' .. k
+  for _, old in ipairs(below(tonumber(f))) do redis.call('HDEL', old, f) end
+  local cur = redis.call('HGET', key, f) or ''
   if cur == ARGV[i + 1] or cur == ARGV[i + 2] then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    redis.call('HSET', key, f, ARGV[i + 2])
+    if redis.call('HLEN', key) >= most then
+      while rehome(k) >= most and n < ${MAX_BUCKETS} do
+        n = n * 2
+        redis.call('HSET', meta, 'n', n)
+      end
+    end
   else
-    redis.call('HDEL', KEYS[1], ARGV[i])
+    redis.call('HDEL', key, f)
   end
 end
 return 1`
   },
   /**
-   * KEYS cache; ARGV generation ('' for none), id…: forgets the ids and bumps the epoch, so fills
-   * prepared earlier are dropped; with a generation, records it as the one this shard is
-   * invalidated for (never lowering it).
+   * KEYS cache, old cache; ARGV generation ('' for none), buckets, width, then the ids' fields:
+   * forgets the ids (in every bucket of their chains) and bumps the epoch, so fills prepared
+   * earlier are dropped; with a generation, records it as the one this shard is invalidated for
+   * (never lowering it). A shard never seen, or of another member width, is emptied instead.
    */
   tallyInvalidate: {
-    numberOfKeys: 1,
-    lua: `
-local n = #ARGV
-for i = 2, n, 1000 do
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 999, n)))
+    numberOfKeys: 2,
+    lua: `${cacheShard(1)}
+local gen = tonumber(ARGV[1]) or 0
+if not known then return empty(math.max(have, gen)) end
+for i = 4, #ARGV do
+  local f = ARGV[i]
+  redis.call('HDEL', meta .. ':' .. (tonumber(f) % n), f)
+  for _, old in ipairs(below(tonumber(f))) do redis.call('HDEL', old, f) end
 end
-if ARGV[1] ~= '' and (tonumber(redis.call('HGET', KEYS[1], '!') or '0') or 0) < tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], '!', ARGV[1])
-end
-return redis.call('HINCRBY', KEYS[1], '', 1)`
+if have < gen then redis.call('HSET', meta, '!', gen) end
+return redis.call('HINCRBY', meta, '', 1)`
   },
   /**
    * KEYS batches, counters, inflight; ARGV batchId ('' for none), token, result, ttl.
@@ -303,14 +400,17 @@ type BeginState = 'done' | 'pending' | 'closed' | 'missing' | 'begun'
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     tallyBegin(counters: string, batches: string, inflight: string, batchId: string, token: string, staleMs: number, ttl: number): Result<[BeginState, string], Context>
-    tallyRead(marker: string, cache: string, generation: number, ...ids: string[]): Result<number | Array<string | null>, Context>
-    tallyCacheRead(cache: string, generation: number, ...ids: string[]): Result<Array<string | null>, Context>
+    tallyRead(marker: string, cache: string, oldCache: string, generation: number, buckets: number, width: number,
+      ...fieldValue: string[]): Result<number | Array<string | null>, Context>
+    tallyCacheRead(cache: string, oldCache: string, generation: number, buckets: number, width: number,
+      ...fieldValue: string[]): Result<Array<string | null>, Context>
     tallyCommit(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number, Context>
     tallyCard(numberOfKeys: number, ...keys: string[]): Result<number, Context>
     tallyIsMember(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number[], Context>
     tallyDiff(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<string[], Context>
-    tallyFill(cache: string, epoch: string, ...idExpectedValue: string[]): Result<number, Context>
-    tallyInvalidate(cache: string, generation: number | '', ...ids: string[]): Result<number, Context>
+    tallyFill(cache: string, epoch: string, most: number, ...fieldExpectedValue: string[]): Result<number, Context>
+    tallyInvalidate(cache: string, oldCache: string, generation: number | '', buckets: number, width: number,
+      ...fields: string[]): Result<number | string, Context>
     tallyDone(batches: string, counters: string, inflight: string, batchId: string, token: string, result: string, ttl: number): Result<['revoked' | 'replay' | 'done', string], Context>
     tallyRelease(batches: string, inflight: string, batchId: string, token: string): Result<number, Context>
     tallyClose(counters: string, inflight: string, staleMs: number): Result<number, Context>

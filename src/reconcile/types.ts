@@ -25,6 +25,8 @@ export interface ReconcileSettings {
   defaultShardCount: number
   /** Members a seen set aims for (SEEN_SET_SIZE): a run's sets per shard follow the scope's size. */
   seenSetSize: number
+  /** Entries a cache bucket aims for (CACHE_BUCKET_SIZE): completions grow a scope's buckets to keep to it. */
+  cacheBucketSize: number
   /** Width of the id digests new runs put in their seen sets (ID_DIGEST_BITS). */
   idDigestBits: number
   guardMinBaseline: number
