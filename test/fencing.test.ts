@@ -8,7 +8,7 @@ import { idDigest } from '../src/reconcile/members.js'
 import { api, build, liveIds, resource, seenMember, sqlClient, waitFor } from './helper.js'
 
 /** A write of run `runId` as a batch makes it, straight to Postgres (a batch that then fails leaves just that). */
-const write = (app: Awaited<ReturnType<typeof build>>, scope: string, runId: number, id: string) => app.db.resources.writeChanged('default', scope, runId,
+const write = (app: Awaited<ReturnType<typeof build>>, scope: string, runId: number, id: string) => app.db.resources.writeChanged('default', scope, runId, `token-${id}`,
   [{ id, content: '{"attributes":{"v":0},"name":null,"region":null,"tags":{},"type":"t"}', hash: '0707070707070707', digest: idDigest(id).toString() }])
 const writesSeen = async (db: pg.Client, runId: number) => (await db.query('select writes_seen from runs where id = $1', [runId])).rows[0].writes_seen
 const abc = () => ['a', 'b', 'c'].map((id) => resource(id))
@@ -53,11 +53,11 @@ t.test('an older run never overwrites the version a newer run wrote', async (t) 
   const newer = await tally.scan(scope, [resource('x', { attributes: { v: 2 } })])
   // A batch of the older run, delayed past the newer run's write, lands now.
   const row = { id: 'x', content: '{"attributes":{"v":0},"name":null,"region":null,"tags":{},"type":"t"}', hash: '0707070707070707', digest: '7' }
-  const late = await app.db.resources.writeChanged('default', scope, older.id, [row])
+  const late = await app.db.resources.writeChanged('default', scope, older.id, 'late-token', [row])
   t.same(late, { runOpen: false, inserted: new Set(), updated: new Set(), revived: new Set() }, 'a finished run writes nothing')
   // Second line of defence, should an older run still be in flight: the row's changed_run_id.
   await db.query("update runs set status = 'open' where id = $1", [older.id])
-  const guarded = await app.db.resources.writeChanged('default', scope, older.id, [row])
+  const guarded = await app.db.resources.writeChanged('default', scope, older.id, 'late-token', [row])
   t.same(guarded, { runOpen: true, inserted: new Set(), updated: new Set(), revived: new Set() }, 'the guard refused the write')
   const { rows } = await db.query("select attributes->>'v' as v, changed_run_id, xmax from resources where scope = $1 and id = 'x'", [scope])
   t.same(rows, [{ v: '2', changed_run_id: String(newer.id), xmax: '0' }], 'the newer version stands, unlocked')
@@ -101,7 +101,7 @@ t.test('rows a run wrote but never acknowledged: its completion says so, and the
   // A batch that wrote, then failed before its ids reached the sets.
   t.match(await write(app, scope, run, 'ghost'), { runOpen: true, inserted: new Set(['ghost']) })
   t.match((await tally.complete(run)).body, { status: 'completed', stats: { seen: 3, deleted: 0 } })
-  t.equal(await writesSeen(db, run), false, 'its completion counted a row its sets lack')
+  t.equal(await writesSeen(db, run), false, 'its completion found a write never acknowledged')
   t.match((await tally.scan(scope, abc())).stats, { deleted: 1 }, 'the next completion checked it')
   t.same(await liveIds(db, scope), ['a', 'b', 'c'])
 })

@@ -87,11 +87,12 @@ export function createResourcesRepository (db: Db) {
      * completing: a batch of an aborted or finished run cannot change the inventory. The fence
      * holds a share of the run row's lock until the statement commits: a completion that locks
      * the row (runs lockRun) waits for writes under way, and the ones after it find the run finished.
+     * A statement that wrote a row records the batch's `token` in run_writes, in the same commit.
      *
      * A row another writer changed meanwhile may be skipped: the caller reads back every id
      * that was neither inserted nor updated.
      */
-    async writeChanged (tenant: string, scope: string, runId: number, rows: ResourceWrite[]): Promise<WriteResult> {
+    async writeChanged (tenant: string, scope: string, runId: number, token: string, rows: ResourceWrite[]): Promise<WriteResult> {
       if (rows.length === 0) return { runOpen: true, inserted: new Set(), updated: new Set(), revived: new Set() }
       const result = await db.execute<{ run_open: boolean, inserted: string[], updated: string[], revived: string[] }>(sql`
         with fence as (select 1 from runs where id = ${runId} and status in ('open', 'completing') for key share),
@@ -118,29 +119,17 @@ export function createResourcesRepository (db: Db) {
             and r.ctid = x.tid
             and (r.content_hash is distinct from x.content_hash or r.deleted_at is not null)
             and r.changed_run_id <= ${runId}
-          returning r.id, x.was_deleted_at is not null as revived)
+          returning r.id, x.was_deleted_at is not null as revived),
+        wrote as (
+          insert into run_writes (run_id, token)
+          select ${runId}, ${token} where exists (select 1 from ins) or exists (select 1 from upd)
+          on conflict do nothing)
         select exists (select 1 from fence) as run_open,
                array(select id from ins) as inserted,
                array(select id from upd) as updated,
                array(select id from upd where revived) as revived`)
       const row = result.rows[0]!
       return { runOpen: row.run_open, inserted: new Set(row.inserted), updated: new Set(row.updated), revived: new Set(row.revived) }
-    },
-
-    /**
-     * How many live rows run `runId` last wrote. Written as a range in the order of
-     * `resources_live_changed_run_idx`, so that the plan does not depend on statistics: without
-     * them, `changed_run_id = …` was planned onto another live-row index on (tenant, scope),
-     * reading the whole scope; the range form reads the run's rows alone (measured at 100k).
-     */
-    async countLiveWrittenBy (tenant: string, scope: string, runId: number, tx: Executor = db): Promise<number> {
-      const result = await tx.execute<{ n: string }>(sql`
-        select count(*) as n from (
-          select changed_run_id from resources
-          where tenant = ${tenant} and scope = ${scope} and deleted_at is null
-            and changed_run_id >= ${runId} and changed_run_id <= ${runId}
-          order by changed_run_id limit ${Number.MAX_SAFE_INTEGER}) w`)
-      return Number(result.rows[0]!.n)
     },
 
     /** Whether the scope holds any live row: a first load has nothing to compare against. */

@@ -2,7 +2,7 @@
 import { and, desc, eq, inArray, lt, or, sql, type SQL } from 'drizzle-orm'
 import { globToLike } from '../auth/keys.js'
 import type { Db, Executor, Tx } from './client.js'
-import { runAcks, runs, scopes, type RunStatus, type SkipPartition } from './schema.js'
+import { runAcks, runs, runWrites, scopes, type RunStatus, type SkipPartition } from './schema.js'
 
 export type RunRow = typeof runs.$inferSelect
 export type ScopeRow = typeof scopes.$inferSelect
@@ -184,8 +184,22 @@ export function createRunsRepository (db: Db) {
       return db.select({ token: runAcks.token, shards: runAcks.shards }).from(runAcks).where(eq(runAcks.runId, runId))
     },
 
-    async dropAcks (runId: number, tx: Executor = db): Promise<void> {
+    /**
+     * Did a batch of the run write rows and never get acknowledged (a batch that failed after its
+     * write, or whose holder died)? If not, every row the run wrote is in its sets. Asked with
+     * the run's row locked, so that no write is under way (resources writeChanged).
+     */
+    async anyUnacknowledgedWrite (runId: number, tx: Executor): Promise<boolean> {
+      const result = await tx.execute<{ any: boolean }>(sql`
+        select exists (select 1 from run_writes w where w.run_id = ${runId}
+          and not exists (select 1 from run_acks a where a.run_id = ${runId} and a.token = w.token)) as any`)
+      return result.rows[0]!.any
+    },
+
+    /** A run's witnesses, acks and writes, when it ends. */
+    async dropWitnesses (runId: number, tx: Executor = db): Promise<void> {
       await tx.delete(runAcks).where(eq(runAcks.runId, runId))
+      await tx.delete(runWrites).where(eq(runWrites.runId, runId))
     }
   }
 }

@@ -167,6 +167,16 @@ export const runAcks = pgTable('run_acks', {
 }, (t) => [primaryKey({ columns: [t.runId, t.token] })])
 
 /**
+ * The batches of a run in flight that wrote rows, by token, written by the statement that writes
+ * the rows. When every one of them is acknowledged (run_acks), every row the run wrote is in its
+ * sets: its completion records `runs.writes_seen`. Rows go with the run's end.
+ */
+export const runWrites = pgTable('run_writes', {
+  runId: bigint({ mode: 'number' }).notNull(),
+  token: text().notNull()
+}, (t) => [primaryKey({ columns: [t.runId, t.token] })])
+
+/**
  * API keys. A key is `tally_<id>_<secret>`: the id finds the row, the secret is never stored,
  * only its SHA-256 (the secret is 256 random bits, so a slow hash would add nothing but
  * latency to every request). A revoked key keeps its row, for the record.

@@ -322,20 +322,20 @@ async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cach
   await invalidate(deps, run, cache, stale)
 
   const finished = await deps.transaction(async (tx) => {
-    // No write of the run is under way from here to the commit, and none can begin: so the
-    // rows it wrote can be counted. All of them are in its sets (none written by a batch that
-    // then failed) when the count equals what its sets counted as written, and its sets agree
-    // with their counts; then the next completion skips them (writesSeen).
+    // No write of the run is under way from here to the commit, and none can begin: so what
+    // it wrote is known. All of it is in its sets when every batch that wrote was acknowledged
+    // (none wrote and then failed), and its sets agree with their counts; then the next
+    // completion skips its rows (writesSeen).
     await deps.runs.lockRun(run.id, tx)
     const writesSeen = status === 'completed' && counts.seen === counts.created + counts.updated + counts.unchanged &&
-      await deps.resources.countLiveWrittenBy(run.tenant, run.scope, run.id, tx) === counts.created + counts.updated
+      !await deps.runs.anyUnacknowledgedWrite(run.id, tx)
     let deleted = 0
     for (let i = 0; i < stale.length; i += DELETE_CHUNK) {
       deleted += await deps.resources.softDelete(run.tenant, run.scope, stale.slice(i, i + DELETE_CHUNK), run.id, tx)
     }
     const row = await deps.runs.finishRun(run.id, run.attempt, status, { ...counts, deleted }, partial.skip, writesSeen, tx)
     if (row === undefined) throw new ConcurrentFinish()
-    await deps.runs.dropAcks(run.id, tx)
+    await deps.runs.dropWitnesses(run.id, tx)
     // The baseline's sets hold what the run saw and what its skip kept (adoptKept).
     const generation = status === 'completed'
       ? await deps.runs.promoteBaseline(run.tenant, run.scope, { ...run, seen: counts.seen + counts.skipped, deleted }, tx)

@@ -313,7 +313,7 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
   for (let attempt = 1; ; attempt++) {
     const pending = [...items.values()].filter((i) => i.pending)
     if (pending.length === 0) break
-    const written = await deps.resources.writeChanged(run.tenant, run.scope, run.id, pending.map(toWrite))
+    const written = await deps.resources.writeChanged(run.tenant, run.scope, run.id, batch.token, pending.map(toWrite))
     if (!written.runOpen) throw await refusal(deps, run, false)
     const left: Item[] = []
     for (const item of pending) {

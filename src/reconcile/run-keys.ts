@@ -106,7 +106,7 @@ export function runStateKeys (deps: Deps, run: RunRow): string[] {
 /** Drops every key of a run that did not become the baseline (aborted or superseded), and its acks witness. */
 export async function dropRunKeys (deps: Deps & Pick<ReconcileDeps, 'runs'>, run: RunRow): Promise<void> {
   await Promise.all([
-    deps.runs.dropAcks(run.id),
+    deps.runs.dropWitnesses(run.id),
     ...seenKeys(deps, run).map((key) => deps.redis.unlink(key)),
     ...runStateKeys(deps, run).map((key) => deps.redis.unlink(key))
   ])
