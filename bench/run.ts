@@ -9,6 +9,7 @@
  *   --profile DIR: the servers write V8 CPU profiles there (open in Chrome DevTools)
  *   --cluster: Tally on a private Redis Cluster (3 primaries, 3 replicas) started for the run;
  *     Redis bytes are summed over the primaries
+ *   --ndjson: Tally's batches as NDJSON (one resource per line), the naive design's as JSON
  */
 import getPort from 'get-port'
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -42,7 +43,8 @@ const { values: opt } = parseArgs({
     'stats-wait': { type: 'string', default: '11000' },
     profile: { type: 'string' },
     instances: { type: 'string', default: '1' },
-    cluster: { type: 'boolean', default: false }
+    cluster: { type: 'boolean', default: false },
+    ndjson: { type: 'boolean', default: false }
   }
 })
 const [changed, added, vanished] = opt.churn.split(',').map(Number)
@@ -157,8 +159,8 @@ async function stopServer (server: Server): Promise<void> {
   }))
 }
 
-async function post (instance: Instance, path: string, body: Buffer | string): Promise<{ status: number, json: any }> {
-  const res = await instance.http.request({ method: 'POST', path, headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` }, body })
+async function post (instance: Instance, path: string, body: Buffer | string, type = 'application/json'): Promise<{ status: number, json: any }> {
+  const res = await instance.http.request({ method: 'POST', path, headers: { 'content-type': type, authorization: `Bearer ${apiKey}` }, body })
   const text = await res.body.text()
   return { status: res.statusCode, json: text === '' ? null : JSON.parse(text) }
 }
@@ -169,14 +171,17 @@ async function usage (server: Server) {
   return { cpuSec: all.reduce((n, u) => n + u.cpuSec, 0), rssMb: all.reduce((n, u) => n + u.rssMb, 0) }
 }
 
-function batchBodies (scan: Scan): Buffer[] {
+/** With --ndjson, Tally's batches are NDJSON. */
+const ndjsonFor = (design: Design) => opt.ndjson && design === 'tally'
+
+function batchBodies (scan: Scan, ndjson: boolean): Buffer[] {
   const bodies: Buffer[] = []
   for (let i = 0; i < scan.indices.length; i += config.batch) {
     const resources = []
     for (let k = i; k < Math.min(i + config.batch, scan.indices.length); k++) {
       resources.push(makeResource(config.seed, ACCOUNT, scan.indices[k]!, scan.versions[k]!))
     }
-    bodies.push(Buffer.from(JSON.stringify({ resources })))
+    bodies.push(Buffer.from(ndjson ? resources.map((r) => JSON.stringify(r)).join('\n') : JSON.stringify({ resources })))
   }
   return bodies
 }
@@ -204,7 +209,7 @@ async function runScan (server: Server, db: pg.Client, redis: Redis | Cluster, s
       const instance = server.instances[next % server.instances.length]!
       const body = bodies[next++]!
       const t0 = performance.now()
-      const res = await post(instance, `/runs/${runId}/resources`, body)
+      const res = await post(instance, `/runs/${runId}/resources`, body, ndjsonFor(server.design) ? 'application/x-ndjson' : 'application/json')
       latencies.push(performance.now() - t0)
       if (res.status !== 200) throw new Error(`batch: ${res.status} ${JSON.stringify(res.json)}`)
     }
@@ -321,9 +326,11 @@ try {
   const simulator = new ScanSimulator(config.seed, config.resources, config.churn)
   for (let k = 1; k <= config.scans; k++) {
     const scan = simulator.nextScan()
-    const bodies = batchBodies(scan)
+    const bodies = new Map<boolean, Buffer[]>()
     for (const server of servers) {
-      const r = await runScan(server, db, redis, k, scan, bodies, redisBase)
+      const ndjson = ndjsonFor(server.design)
+      if (!bodies.has(ndjson)) bodies.set(ndjson, batchBodies(scan, ndjson))
+      const r = await runScan(server, db, redis, k, scan, bodies.get(ndjson)!, redisBase)
       results[server.design].push(r)
       console.error(`${server.design} scan ${k}: ${r.resourcesPerSec} resources/s, ${r.rowsWritten} rows written, ${(r.walBytes / 1e6).toFixed(1)} MB WAL`)
     }
@@ -376,7 +383,7 @@ const machine = {
     return /redis_version:(\S+)/.exec(info)?.[1] ?? 'unknown'
   })()
 }
-const { designs: _designs, ...configOut } = { ...config, cluster: opt.cluster ?? false }
+const { designs: _designs, ...configOut } = { ...config, cluster: opt.cluster ?? false, ndjson: opt.ndjson ?? false }
 if (opt.json !== undefined) {
   await writeFile(opt.json, JSON.stringify({ config: { ...configOut, only: opt.only ?? null }, machine, tally: results.tally ?? [], naive: results.naive ?? [], ratios }, null, 2))
 }

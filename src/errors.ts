@@ -7,7 +7,7 @@
 export const problemCodes = {
   validation_failed: { status: 400, title: 'The request is not valid' },
   batch_too_large: { status: 413, title: 'The batch is larger than this server accepts' },
-  unsupported_media_type: { status: 415, title: 'The body must be application/json' },
+  unsupported_media_type: { status: 415, title: 'The body is of a media type this route does not take' },
   not_found: { status: 404, title: 'No such route' },
   run_not_found: { status: 404, title: 'No such run' },
   run_not_open: { status: 409, title: 'The run is not open' },

@@ -1,5 +1,5 @@
 /**
- * Model-based: random sequences of open (at a random shard count) / batch / replayed batch /
+ * Model-based: random sequences of open (at a random shard count) / batch (JSON or NDJSON) / replayed batch /
  * batch that fails midway / batch racing a completion / complete (with and without skipped
  * partitions) / abort; a second tenant scanning a scope of the same name, and trying every
  * route on the first tenant's run; and faults: Redis flushed or restarted, the hash cache corrupted or
@@ -61,7 +61,7 @@ interface Model {
     /** Each digest the run's sets hold, counted as the first batch to add it found it (its first kind: created, updated, unchanged). */
     digests: Map<string, Kind>
     batches: number
-    last?: { batchId: string, picks: Pick[] }
+    last?: { batchId: string, picks: Pick[], ndjson: boolean }
   } | null
   /** The open run's Redis state is gone: it can only be aborted. */
   lost: boolean
@@ -167,11 +167,27 @@ function applyBatch (m: Model, picks: Pick[]): { created: number, updated: numbe
   return repeat ? undefined : answer
 }
 
-/** Sends a batch and checks what it must: the answer, and that no unchanged row was touched. */
-async function sendBatch (m: Model, r: Real, picks: Pick[], batchId: string): Promise<Reply> {
+/** A batch as NDJSON, one resource a line (the id first, so an identical line is recognised unparsed). */
+async function sendLines (r: Real, runId: number, picks: Pick[], batchId: string): Promise<Reply> {
+  const payload = body(picks).map((b) => JSON.stringify(b)).join('\n')
+  for (const deadline = Date.now() + 20_000; ; await sleep(20)) {
+    const res = await r.app.inject({
+      method: 'POST',
+      url: `/runs/${runId}/resources`,
+      headers: { authorization: `Bearer ${r.key}`, 'content-type': 'application/x-ndjson', 'idempotency-key': batchId },
+      payload
+    })
+    if (res.statusCode !== 503 || Date.now() > deadline) return { status: res.statusCode, body: res.json() }
+  }
+}
+
+/** Sends a batch (as JSON, or NDJSON) and checks what it must: the answer, and that no unchanged row was touched. */
+async function sendBatch (m: Model, r: Real, picks: Pick[], batchId: string, ndjson = false): Promise<Reply> {
   const unchanged = distinct(picks).filter(([id, v]) => m.live.get(id) === v).map(([id]) => id)
   const before = await rowVersions(r, unchanged)
-  const res = await call(r, 'POST', `/runs/${m.run!.id}/resources`, { batchId, resources: body(picks) })
+  const res = ndjson
+    ? await sendLines(r, m.run!.id, picks, batchId)
+    : await call(r, 'POST', `/runs/${m.run!.id}/resources`, { batchId, resources: body(picks) })
   const after = await rowVersions(r, unchanged)
   for (const id of unchanged) {
     if (before.get(id) !== after.get(id)) throw new Error(`batch ${batchId}: unchanged ${id} was written (${before.get(id)} -> ${after.get(id)})`)
@@ -194,11 +210,11 @@ class Open implements fc.AsyncCommand<Model, Real> {
 }
 
 class Batch implements fc.AsyncCommand<Model, Real> {
-  constructor (readonly picks: Pick[]) {}
+  constructor (readonly picks: Pick[], readonly ndjson = false) {}
   check = (m: Readonly<Model>) => m.run !== null
   async run (m: Model, r: Real) {
     const batchId = `b${++m.batches}`
-    const res = await sendBatch(m, r, this.picks, batchId)
+    const res = await sendBatch(m, r, this.picks, batchId, this.ndjson)
     if (m.lost) {
       count(r, 'batches refused: run_state_lost')
       return expect(res.status === 409 && res.body.code === 'run_state_lost', 'batch after lost state', res)
@@ -207,12 +223,12 @@ class Batch implements fc.AsyncCommand<Model, Real> {
     count(r, 'batches applied')
     const answer = applyBatch(m, this.picks)
     if (answer !== undefined) expect(res.body.created === answer.created && res.body.updated === answer.updated && res.body.unchanged === answer.unchanged, `batch answer (model: ${JSON.stringify(answer)})`, res)
-    m.run!.last = { batchId, picks: this.picks }
+    m.run!.last = { batchId, picks: this.picks, ndjson: this.ndjson }
     const live = await call(r, 'GET', `/runs/${m.run!.id}`)
     expectStats(live.body.stats, runStats(m), 'stats of the open run')
   }
 
-  toString = () => `batch(${this.picks.map((p) => `${p.n}v${p.v}`).join(' ')})`
+  toString = () => `batch${this.ndjson ? '-ndjson' : ''}(${this.picks.map((p) => `${p.n}v${p.v}`).join(' ')})`
 }
 
 /**
@@ -221,12 +237,13 @@ class Batch implements fc.AsyncCommand<Model, Real> {
  * the diff of the baseline's sets (rows written since the baseline are found by their run id).
  */
 class Rescan implements fc.AsyncCommand<Model, Real> {
+  constructor (readonly ndjson = false) {}
   check = (m: Readonly<Model>) => m.run !== null && m.live.size > 0
   async run (m: Model, r: Real) {
-    await new Batch([...m.live].map(([id, v]) => ({ n: Number(id.slice(-2)), v }))).run(m, r)
+    await new Batch([...m.live].map(([id, v]) => ({ n: Number(id.slice(-2)), v })), this.ndjson).run(m, r)
   }
 
-  toString = () => 'rescan'
+  toString = () => `rescan${this.ndjson ? '-ndjson' : ''}`
 }
 
 /** A batch whose last resource Postgres refuses: it fails midway (after the cache read) and must leave no trace. */
@@ -247,8 +264,8 @@ class FailingBatch implements fc.AsyncCommand<Model, Real> {
 class Replay implements fc.AsyncCommand<Model, Real> {
   check = (m: Readonly<Model>) => m.run?.last !== undefined
   async run (m: Model, r: Real) {
-    const { batchId, picks } = m.run!.last!
-    const res = await sendBatch(m, r, picks, batchId)
+    const { batchId, picks, ndjson } = m.run!.last!
+    const res = await sendBatch(m, r, picks, batchId, ndjson)
     if (m.lost) return expect(res.status === 409 && res.body.code === 'run_state_lost', 'replay after lost state', res)
     expect(res.status === 200 && res.body.duplicate === true, 'replay', res)
     count(r, 'replays answered as duplicates')
@@ -469,8 +486,10 @@ const times = <T>(n: number, arb: fc.Arbitrary<T>) => Array.from({ length: n }, 
 const shardCount = fc.option(fc.constantFrom(1, 3, 4, 16), { nil: undefined, freq: 2 })
 const commands = [
   ...times(3, shardCount.map((s) => new Open(s))),
-  ...times(8, batch.map((p) => new Batch(p))),
-  ...times(2, fc.constant(new Rescan())),
+  ...times(5, batch.map((p) => new Batch(p))),
+  ...times(3, batch.map((p) => new Batch(p, true))),
+  fc.constant(new Rescan()),
+  fc.constant(new Rescan(true)),
   batch.map((p) => new FailingBatch(p)),
   ...times(2, fc.constant(new Replay())),
   ...times(3, fc.option(fc.constantFrom('even', 'odd'), { nil: undefined, freq: 3 }).map((s) => new Complete(s))),

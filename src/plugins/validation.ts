@@ -4,7 +4,7 @@
  * number where a string belongs is an error, not silently turned into "1". Unknown fields
  * are rejected rather than dropped: a scanner should learn of its typo.
  */
-import { Ajv, type Options } from 'ajv'
+import { Ajv, type Options, type ValidateFunction } from 'ajv'
 import addFormats from 'ajv-formats'
 import fp from 'fastify-plugin'
 import { sharedSchemas } from '../routes/schemas.js'
@@ -23,6 +23,18 @@ export default fp(async function validation (fastify) {
     body.addSchema(schema)
     text.addSchema(schema)
   }
-  fastify.setValidatorCompiler(({ schema, httpPart }) =>
-    (httpPart === 'body' ? body : text).compile(schema))
+  // A streamed body (NDJSON) is a stream here: its route checks it line by line, with `validateResource`.
+  fastify.setValidatorCompiler(({ schema, httpPart, contentType }) =>
+    httpPart === 'body' && contentType === NDJSON ? () => true : (httpPart === 'body' ? body : text).compile(schema))
+  fastify.decorate('validateResource', body.compile({ $ref: 'Resource' }))
 }, { name: 'validation' })
+
+/** The media type of a body of resources one per line, streamed (routes/runs.ts). */
+export const NDJSON = 'application/x-ndjson'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Ajv's check of one resource, as the JSON bodies' schemas check each of theirs. */
+    validateResource: ValidateFunction
+  }
+}

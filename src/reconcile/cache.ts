@@ -21,7 +21,7 @@ import type { ScopeRow } from '../db/runs-repository.js'
 import { shardOf } from './keys.js'
 import { partsFor } from './members.js'
 
-const { h64 } = await xxhash()
+const { h64, h64Raw } = await xxhash()
 
 /** Buckets per cache shard are capped. */
 export const MAX_BUCKETS = 4096
@@ -54,6 +54,15 @@ export function byCacheShard<T> (things: Iterable<T>, slotOf: (thing: T) => Cach
 /** What the cache holds for an id of this digest whose content has this hash (16 hex digits). */
 export function cacheValue (digest: bigint, hash: string): string {
   return BigInt.asIntN(64, h64(hash, BigInt.asUintN(64, digest))).toString()
+}
+
+/**
+ * What the cache holds for an NDJSON line of an id of this digest that begins with the id
+ * (lines.ts): XXH64 of the line's bytes, seeded with the digest. Never equal to a content's
+ * value but by an XXH64 collision: the inputs differ (a line is no 16-digit hash).
+ */
+export function lineValue (digest: bigint, line: Uint8Array): string {
+  return BigInt.asIntN(64, h64Raw(line, BigInt.asUintN(64, digest))).toString()
 }
 
 /** A scope's cache as a run sees it: the scope's cache shards, the buckets its size calls for, the run's member width. */

@@ -10,11 +10,13 @@ import { sweep } from './sweep.js'
 import type { ReconcileDeps } from './types.js'
 
 export function createReconciler (deps: ReconcileDeps) {
+  const { ingestBatch, ingestLines } = createIngest(deps)
   return {
     openRun: (input: OpenRunInput) => openRun(deps, input),
     getRun: (id: number, access?: Access) => getRun(deps, id, access),
     listRuns: (filter: Parameters<typeof listRuns>[1]) => listRuns(deps, filter),
-    ingestBatch: createIngest(deps),
+    ingestBatch,
+    ingestLines,
     completeRun: (id: number, opts?: CompleteOptions, access?: Access) => completeRun(deps, id, opts, access),
     abortRun: (id: number, access?: Access) => abortRun(deps, id, access),
     sweep: (now?: number) => sweep(deps, now)
@@ -23,3 +25,4 @@ export function createReconciler (deps: ReconcileDeps) {
 
 export type Reconciler = ReturnType<typeof createReconciler>
 export type { BatchResult, ReconcileDeps, ResourceIn, RunState } from './types.js'
+export type { LineBatch } from './ingest.js'

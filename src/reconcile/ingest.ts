@@ -23,7 +23,8 @@ import type { RunRow } from '../db/runs-repository.js'
 import type { ResourceWrite, StoredVersion } from '../db/resources-repository.js'
 import { TallyError } from '../errors.js'
 import { contentOf, digest } from './content-hash.js'
-import { byCacheShard, cacheLayoutOf, cacheSlot, cacheValue, type CacheLayout, type CacheSlot } from './cache.js'
+import { byCacheShard, cacheLayoutOf, cacheSlot, cacheValue, lineValue, type CacheLayout, type CacheSlot } from './cache.js'
+import { leadingId } from './lines.js'
 import { groupPlaced, idDigest, place, type Placed, type SetLayout } from './members.js'
 import { BATCH_STALE_MS } from './run-keys.js'
 import { checkAccess, requireLayout, requireRun } from './runs.js'
@@ -34,16 +35,28 @@ import type { BatchResult, ReconcileDeps, ResourceIn } from './types.js'
 type Kind = 'created' | 'updated' | 'unchanged'
 
 interface Item {
-  resource: ResourceIn
-  /** The canonical JSON of its content (what is written), and its hash, 16 hex digits. */
+  id: string
+  /** The resource; for an NDJSON line, only once it is parsed (a line the cache recognises never is). */
+  resource: ResourceIn | undefined
+  /** The NDJSON line it came as, and its place in the request (for errors). */
+  line: Buffer | undefined
+  index: number
+  /** The canonical JSON of its content (what is written), and its hash, 16 hex digits ('' until parsed). */
   content: string
   hash: string
+  /** What a batch id's fingerprint takes of it: the content hash, or the line's. */
+  print: string
   /** XXH64 of the id (resources.id_digest), and where its member goes in the run's sets. */
   digest: bigint
   placed: Placed
-  /** Where the cache keeps the id, and what it holds for the id if its content is unchanged. */
+  /**
+   * Where the cache keeps the id, and what it holds for the id if its content is unchanged: the
+   * line's value for a line whose id leads it (cache.ts), else the content's. `also`: a second
+   * value that means unchanged, the content's for such a line once parsed ('' for none).
+   */
   slot: CacheSlot
   value: string
+  also: string
   /** What the cache held for the id when the batch read it; '' for nothing. */
   cached: string
   /** Relative to the inventory before this run: what the run's stats count this id as. */
@@ -121,7 +134,7 @@ function dedupe (resources: ResourceIn[]): Map<string, ResourceIn> {
   return byId
 }
 
-const toWrite = (item: Item): ResourceWrite => ({ id: item.resource.id, content: item.content, hash: item.hash, digest: item.digest.toString() })
+const toWrite = (item: Item): ResourceWrite => ({ id: item.id, content: item.content, hash: item.hash, digest: item.digest.toString() })
 
 /** What a batch id's record holds: the first copy's result, and a fingerprint of its content. */
 interface BatchRecord {
@@ -135,7 +148,7 @@ interface BatchRecord {
 /** Ids and content hashes, in order: two copies of a batch agree on it, a different batch does not. */
 function fingerprintOf (items: Map<string, Item>): string {
   let text = ''
-  for (const [id, item] of items) text += `${id}\u0000${item.hash}\n`
+  for (const [id, item] of items) text += `${id}\u0000${item.print}\n`
   return digest(text)
 }
 
@@ -149,30 +162,95 @@ function replayOf (deps: ReconcileDeps, run: RunRow, batchId: string, stored: st
   return { runId: run.id, received: record.received, created: record.created, updated: record.updated, unchanged: record.unchanged, duplicate: true }
 }
 
-function itemsOf (resources: ResourceIn[], { layout, cache }: RunContext): Map<string, Item> {
-  const items = new Map<string, Item>()
-  for (const [id, resource] of dedupe(resources)) {
-    const { canonical, hash } = contentOf(resource)
-    const digest = idDigest(id)
-    items.set(id, {
-      resource,
-      content: canonical,
-      hash,
-      digest,
-      placed: place(digest, layout),
-      slot: cacheSlot(id, digest, cache),
-      value: cacheValue(digest, hash),
-      cached: '',
-      kind: 'created',
-      pending: true,
-      fill: ''
-    })
+function itemOf (id: string, resource: ResourceIn | undefined, line: Buffer | undefined, index: number, { layout, cache }: RunContext): Item {
+  const digest = idDigest(id)
+  const item: Item = {
+    id,
+    resource,
+    line,
+    index,
+    content: '',
+    hash: '',
+    print: '',
+    digest,
+    placed: place(digest, layout),
+    slot: cacheSlot(id, digest, cache),
+    value: '',
+    also: '',
+    cached: '',
+    kind: 'created',
+    pending: true,
+    fill: ''
   }
+  if (line !== undefined) {
+    item.value = lineValue(digest, line)
+    item.print = item.value
+  }
+  if (resource !== undefined) takeContent(item, resource)
+  return item
+}
+
+/** Fills in what the resource's content gives: canonical JSON, hash, and its cache value. */
+function takeContent (item: Item, resource: ResourceIn): void {
+  const { canonical, hash } = contentOf(resource)
+  item.resource = resource
+  item.content = canonical
+  item.hash = hash
+  const value = cacheValue(item.digest, hash)
+  if (item.line === undefined) {
+    item.value = value
+    item.print = hash
+  } else {
+    item.also = value
+  }
+}
+
+function itemsOf (resources: ResourceIn[], context: RunContext): Map<string, Item> {
+  const items = new Map<string, Item>()
+  for (const [id, resource] of dedupe(resources)) items.set(id, itemOf(id, resource, undefined, 0, context))
   return items
 }
 
 /**
- * Returns `ingestBatch`. A run's scope and shard count never change, so its row is cached for
+ * NDJSON lines in a lot: parses the lines whose id does not lead them (they cannot be
+ * recognised), not the others. The last line of an id wins.
+ */
+function itemsOfLines ({ lines, first, parse }: LineBatch, context: RunContext): Map<string, Item> {
+  const items = new Map<string, Item>()
+  lines.forEach((line, i) => {
+    const id = leadingId(line)
+    const resource = id === undefined ? parse(line, first + i) : undefined
+    const item = resource === undefined ? itemOf(id!, undefined, line, first + i, context) : itemOf(resource.id, resource, undefined, first + i, context)
+    items.delete(item.id)
+    items.set(item.id, item)
+  })
+  return items
+}
+
+/** Parses and checks the lines the cache did not recognise; a line whose id is not the one leading it is not recognised later either. */
+function parseRest (items: Map<string, Item>, parse: LineBatch['parse']): void {
+  for (const item of items.values()) {
+    if (item.resource !== undefined || item.cached === item.value) continue
+    const resource = parse(item.line!, item.index)
+    if (resource.id !== item.id) {
+      throw new TallyError('validation_failed', `line ${item.index + 1}: its id ${JSON.stringify(resource.id)} is not the one it begins with (a key given twice?)`)
+    }
+    takeContent(item, resource)
+  }
+}
+
+/**
+ * A lot of NDJSON lines: the lines, the index of the first in its request, and how to parse and
+ * check one (the HTTP layer's rules; throws a 4xx TallyError).
+ */
+export interface LineBatch {
+  lines: Buffer[]
+  first: number
+  parse: (line: Buffer, index: number) => ResourceIn
+}
+
+/**
+ * Returns `ingestBatch` and `ingestLines`. A run's scope and shard count never change, so its row is cached for
  * good; whether it still takes batches is never cached: Redis answers that on every batch.
  *
  * With a batch id, a batch applies and counts once: the first copy claims the id, a copy that
@@ -183,15 +261,16 @@ function itemsOf (resources: ResourceIn[], { layout, cache }: RunContext): Map<s
  */
 export function createIngest (deps: ReconcileDeps) {
   const runCache: RunCache = new LRUCache<number, RunContext>({ max: 10_000 })
-  return async function ingestBatch (runId: number, resources: ResourceIn[], batchId?: string, access?: Access): Promise<BatchResult> {
+  async function ingest (runId: number, received: number, itemsFor: (context: RunContext) => Map<string, Item>,
+    parse: LineBatch['parse'] | undefined, batchId: string | undefined, access: Access | undefined): Promise<BatchResult> {
     try {
       const context = await runFor(deps, runCache, runId, access)
-      const items = itemsOf(resources, context)
+      const items = itemsFor(context)
       const batch = { id: batchId ?? '', fingerprint: batchId === undefined ? '' : fingerprintOf(items), token: randomUUID() }
       const replayed = await begin(deps, context.run, batch)
       if (replayed !== undefined) return replayed
       try {
-        return await apply(deps, context, items, resources.length, batch)
+        return await apply(deps, context, items, received, batch, parse)
       } catch (err) {
         await deps.redis.tallyRelease(deps.keys.batches(runId), deps.keys.inflight(runId), batch.id, batch.token).catch(() => {})
         throw err
@@ -200,6 +279,12 @@ export function createIngest (deps: ReconcileDeps) {
       if (err instanceof TallyError) runCache.delete(runId)
       throw err
     }
+  }
+  return {
+    ingestBatch: (runId: number, resources: ResourceIn[], batchId?: string, access?: Access) =>
+      ingest(runId, resources.length, (context) => itemsOf(resources, context), undefined, batchId, access),
+    ingestLines: (runId: number, lot: LineBatch, batchId?: string, access?: Access) =>
+      ingest(runId, lot.lines.length, (context) => itemsOfLines(lot, context), lot.parse, batchId, access)
   }
 }
 
@@ -284,17 +369,21 @@ async function readCache (deps: ReconcileDeps, context: RunContext, byCache: Map
 }
 
 async function apply (deps: ReconcileDeps, context: RunContext, items: Map<string, Item>, received: number,
-  batch: BatchRef): Promise<BatchResult> {
+  batch: BatchRef, parse: LineBatch['parse'] | undefined): Promise<BatchResult> {
   const { redis, keys } = deps
   const { run } = context
 
   // 2. The markers (a run whose state is lost writes nothing) and the cache, every shard at once.
   const byCache = byCacheShard(items.values(), (i) => i.slot)
   const epochs = await readCache(deps, context, byCache, items)
+  // NDJSON: what the cache recognised is unchanged, unparsed; the rest is parsed and checked now.
+  if (parse !== undefined) parseRest(items, parse)
   for (const item of items.values()) {
-    if (item.cached === item.value) {
+    if (item.cached === item.value || (item.also !== '' && item.cached === item.also)) {
       item.kind = 'unchanged'
       item.pending = false
+      // Cached as its content, not yet as its line: the line's value goes in, so the next copy is recognised.
+      if (item.cached === item.also) item.fill = item.hash
     } else if (item.cached !== '') {
       item.kind = 'updated' // or the entry is wrong: the write finds out, and the read-back repairs it
     }
@@ -303,8 +392,8 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
   // first load there is nothing to compare against).
   const misses = [...items.values()].filter((i) => i.cached === '')
   if (misses.length > 0 && !context.loading) {
-    const stored = await deps.resources.liveVersions(run.tenant, run.scope, misses.map((i) => i.resource.id))
-    for (const item of misses) settle(item, stored.get(item.resource.id), run.id)
+    const stored = await deps.resources.liveVersions(run.tenant, run.scope, misses.map((i) => i.id))
+    for (const item of misses) settle(item, stored.get(item.id), run.id)
   }
 
   // 3. Write what differs. What the statement neither inserted nor updated was equal after all
@@ -317,7 +406,7 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
     if (!written.runOpen) throw await refusal(deps, run, false)
     const left: Item[] = []
     for (const item of pending) {
-      const id = item.resource.id
+      const id = item.id
       if (written.inserted.has(id) || written.updated.has(id)) {
         item.kind = written.inserted.has(id) || written.revived.has(id) ? 'created' : 'updated'
         item.pending = false
@@ -327,8 +416,8 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
       }
     }
     if (left.length === 0) break
-    const stored = await deps.resources.liveVersions(run.tenant, run.scope, left.map((i) => i.resource.id))
-    for (const item of left) settle(item, stored.get(item.resource.id), run.id)
+    const stored = await deps.resources.liveVersions(run.tenant, run.scope, left.map((i) => i.id))
+    for (const item of left) settle(item, stored.get(item.id), run.id)
     if (attempt === WRITE_ATTEMPTS) {
       // Concurrent batches of this run keep writing other content for these ids: the last one wins.
       for (const item of left.filter((i) => i.pending)) Object.assign(item, { pending: false, kind: 'updated', fill: '' })

@@ -37,6 +37,21 @@ function oversize (value: unknown, field: Limited, path: string): { path: string
   return { path, message: `must be at most ${BYTE_LIMITS[field]} bytes in UTF-8 (is ${Buffer.byteLength(value)})` }
 }
 
+/** The first id, type or region of a resource longer in bytes than its index allows. */
+function oversizeField (item: unknown, root: string): { path: string, message: string } | undefined {
+  if (typeof item !== 'object' || item === null) return undefined
+  for (const field of ['id', 'type', 'region'] as const) {
+    const bad = oversize((item as Record<string, unknown>)[field], field, `${root}/${field}`)
+    if (bad !== undefined) return bad
+  }
+  return undefined
+}
+
+/** What is wrong with one resource of an NDJSON body (as findBadValue and findOversize for a JSON one), or undefined. */
+export function findBadResource (item: unknown, maxResourceKeys: number): BadValue | undefined {
+  return hashResource(item, '', maxResourceKeys) ?? oversizeField(item, '')
+}
+
 /** The first scope, id, type or region in a runs body longer in bytes than its index allows. */
 export function findOversize (body: unknown): { path: string, message: string } | undefined {
   if (typeof body !== 'object' || body === null) return undefined
@@ -46,11 +61,8 @@ export function findOversize (body: unknown): { path: string, message: string } 
   for (const [list, name] of [[b.resources, 'resources'], [b.skip, 'skip']] as const) {
     if (!Array.isArray(list)) continue
     for (const [i, item] of list.entries()) {
-      if (typeof item !== 'object' || item === null) continue
-      for (const field of ['id', 'type', 'region'] as const) {
-        const bad = oversize((item as Record<string, unknown>)[field], field, `/${name}/${i}/${field}`)
-        if (bad !== undefined) return bad
-      }
+      const bad = oversizeField(item, `/${name}/${i}`)
+      if (bad !== undefined) return bad
     }
   }
   return undefined

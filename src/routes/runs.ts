@@ -2,12 +2,16 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TallyError } from '../errors.js'
 import { accessOf, logDestructive, READERS, requireAdmin, requireScope, SCANNERS } from '../plugins/auth.js'
-import { findBadValue, findOversize } from './resource-values.js'
-import type { RunState } from '../reconcile/index.js'
+import { Readable } from 'node:stream'
+import { findBadResource, findBadValue, findOversize } from './resource-values.js'
+import type { Access } from '../auth/keys.js'
+import type { BatchResult, ResourceIn, RunState } from '../reconcile/index.js'
+import { lineBatches } from '../reconcile/lines.js'
+import { NDJSON } from '../plugins/validation.js'
 import { Type } from '@sinclair/typebox'
 import {
   BatchResultSchema, CompleteBodySchema, CreateRunBodySchema, IngestBodySchema, IngestHeadersSchema, ListRunsQuerySchema,
-  problems, RUN_ID_TEXT, RunListSchema, RunParamsSchema, RunSchema, type Run
+  NdjsonBodySchema, problems, RUN_ID_TEXT, RunListSchema, RunParamsSchema, RunSchema, type IngestBody, type Run
 } from './schemas.js'
 
 export function runView ({ run, stats }: RunState): Run {
@@ -43,6 +47,8 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   // `constructor`: the value checks below refuse those keys in the walk they make anyway.
   fastify.removeContentTypeParser('application/json')
   fastify.addContentTypeParser('application/json', { parseAs: 'string' }, fastify.getDefaultJsonParser('ignore', 'ignore'))
+  // NDJSON is not parsed here: the ingest route reads it as a stream, a lot of lines at a time.
+  fastify.addContentTypeParser(NDJSON, (_request, payload, done) => { done(null, payload) })
 
   // A run id is written as a plain decimal: `0x10`, `1e1` or `1.0` are not 16, 10 and 1.
   fastify.addHook('preValidation', async (request) => {
@@ -55,6 +61,7 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   // Before schema validation: Ajv would walk every key of an 800k-key attributes object (1 s)
   // before the count refused it.
   fastify.addHook('preValidation', async (request) => {
+    if (request.body instanceof Readable) return // NDJSON: checked line by line (parseLine)
     const bad = findBadValue(request.body, config.MAX_RESOURCE_KEYS) ?? findOversize(request.body)
     if (bad !== undefined) {
       throw new TallyError('validation_failed', `body${bad.path} ${bad.message}`, { errors: [bad] })
@@ -136,13 +143,18 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       params: RunParamsSchema,
       security,
       headers: IngestHeadersSchema,
-      body: IngestBodySchema,
+      body: { content: { 'application/json': { schema: IngestBodySchema }, [NDJSON]: { schema: NdjsonBodySchema } } },
       response: { 200: Type.Ref(BatchResultSchema), ...problems(400, 401, 403, 404, 409, 413, 415, 422, 429) }
     },
     config: scan
   }, async (request) => {
-    const { resources, batchId: bodyId } = request.body
     const headerId = request.headers['idempotency-key']
+    if (request.body instanceof Readable) return ingestLines(request.params.id, request.body, headerId, accessOf(request))
+    // Validated by its media type's schema: a request with none (no body) is not.
+    if (typeof request.body !== 'object' || request.body === null) {
+      throw new TallyError('validation_failed', 'body must be a JSON object { resources }, or NDJSON (one resource per line)')
+    }
+    const { resources, batchId: bodyId } = request.body as IngestBody
     const max = fastify.config.MAX_BATCH
     if (resources.length > max) {
       throw new TallyError('batch_too_large', `A batch holds at most ${max} resources; this one has ${resources.length}`)
@@ -152,6 +164,54 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     }
     return reconcile.ingestBatch(request.params.id, resources, bodyId ?? headerId, accessOf(request))
   })
+
+  /** A resource of an NDJSON body, parsed and checked as a JSON body's resources are; a 400 if it is not one. */
+  function parseLine (line: Buffer, index: number): ResourceIn {
+    const where = `line ${index + 1}`
+    let value: unknown
+    try {
+      value = JSON.parse(line.toString('utf8'))
+    } catch {
+      throw new TallyError('validation_failed', `${where} is not JSON`)
+    }
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      throw new TallyError('validation_failed', `${where} must be a JSON object, a resource`)
+    }
+    const bad = findBadResource(value, config.MAX_RESOURCE_KEYS)
+    if (bad !== undefined) throw new TallyError('validation_failed', `${where}: ${bad.path} ${bad.message}`, { errors: [bad] })
+    if (!fastify.validateResource(value)) {
+      const error = fastify.validateResource.errors?.[0]
+      const path = error === undefined || error.instancePath === '' ? '' : `${error.instancePath} `
+      throw new TallyError('validation_failed', `${where}: ${path}${error?.message ?? 'is not a resource'}`)
+    }
+    return value as ResourceIn
+  }
+
+  /**
+   * An NDJSON body: read MAX_BATCH lines at a time, each lot ingested as a batch before the next
+   * is read (with a batch id, lot k is the batch `<id>#k`). A lot refused refuses the request;
+   * the lots before it stay applied, and the problem says how many lines they held.
+   */
+  async function ingestLines (runId: number, body: Readable, batchId: string | undefined, access: Access): Promise<BatchResult> {
+    const total = { runId, received: 0, created: 0, updated: 0, unchanged: 0, duplicate: true }
+    let lot = 0
+    try {
+      for await (const lines of lineBatches(body, config.MAX_BATCH, config.BODY_LIMIT)) {
+        const result = await reconcile.ingestLines(runId, { lines, first: total.received, parse: parseLine },
+          batchId === undefined ? undefined : `${batchId}#${lot++}`, access)
+        total.received += result.received
+        total.created += result.created
+        total.updated += result.updated
+        total.unchanged += result.unchanged
+        total.duplicate &&= result.duplicate
+      }
+    } catch (err) {
+      if (!(err instanceof TallyError) || total.received === 0) throw err
+      throw new TallyError(err.code, `${err.message} (the ${total.received} lines before it were applied)`, { ...err.extra, appliedLines: total.received })
+    }
+    if (total.received === 0) throw new TallyError('validation_failed', 'The body holds no resource: send one JSON object per line')
+    return total
+  }
 
   fastify.post('/runs/:id/complete', {
     schema: {

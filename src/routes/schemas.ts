@@ -102,6 +102,15 @@ export const IngestBodySchema = Type.Object({
   resources: Type.Array(Type.Ref(ResourceSchema), { minItems: 1 })
 }, { additionalProperties: false })
 
+export type IngestBody = Static<typeof IngestBodySchema>
+
+export const NdjsonBodySchema = Type.String({
+  description: 'One Resource per line (NDJSON), streamed: read MAX_BATCH lines at a time, each lot applied before the next ' +
+    'is read. A line that begins `{"id":"<id>"` (no escapes in the id) and is byte for byte what this scope was last sent ' +
+    'for that id is recognised without being parsed. With a batch id (Idempotency-Key), lot k is the batch `<id>#k`. ' +
+    'A line refused refuses the request; the lots before it stay applied (`appliedLines`).'
+})
+
 export const IngestHeadersSchema = Type.Object({
   'idempotency-key': Type.Optional(BatchIdSchema)
 })
