@@ -239,9 +239,45 @@ t.test('runs whose set counts differ (the scope grew or shrank) diff set by set,
   t.match((await scan(20, 100)).stats, { unchanged: 20, deleted: 230 }, 'shrunk: 230 vanished')
   t.same(await liveIds(db, scope), ids(20, 100))
   const { rows } = await db.query('select seen_sets from runs where scope = $1 order by id', [scope])
-  // Sized at open for the scope's last size: 0, 40, 300, 250 resources over 4 shards of 8.
-  t.same(rows.map((r) => r.seen_sets), [1, 2, 16, 8], 'each run sized its sets for the scope')
+  // Sized at open for the scope's last size (0, 40, 300, 250 resources over 4 shards of 8: 1,
+  // 2, 16, 8 sets), and laid out again at completion when it saw more (40: 2; 300: 16).
+  t.same(rows.map((r) => r.seen_sets), [2, 16, 16, 8], 'each run sized its sets for the scope')
   t.equal(counter.scans, 0, 'no completion fell back to Postgres')
+})
+
+t.test("a first load's sets are laid out again for its size; a layout left halfway is diffed against Postgres", async (t) => {
+  const app = await build(t, { SEEN_SET_SIZE: '8', DEFAULT_SHARD_COUNT: '4', GUARD_MIN_BASELINE: '100000' })
+  const db = await sqlClient(t, app)
+  const redis = redisClient(t)
+  const tally = api(app)
+  const counter = countScans(app)
+  const scan = (scope: string, n: number, from = 0) => tally.scan(scope, ids(n, from).map((id) => resource(id)))
+  const setsOf = async (scope: string, runId: number) => {
+    const keys = await redis.keys(`${app.config.REDIS_KEY_PREFIX}{default/${scope}/*}:ids:${runId}:*`)
+    return Promise.all(keys.map(async (key) => ({ key, members: await redis.smembers(key) })))
+  }
+
+  const first = await scan('aws/relaid', 400)
+  const { rows: [run] } = await db.query('select seen_sets from runs where id = $1', [first.id])
+  t.equal(run.seen_sets, 16, 'opened with one set a shard, laid out as 400 over 4 shards of 8 asks')
+  const sets = await setsOf('aws/relaid', first.id)
+  t.ok(sets.length > 48 && sets.every((set) => Number(set.key.split(':').at(-1)) < 16), `16 sets in each of 4 shards (${sets.length} not empty)`)
+  t.equal(sets.reduce((n, s) => n + s.members.length, 0), 400, 'every member once')
+  t.ok(sets.every((s) => s.members.length <= 3 * 8), 'none larger than a few times SEEN_SET_SIZE')
+  t.ok(await Promise.all(sets.map((s) => redis.object('ENCODING', s.key))).then((e) => e.every((x) => x === 'intset')), 'all intsets')
+  t.match((await scan('aws/relaid', 390, 10)).stats, { unchanged: 390, deleted: 10 })
+  t.same(await liveIds(db, 'aws/relaid'), ids(390, 10))
+  t.equal(counter.scans, 0, 'diffed against the laid-out sets')
+  t.same(await setsOf('aws/relaid', first.id), [], 'and they went with the baseline they were')
+
+  // As a completion that stopped after copying members and switching the count leaves it:
+  // some members also still in their old set. The next completion diffs against Postgres.
+  const half = await scan('aws/halfway', 400)
+  const [moved] = (await setsOf('aws/halfway', half.id)).filter((s) => !s.key.endsWith(':0'))
+  await redis.sadd(moved!.key.replace(/:\d+$/, ':0'), ...moved!.members)
+  t.match((await scan('aws/halfway', 390, 10)).stats, { unchanged: 390, deleted: 10 })
+  t.same(await liveIds(db, 'aws/halfway'), ids(390, 10))
+  t.equal(counter.scans, 1, 'one completion diffed against Postgres')
 })
 
 t.test('a run or baseline of a version whose sets held ids: refused, and diffed against Postgres', async (t) => {

@@ -136,6 +136,12 @@ export function createRunsRepository (db: Db) {
       await tx.select({ id: runs.id }).from(runs).where(eq(runs.id, id)).for('update')
     },
 
+    /** Gives a run's sets a new count, if they still have `from` (complete.ts relay); whether they did. */
+    async relaySets (id: number, from: number, to: number): Promise<boolean> {
+      const rows = await db.update(runs).set({ seenSets: to }).where(and(eq(runs.id, id), eq(runs.seenSets, from))).returning({ id: runs.id })
+      return rows.length > 0
+    },
+
     /** Finishes a run still completing in `attempt`; undefined when it is not (see runs.attempt). */
     async finishRun (id: number, attempt: number, status: 'completed' | 'superseded', counts: RunCounts, skip: SkipPartition[],
       writesSeen: boolean, tx: Tx): Promise<RunRow | undefined> {

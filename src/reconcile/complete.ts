@@ -14,7 +14,7 @@ import type { RunCounts, RunRow, ScopeRow } from '../db/runs-repository.js'
 import type { SkipPartition } from '../db/schema.js'
 import { TallyError } from '../errors.js'
 import { byCacheShard, cacheLayoutOf, cacheSlot, type CacheLayout } from './cache.js'
-import { digestRange, groupMembers, idDigest, type SetLayout } from './members.js'
+import { digestRange, groupMembers, idDigest, setOf, setsFor, type SetLayout } from './members.js'
 import { drain, dropRunKeys, layoutOf, liveCounts, moveMarkers, runStateKeys, seenCount, seenKeys, shardSeenKeys, shards } from './run-keys.js'
 import { requireLayout, requireRun, stateOf } from './runs.js'
 import type { Access } from '../auth/keys.js'
@@ -96,6 +96,11 @@ async function staleFromSets (deps: ReconcileDeps, run: RunRow, layout: SetLayou
     const setKeys = [...shardSeenKeys(deps, baseline, k), ...shardSeenKeys(deps, run, k)]
     return deps.redis.tallyDiff(setKeys.length, ...setKeys, from.sets, layout.sets)
   })))
+  // And still whole after: the baseline's sets may have been laid out again meanwhile (relay).
+  if (await seenCount(deps, baseline) !== scope.baselineSeen) {
+    deps.log.warn({ runId: run.id, baselineRunId: baselineId }, 'baseline sets changed during the diff; diffing against Postgres')
+    return undefined
+  }
   const ranges = diffs.flat().map((member) => digestRange(member, layout.bits))
   const vanished: string[] = []
   for (let i = 0; i < ranges.length; i += PAGE) {
@@ -160,6 +165,56 @@ async function withoutSkipped (deps: ReconcileDeps, run: RunRow, ids: string[], 
 async function adoptKept (deps: ReconcileDeps, run: RunRow, layout: SetLayout, kept: string[]): Promise<void> {
   await Promise.all([...groupMembers(kept, layout)].flatMap(([shard, sets]) => [...sets].map(([set, members]) =>
     deps.redis.sadd(deps.keys.seen(run, shard, run.id, set), ...members.keys()))))
+}
+
+const RELAY_CHUNK = 5000
+
+/**
+ * Lays a new baseline's sets out again when its size calls for more sets than it opened with
+ * (a first load has no size to go by: one set per shard, hashtable-encoded past 512 members).
+ * Members are first copied to their sets under the new count (keys the old count never names,
+ * so the old layout stays whole), then the run's count switches in Postgres, then the old sets
+ * drop the members they no longer hold. A completion diffing against this baseline meanwhile
+ * sees the old layout whole, or the new one with more members than the baseline's size
+ * (`scopes.baseline_seen`), and then diffs against Postgres: never a member missing. The same
+ * holds if this stops halfway.
+ */
+async function relay (deps: ReconcileDeps, run: RunRow, layout: SetLayout, size: number): Promise<void> {
+  const sets = setsFor(size, layout.shardCount, deps.settings.seenSetSize)
+  if (sets <= layout.sets) return
+  const next = { ...layout, sets }
+  const started = performance.now()
+  const limit = pLimit(DIFF_PARALLELISM)
+  /** For each of the run's sets under the old count, its members that belong to another set now. */
+  const eachLeaving = (act: (shard: number, set: number, leaving: Map<number, string[]>) => Promise<unknown>) =>
+    Promise.all(shards(layout.shardCount).map((shard) => limit(async () => {
+      for (let set = 0; set < layout.sets; set++) {
+        const leaving = new Map<number, string[]>()
+        for (const member of await deps.redis.smembers(deps.keys.seen(run, shard, run.id, set))) {
+          const to = setOf(member, next)
+          if (to === set) continue
+          const list = leaving.get(to)
+          if (list === undefined) leaving.set(to, [member])
+          else list.push(member)
+        }
+        await act(shard, set, leaving)
+      }
+    })))
+  const inChunks = (members: string[], call: (chunk: string[]) => Promise<unknown>) =>
+    Promise.all(Array.from({ length: Math.ceil(members.length / RELAY_CHUNK) }, (_, i) => call(members.slice(i * RELAY_CHUNK, (i + 1) * RELAY_CHUNK))))
+
+  await eachLeaving((shard, _set, leaving) => Promise.all([...leaving].map(([to, members]) =>
+    inChunks(members, (chunk) => deps.redis.sadd(deps.keys.seen(run, shard, run.id, to), ...chunk)))))
+  if (!await deps.runs.relaySets(run.id, layout.sets, sets)) return
+  const scope = await deps.runs.getScope(run.tenant, run.scope)
+  if (scope?.baselineRunId !== run.id) {
+    // Replaced meanwhile: its sets go, under either count.
+    await Promise.all([...seenKeys(deps, { ...run, seenSets: sets })].map((key) => deps.redis.unlink(key)))
+    return
+  }
+  await eachLeaving((shard, set, leaving) => inChunks([...leaving.values()].flat(), (chunk) =>
+    deps.redis.srem(deps.keys.seen(run, shard, run.id, set), ...chunk)))
+  deps.log.info({ runId: run.id, from: layout.sets, to: sets, relayMs: Math.round(performance.now() - started) }, 'baseline sets laid out again')
 }
 
 /** What a tripped guard holds back, for an operator deciding between force and abort. */
@@ -359,6 +414,7 @@ async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cach
   else {
     if (finished !== undefined) await adoptKept(deps, run, layout, partial.kept)
     await settleKeys(deps, result)
+    if (finished !== undefined) await relay(deps, result, layout, counts.seen + counts.skipped)
   }
   deps.log.info({ runId: run.id, status: result.status, deleted: result.deleted, finishMs: Math.round(performance.now() - started) }, 'run finished')
   return stateOf(deps, result)

@@ -59,6 +59,11 @@ export function place (digest: bigint, layout: SetLayout): Placed {
   }
 }
 
+/** The set a member lives in under a layout (as `place` says for its digest). */
+export function setOf (member: string, layout: SetLayout): number {
+  return Number((unsignedOf(member, layout.bits) / BigInt(layout.shardCount)) % BigInt(layout.sets))
+}
+
 /** The range of `resources.id_digest` (signed, inclusive) whose rows have this member. */
 export function digestRange (member: string, bits: number): [string, string] {
   const shift = 64n - BigInt(bits)
