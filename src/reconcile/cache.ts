@@ -39,18 +39,6 @@ export function cacheSlot (id: string, digest: bigint, { shards, bits }: CacheLa
   return { shard: shardOf(id, shards), field: BigInt.asIntN(32, u).toString() }
 }
 
-/** Groups things by the cache shard of their slot, each group in input order. */
-export function byCacheShard<T> (things: Iterable<T>, slotOf: (thing: T) => CacheSlot): Map<number, T[]> {
-  const groups = new Map<number, T[]>()
-  for (const thing of things) {
-    const { shard } = slotOf(thing)
-    const group = groups.get(shard)
-    if (group === undefined) groups.set(shard, [thing])
-    else group.push(thing)
-  }
-  return groups
-}
-
 /** What the cache holds for an id of this digest whose content has this hash (16 hex digits). */
 export function cacheValue (digest: bigint, hash: string): string {
   return BigInt.asIntN(64, h64(hash, BigInt.asUintN(64, digest))).toString()

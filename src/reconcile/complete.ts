@@ -13,8 +13,8 @@ import pLimit from 'p-limit'
 import type { RunCounts, RunRow, ScopeRow } from '../db/runs-repository.js'
 import type { SkipPartition } from '../db/schema.js'
 import { TallyError } from '../errors.js'
-import { byCacheShard, cacheLayoutOf, cacheSlot, type CacheLayout } from './cache.js'
-import { digestRange, groupMembers, idDigest, setOf, setsFor, type SetLayout } from './members.js'
+import { cacheLayoutOf, cacheSlot, type CacheLayout } from './cache.js'
+import { digestRange, groupBy, groupMembers, idDigest, setOf, setsFor, type SetLayout } from './members.js'
 import { drain, dropRunKeys, layoutOf, liveCounts, moveMarkers, runStateKeys, seenCount, seenKeys, shardSeenKeys, shards } from './run-keys.js'
 import { requireLayout, requireRun, stateOf } from './runs.js'
 import type { Access } from '../auth/keys.js'
@@ -87,20 +87,19 @@ async function staleFromSets (deps: ReconcileDeps, run: RunRow, layout: SetLayou
   const baseline = await deps.runs.getRun(baselineId)
   const from = baseline === undefined ? null : layoutOf(baseline)
   if (baseline === undefined || from === null || from.shardCount !== layout.shardCount || from.bits !== layout.bits) return undefined
-  if (await seenCount(deps, baseline) !== scope.baselineSeen) {
-    deps.log.warn({ runId: run.id, baselineRunId: baselineId }, 'baseline sets incomplete; diffing against Postgres')
-    return undefined
+  // The baseline's sets hold what it saw, before the diff and after (they may be laid out again meanwhile: relay).
+  const whole = async (when: string) => {
+    if (await seenCount(deps, baseline) === scope.baselineSeen) return true
+    deps.log.warn({ runId: run.id, baselineRunId: baselineId }, `baseline sets incomplete ${when} the diff; diffing against Postgres`)
+    return false
   }
+  if (!await whole('before')) return undefined
   const limit = pLimit(DIFF_PARALLELISM)
   const diffs = await Promise.all(shards(layout.shardCount).map((k) => limit(() => {
     const setKeys = [...shardSeenKeys(deps, baseline, k), ...shardSeenKeys(deps, run, k)]
     return deps.redis.tallyDiff(setKeys.length, ...setKeys, from.sets, layout.sets)
   })))
-  // And still whole after: the baseline's sets may have been laid out again meanwhile (relay).
-  if (await seenCount(deps, baseline) !== scope.baselineSeen) {
-    deps.log.warn({ runId: run.id, baselineRunId: baselineId }, 'baseline sets changed during the diff; diffing against Postgres')
-    return undefined
-  }
+  if (!await whole('after')) return undefined
   const ranges = diffs.flat().map((member) => digestRange(member, layout.bits))
   const vanished: string[] = []
   for (let i = 0; i < ranges.length; i += PAGE) {
@@ -189,14 +188,8 @@ async function relay (deps: ReconcileDeps, run: RunRow, layout: SetLayout, size:
   const eachLeaving = (act: (shard: number, set: number, leaving: Map<number, string[]>) => Promise<unknown>) =>
     Promise.all(shards(layout.shardCount).map((shard) => limit(async () => {
       for (let set = 0; set < layout.sets; set++) {
-        const leaving = new Map<number, string[]>()
-        for (const member of await deps.redis.smembers(deps.keys.seen(run, shard, run.id, set))) {
-          const to = setOf(member, next)
-          if (to === set) continue
-          const list = leaving.get(to)
-          if (list === undefined) leaving.set(to, [member])
-          else list.push(member)
-        }
+        const leaving = groupBy(await deps.redis.smembers(deps.keys.seen(run, shard, run.id, set)), (member) => setOf(member, next))
+        leaving.delete(set)
         await act(shard, set, leaving)
       }
     })))
@@ -259,7 +252,7 @@ async function stateGone (deps: ReconcileDeps, run: RunRow, during: string): Pro
  * a shard where that write is lost stays behind the scope's generation, and is emptied when next read.
  */
 async function invalidate (deps: ReconcileDeps, run: RunRow, cache: CacheLayout, ids: string[], generation?: number): Promise<void> {
-  const groups = byCacheShard(ids.map((id) => cacheSlot(id, idDigest(id), cache)), (slot) => slot)
+  const groups = groupBy(ids.map((id) => cacheSlot(id, idDigest(id), cache)), (slot) => slot.shard)
   const targets = generation === undefined ? [...groups.keys()] : shards(cache.shards)
   await Promise.all(targets.map((shard) => deps.redis.tallyInvalidate(deps.keys.cache(run, shard), deps.keys.legacyCache(run, shard),
     generation ?? '', cache.buckets, cache.bits, ...(groups.get(shard) ?? []).map((slot) => slot.field))))

@@ -23,9 +23,9 @@ import type { RunRow } from '../db/runs-repository.js'
 import type { ResourceWrite, StoredVersion } from '../db/resources-repository.js'
 import { TallyError } from '../errors.js'
 import { contentOf, digest } from './content-hash.js'
-import { byCacheShard, cacheLayoutOf, cacheSlot, cacheValue, lineValue, type CacheLayout, type CacheSlot } from './cache.js'
+import { cacheLayoutOf, cacheSlot, cacheValue, lineValue, type CacheLayout, type CacheSlot } from './cache.js'
 import { leadingId } from './lines.js'
-import { groupPlaced, idDigest, place, type Placed, type SetLayout } from './members.js'
+import { groupBy, groupPlaced, idDigest, place, type Placed, type SetLayout } from './members.js'
 import { BATCH_STALE_MS } from './run-keys.js'
 import { checkAccess, requireLayout, requireRun } from './runs.js'
 import type { Access } from '../auth/keys.js'
@@ -36,12 +36,13 @@ type Kind = 'created' | 'updated' | 'unchanged'
 
 interface Item {
   id: string
-  /** The resource; for an NDJSON line, only once it is parsed (a line the cache recognises never is). */
-  resource: ResourceIn | undefined
   /** The NDJSON line it came as, and its place in the request (for errors). */
   line: Buffer | undefined
   index: number
-  /** The canonical JSON of its content (what is written), and its hash, 16 hex digits ('' until parsed). */
+  /**
+   * The canonical JSON of its content (what is written), and its hash, 16 hex digits; for an
+   * NDJSON line, '' until it is parsed (a line the cache recognises never is).
+   */
   content: string
   hash: string
   /** What a batch id's fingerprint takes of it: the content hash, or the line's. */
@@ -166,7 +167,6 @@ function itemOf (id: string, resource: ResourceIn | undefined, line: Buffer | un
   const digest = idDigest(id)
   const item: Item = {
     id,
-    resource,
     line,
     index,
     content: '',
@@ -193,7 +193,6 @@ function itemOf (id: string, resource: ResourceIn | undefined, line: Buffer | un
 /** Fills in what the resource's content gives: canonical JSON, hash, and its cache value. */
 function takeContent (item: Item, resource: ResourceIn): void {
   const { canonical, hash } = contentOf(resource)
-  item.resource = resource
   item.content = canonical
   item.hash = hash
   const value = cacheValue(item.digest, hash)
@@ -230,7 +229,7 @@ function itemsOfLines ({ lines, first, parse }: LineBatch, context: RunContext):
 /** Parses and checks the lines the cache did not recognise; a line whose id is not the one leading it is not recognised later either. */
 function parseRest (items: Map<string, Item>, parse: LineBatch['parse']): void {
   for (const item of items.values()) {
-    if (item.resource !== undefined || item.cached === item.value) continue
+    if (item.hash !== '' || item.cached === item.value) continue
     const resource = parse(item.line!, item.index)
     if (resource.id !== item.id) {
       throw new TallyError('validation_failed', `line ${item.index + 1}: its id ${JSON.stringify(resource.id)} is not the one it begins with (a key given twice?)`)
@@ -338,7 +337,7 @@ function settle (item: Item, stored: StoredVersion | undefined, runId: number): 
  * of the run is not `open`. When the run's shards are the cache's (the usual case), marker and
  * cache share a slot and one script per shard reads both; otherwise they are read apart.
  */
-async function readCache (deps: ReconcileDeps, context: RunContext, byCache: Map<number, Item[]>, items: Map<string, Item>) {
+async function readCache (deps: ReconcileDeps, context: RunContext, byCache: Map<number, Item[]>) {
   const { redis, keys } = deps
   const { run, cache, generation } = context
   const epochs = new Map<number, string>()
@@ -356,7 +355,7 @@ async function readCache (deps: ReconcileDeps, context: RunContext, byCache: Map
       else take(shard, group, reply)
     }))
   } else {
-    const runShards = [...new Set([...items.values()].map((i) => i.placed.shard))]
+    const runShards = [...new Set([...byCache.values()].flat().map((i) => i.placed.shard))]
     await Promise.all([
       ...runShards.map(async (shard) => { markers.push(await redis.get(keys.marker(run, shard, run.id))) }),
       ...[...byCache].map(async ([shard, group]) => take(shard, group,
@@ -374,8 +373,8 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
   const { run } = context
 
   // 2. The markers (a run whose state is lost writes nothing) and the cache, every shard at once.
-  const byCache = byCacheShard(items.values(), (i) => i.slot)
-  const epochs = await readCache(deps, context, byCache, items)
+  const byCache = groupBy(items.values(), (i) => i.slot.shard)
+  const epochs = await readCache(deps, context, byCache)
   // NDJSON: what the cache recognised is unchanged, unparsed; the rest is parsed and checked now.
   if (parse !== undefined) parseRest(items, parse)
   for (const item of items.values()) {

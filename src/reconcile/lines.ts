@@ -24,6 +24,8 @@ export function leadingId (line: Buffer): string | undefined {
   return line.toString('utf8', PREFIX.length, end)
 }
 
+const tooLong = (maxLine: number) => new TallyError('batch_too_large', `A line holds at most ${maxLine} bytes (BODY_LIMIT)`)
+
 /** A line's bytes without its line ending; undefined for a blank line. */
 function content (buffer: Buffer, start: number, end: number): Buffer | undefined {
   const stop = end > start && buffer[end - 1] === RETURN ? end - 1 : end
@@ -46,7 +48,7 @@ export async function * lineBatches (stream: AsyncIterable<Buffer>, size: number
       const line = content(buffer, start, nl)
       start = nl + 1
       if (line === undefined) continue
-      if (line.length > maxLine) throw new TallyError('batch_too_large', `A line holds at most ${maxLine} bytes (BODY_LIMIT)`)
+      if (line.length > maxLine) throw tooLong(maxLine)
       batch.push(line)
       if (batch.length === size) {
         yield batch
@@ -54,7 +56,7 @@ export async function * lineBatches (stream: AsyncIterable<Buffer>, size: number
       }
     }
     rest = buffer.subarray(start)
-    if (rest.length > maxLine) throw new TallyError('batch_too_large', `A line holds at most ${maxLine} bytes (BODY_LIMIT)`)
+    if (rest.length > maxLine) throw tooLong(maxLine)
   }
   const last = content(rest, 0, rest.length)
   if (last !== undefined) batch.push(last)

@@ -47,21 +47,22 @@ function unsignedOf (member: string, bits: number): bigint {
   return bits === 64 ? BigInt.asUintN(64, BigInt(member)) : BigInt(member)
 }
 
+/** The set of a shard that a member of this unsigned value lives in. */
+const setOfUnsigned = (u: bigint, layout: SetLayout) => Number((u / BigInt(layout.shardCount)) % BigInt(layout.sets))
+
 /** Where the member of an id of this digest (`idDigest`) lives in a run's sets. */
 export function place (digest: bigint, layout: SetLayout): Placed {
-  const bits = BigInt(layout.bits)
-  const u = BigInt.asUintN(64, digest) >> (64n - bits)
-  const shards = BigInt(layout.shardCount)
+  const u = BigInt.asUintN(64, digest) >> (64n - BigInt(layout.bits))
   return {
     member: (layout.bits === 64 ? BigInt.asIntN(64, u) : u).toString(),
-    shard: Number(u % shards),
-    set: Number((u / shards) % BigInt(layout.sets))
+    shard: Number(u % BigInt(layout.shardCount)),
+    set: setOfUnsigned(u, layout)
   }
 }
 
 /** The set a member lives in under a layout (as `place` says for its digest). */
 export function setOf (member: string, layout: SetLayout): number {
-  return Number((unsignedOf(member, layout.bits) / BigInt(layout.shardCount)) % BigInt(layout.sets))
+  return setOfUnsigned(unsignedOf(member, layout.bits), layout)
 }
 
 /** The range of `resources.id_digest` (signed, inclusive) whose rows have this member. */
@@ -69,6 +70,18 @@ export function digestRange (member: string, bits: number): [string, string] {
   const shift = 64n - BigInt(bits)
   const u = unsignedOf(member, bits)
   return [BigInt.asIntN(64, u << shift).toString(), BigInt.asIntN(64, ((u + 1n) << shift) - 1n).toString()]
+}
+
+/** Groups things by a key, each group in input order. */
+export function groupBy<T, K> (things: Iterable<T>, keyOf: (thing: T) => K): Map<K, T[]> {
+  const groups = new Map<K, T[]>()
+  for (const thing of things) {
+    const key = keyOf(thing)
+    const group = groups.get(key)
+    if (group === undefined) groups.set(key, [thing])
+    else group.push(thing)
+  }
+  return groups
 }
 
 /** Groups things by where their members live: shard → set → member → the things with that member. */
