@@ -10,6 +10,8 @@
  *   --cluster: Tally on a private Redis Cluster (3 primaries, 3 replicas) started for the run;
  *     Redis bytes are summed over the primaries
  *   --ndjson: Tally's batches as NDJSON (one resource per line), the naive design's as JSON
+ *   --naive-indexes: the naive table gets the indexes a dashboard needs (type, region, recency,
+ *     tags), so both designs pay index upkeep for every row they write
  */
 import getPort from 'get-port'
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -44,7 +46,8 @@ const { values: opt } = parseArgs({
     profile: { type: 'string' },
     instances: { type: 'string', default: '1' },
     cluster: { type: 'boolean', default: false },
-    ndjson: { type: 'boolean', default: false }
+    ndjson: { type: 'boolean', default: false },
+    'naive-indexes': { type: 'boolean', default: false }
   }
 })
 const [changed, added, vanished] = opt.churn.split(',').map(Number)
@@ -128,6 +131,7 @@ async function startInstance (design: Design, databaseUrl: string): Promise<Inst
       HOST: '127.0.0.1',
       LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn',
       DATA_DIR: dataDir,
+      NAIVE_INDEXES: opt['naive-indexes'] ? '1' : '0',
       // Counted like in production (a Redis call per request), never reached.
       RATE_LIMIT_MAX: '1000000000'
     }
@@ -383,7 +387,7 @@ const machine = {
     return /redis_version:(\S+)/.exec(info)?.[1] ?? 'unknown'
   })()
 }
-const { designs: _designs, ...configOut } = { ...config, cluster: opt.cluster ?? false, ndjson: opt.ndjson ?? false }
+const { designs: _designs, ...configOut } = { ...config, cluster: opt.cluster ?? false, ndjson: opt.ndjson ?? false, naiveIndexes: opt['naive-indexes'] ?? false }
 if (opt.json !== undefined) {
   await writeFile(opt.json, JSON.stringify({ config: { ...configOut, only: opt.only ?? null }, machine, tally: results.tally ?? [], naive: results.naive ?? [], ratios }, null, 2))
 }

@@ -31,11 +31,22 @@ create table if not exists naive_resources (
   primary key (tenant, scope, id)
 );`
 
-export async function buildNaiveApp (databaseUrl: string, bodyLimit = 64 * 1024 * 1024) {
+/**
+ * With `--naive-indexes`: the indexes a dashboard over the naive table would need, the same
+ * filters Tally's GraphQL serves from its own (type, region, recency, tags), so the two designs
+ * can be compared paying the same index upkeep per written row.
+ */
+export const NAIVE_DASHBOARD_INDEXES = `
+create index if not exists naive_type_idx on naive_resources (tenant, scope, type, id);
+create index if not exists naive_region_idx on naive_resources (tenant, scope, region, id);
+create index if not exists naive_last_seen_idx on naive_resources (tenant, scope, last_seen);
+create index if not exists naive_tags_idx on naive_resources using gin (tags jsonb_path_ops);`
+
+export async function buildNaiveApp (databaseUrl: string, bodyLimit = 64 * 1024 * 1024, dashboardIndexes = false) {
   const app = Fastify({ logger: { level: 'warn' }, bodyLimit }).withTypeProvider<TypeBoxTypeProvider>()
   await app.register(fastifyPostgres, { connectionString: databaseUrl, max: 10 })
   app.addSchema(ResourceSchema)
-  app.addHook('onReady', async () => { await app.pg.query(NAIVE_DDL) })
+  app.addHook('onReady', async () => { await app.pg.query(dashboardIndexes ? NAIVE_DDL + NAIVE_DASHBOARD_INDEXES : NAIVE_DDL) })
 
   app.post('/runs', { schema: { body: CreateRunBodySchema } }, async (request, reply) => {
     const { rows } = await app.pg.query('insert into naive_runs (scope) values ($1) returning id, scope', [request.body.scope])

@@ -1,6 +1,6 @@
-/** Runs the naive design's server for the benchmark: DATABASE_URL, PORT, HOST. */
+/** Runs the naive design's server for the benchmark: DATABASE_URL, PORT, HOST, NAIVE_INDEXES=1. */
 import { buildNaiveApp } from './app.js'
 
-const app = await buildNaiveApp(process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/tally_bench')
+const app = await buildNaiveApp(process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/tally_bench', undefined, process.env.NAIVE_INDEXES === '1')
 process.on('SIGTERM', () => { app.close().then(() => process.exit(0), () => process.exit(1)) })
 await app.listen({ port: Number(process.env.PORT ?? 3001), host: process.env.HOST ?? '127.0.0.1' })

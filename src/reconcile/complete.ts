@@ -364,6 +364,7 @@ const cacheOf = (deps: ReconcileDeps, scope: ScopeRow | undefined, run: RunRow, 
 async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cache: CacheLayout, status: 'completed' | 'superseded', counts: RunCounts,
   stale: string[], partial: { skip: SkipPartition[], kept: string[] } = { skip: [], kept: [] }): Promise<RunState | undefined> {
   const started = performance.now()
+  let deleteMs = 0
   // Forget the cached hashes first, and again after the commit (a fill prepared in between is
   // dropped by the epoch): a cache entry outliving its row's deletion would make a reappearing
   // resource look unchanged and leave it deleted. A miss only costs a read.
@@ -378,9 +379,11 @@ async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cach
     const writesSeen = status === 'completed' && counts.seen === counts.created + counts.updated + counts.unchanged &&
       !await deps.runs.anyUnacknowledgedWrite(run.id, tx)
     let deleted = 0
+    const deleting = performance.now()
     for (let i = 0; i < stale.length; i += DELETE_CHUNK) {
       deleted += await deps.resources.softDelete(run.tenant, run.scope, stale.slice(i, i + DELETE_CHUNK), run.id, tx)
     }
+    deleteMs = Math.round(performance.now() - deleting)
     const row = await deps.runs.finishRun(run.id, run.attempt, status, { ...counts, deleted }, partial.skip, writesSeen, tx)
     if (row === undefined) throw new ConcurrentFinish()
     await deps.runs.dropWitnesses(run.id, tx)
@@ -409,6 +412,6 @@ async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cach
     await settleKeys(deps, result)
     if (finished !== undefined) await relay(deps, result, layout, counts.seen + counts.skipped)
   }
-  deps.log.info({ runId: run.id, status: result.status, deleted: result.deleted, finishMs: Math.round(performance.now() - started) }, 'run finished')
+  deps.log.info({ runId: run.id, status: result.status, deleted: result.deleted, deleteMs, finishMs: Math.round(performance.now() - started) }, 'run finished')
   return stateOf(deps, result)
 }

@@ -1,0 +1,95 @@
+/**
+ * What a first load costs Postgres per row, statement against statement, one batch at a time on
+ * one connection (no HTTP, no Redis, no other load): Tally's write statement
+ * (resources-repository writeChanged), the same without its update half (`insert only`: what
+ * a first load needs), and the naive design's upsert into a table with the dashboard indexes
+ * (`--naive-indexes`) and into one with its primary key only (`naive-bare`). Each variant loads a scope of its own, twice.
+ *
+ *   node --import tsx bench/first-load.ts [tally|insert-only|naive|naive-bare]   (B=30 batches of 1,000)
+ */
+import pg from 'pg'
+import { createDb, runMigrations } from '../src/db/client.js'
+import { createResourcesRepository } from '../src/db/resources-repository.js'
+import { canonicalResource } from '../src/reconcile/canonical.js'
+import { makeResource } from './estate.js'
+import { postgresCpuSec, walAndXid } from './metrics.js'
+import { NAIVE_DDL, NAIVE_DASHBOARD_INDEXES } from './naive/app.js'
+
+const admin = new pg.Client({ connectionString: process.env.BENCH_PG_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres' })
+await admin.connect()
+await admin.query('drop database if exists tally_first_load with (force)')
+await admin.query('create database tally_first_load')
+const url = new URL(process.env.BENCH_PG_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres')
+url.pathname = '/tally_first_load'
+const pool = new pg.Pool({ connectionString: url.toString(), max: 2 })
+await runMigrations(pool)
+await pool.query(NAIVE_DDL + NAIVE_DASHBOARD_INDEXES)
+// The naive table as `npm run bench` has it by default: its primary key only.
+await pool.query('create table naive_bare (like naive_resources including defaults); alter table naive_bare add primary key (tenant, scope, id)')
+const db = createDb(pool)
+const repo = createResourcesRepository(db)
+const mon = new pg.Client({ connectionString: url.toString() }); await mon.connect()
+const B = Number(process.env.B ?? 30)
+const batches = (k: number) => Array.from({ length: B }, (_, b) => Array.from({ length: 1000 }, (_, i) => makeResource(1, '1234567890' + k, b * 1000 + i, 1)))
+
+async function measure (name: string, fn: () => Promise<void>) {
+  await mon.query('checkpoint')
+  const c0 = await postgresCpuSec(mon); const w0 = await walAndXid(mon); const t0 = performance.now()
+  await fn()
+  const t1 = performance.now(); const w1 = await walAndXid(mon)
+  await mon.query('checkpoint')
+  const c1 = await postgresCpuSec(mon)
+  console.log(`${name}: wall ${(t1 - t0).toFixed(0)} ms, pg cpu ${((c1! - c0!)).toFixed(2)} s, WAL ${((w1.wal - w0.wal) / 1e6).toFixed(1)} MB`)
+}
+const variant = process.argv[2] ?? 'all'
+let k = 0
+for (const round of [1, 2]) {
+  for (const v of ['tally', 'insert-only', 'naive', 'naive-bare']) {
+    if (variant !== 'all' && variant !== v) continue
+    const scope = `s${++k}`
+    const data = batches(k)
+    const { rows: [run] } = await pool.query('insert into runs (scope, status, shard_count) values ($1, \'open\', 64) returning id', [scope])
+    await measure(`${v} round ${round}`, async () => {
+      let t = 0 // batch tokens
+      for (const [b, rs] of data.entries()) {
+        if (v === 'insert-only') {
+          const payload = '[' + rs.map((r, i) => `{"id":${JSON.stringify(r.id)},"h":"0123456789abcdef","d":${b * 1000 + i},"c":${(canonicalResource(r, 'r', 10000) as any).canonical}}`).join(',') + ']'
+          await pool.query(`with fence as (select 1 from runs where id = $1 and status in ('open', 'completing') for key share),
+        u as (
+          select x.id, x.c->>'type' as type, x.c->>'name' as name, x.c->>'region' as region,
+                 x.c->'tags' as tags, x.c->'attributes' as attributes, decode(x.h, 'hex') as content_hash, x.d as id_digest
+          from jsonb_to_recordset($2::jsonb) as x(id text, h text, d bigint, c jsonb)),
+        ins as (
+          insert into resources (tenant, scope, id, type, name, region, tags, attributes,
+                                 content_hash, id_digest, first_seen_run_id, changed_run_id)
+          select 'default', $3, u.id, u.type, u.name, u.region, u.tags, u.attributes,
+                 u.content_hash, u.id_digest, $1, $1
+          from u where exists (select 1 from fence)
+          on conflict (tenant, scope, id) do nothing
+          returning id),
+        wrote as (
+          insert into run_writes (run_id, token)
+          select $1, $4 where exists (select 1 from ins)
+          on conflict do nothing)
+        select exists (select 1 from fence) as run_open, array(select id from ins) as inserted`, [run.id, payload, scope, `t${t++}`])
+        } else if (v === 'tally') {
+          const rows = rs.map((r, i) => ({ id: r.id, content: (canonicalResource(r, 'r', 10000) as any).canonical, hash: '0123456789abcdef', digest: String(b * 1000 + i) }))
+          await repo.writeChanged('default', scope, Number(run.id), `t${t++}`, rows)
+        } else {
+          await pool.query(`
+      insert into ${v === 'naive' ? 'naive_resources' : 'naive_bare'} as r (scope, id, type, name, region, tags, attributes, last_seen, run_id)
+      select $1, u.id, u.type, u.name, u.region, u.tags, u.attributes, now(), $2
+      from unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[])
+           as u(id, type, name, region, tags, attributes)
+      on conflict (tenant, scope, id) do update set
+        type = excluded.type, name = excluded.name, region = excluded.region, tags = excluded.tags,
+        attributes = excluded.attributes, last_seen = excluded.last_seen, run_id = excluded.run_id`,
+          [scope, run.id, rs.map((r) => r.id), rs.map((r) => r.type), rs.map((r) => r.name ?? null),
+            rs.map((r) => r.region ?? null), rs.map((r) => JSON.stringify(r.tags ?? {})), rs.map((r) => JSON.stringify(r.attributes ?? {}))])
+        }
+      }
+    })
+  }
+}
+await mon.end(); await pool.end()
+await admin.query('drop database if exists tally_first_load with (force)'); await admin.end()
