@@ -1,4 +1,5 @@
 /** The GraphQL inventory API, on rows ingested through the REST API. */
+import { getIntrospectionQuery } from 'graphql'
 import t from 'tap'
 import { api, bearer, build, resource, sqlClient, type App } from './helper.js'
 
@@ -127,6 +128,30 @@ t.test('graphql', async (t) => {
     t.equal(variable.statements.length, 0)
     const badCursor = await gql(app, `{ resources(scope: "${SCOPE}", after: "nope") { edges { cursor } } }`)
     t.equal(badCursor.errors?.[0]?.extensions?.code, 'BAD_CURSOR')
+  })
+
+  t.test('introspection: the standard query is answered, within the limits; a cycle or a deeper one is refused', async (t) => {
+    // What GraphiQL, Apollo, graphql-codegen and Postman send first: 15 levels deep, past the depth limit of 8.
+    const standard = await countStatements(app, () => gql(app, getIntrospectionQuery({
+      descriptions: true, specifiedByUrl: true, directiveIsRepeatable: true, schemaDescription: true, inputValueDeprecation: true, oneOf: true
+    })))
+    t.notOk(standard.result.errors, JSON.stringify(standard.result.errors))
+    t.ok(standard.result.data.__schema.types.some((type: { name: string }) => type.name === 'Resource'))
+    t.equal(standard.statements.length, 0, 'no SQL')
+    t.equal((await gql(app, '{ __type(name: "Resource") { fields { name } } }')).data.__type.fields.length > 5, true)
+    const cases: Array<[string, string]> = [
+      // Grows with the schema at each level: graphql's MaxIntrospectionDepthRule.
+      ['{ __schema { types { fields { type { fields { type { fields { name } } } } } } } }', 'GRAPHQL_VALIDATION_FAILED'],
+      [`{ __schema { queryType { ${'ofType { '.repeat(20)}name${' }'.repeat(20)} } } }`, 'QUERY_TOO_DEEP'],
+      // Introspection does not open a way past the limits for data.
+      [`{ __schema { queryType { name } } runs { edges { node { ${'baselineRun { '.repeat(8)}id${' }'.repeat(8)} } } } }`, 'QUERY_TOO_DEEP']
+    ]
+    for (const [query, code] of cases) {
+      const { result, statements } = await countStatements(app, () => gql(app, query))
+      t.equal(result.errors?.[0]?.extensions?.code, code, query.slice(0, 40))
+      t.equal(result.data ?? null, null)
+      t.equal(statements.length, 0)
+    }
   })
 
   t.test('GraphiQL is served from this server, with no external host', async (t) => {

@@ -31,6 +31,12 @@ const graphql: FastifyPluginAsync = async function (fastify) {
   const { config } = fastify
   const { resolvers, loaders } = createResolvers(createInventoryRepository(createDb(fastify.db.readPool)))
   const limits = { maxDepth: config.GRAPHQL_MAX_DEPTH, maxCost: config.GRAPHQL_MAX_COST, maxFields: config.GRAPHQL_MAX_FIELDS }
+  // GraphQL over HTTP: a `null` optional parameter means the same as none. Mercurius's body
+  // schema refuses `extensions: null` (graphql/graphql-http#28, a MUST of the spec's audit).
+  fastify.addHook('preValidation', async (request) => {
+    const body = request.body as { extensions?: unknown } | null
+    if (request.routeOptions.url === '/graphql' && request.method === 'POST' && body !== null && typeof body === 'object' && body.extensions === null) delete body.extensions
+  })
   await fastify.register(mercurius, {
     schema,
     resolvers: { ...resolvers, JSON: JSONScalar },
@@ -79,6 +85,12 @@ const graphql: FastifyPluginAsync = async function (fastify) {
         return new GraphQLError('Internal error', { nodes: e.nodes, path: e.path, extensions: { code: 'INTERNAL' } })
       })
       const formatted = mercurius.defaultErrorFormatter({ ...execution, ...(errors === undefined ? {} : { errors }) }, context)
+      // graphql's own parse and validation errors have no code: they get one a client can branch on.
+      for (const error of (formatted.response.errors ?? []) as Array<{ message: string, extensions?: Record<string, unknown> }>) {
+        if (error.extensions?.code === undefined) {
+          error.extensions = { ...error.extensions, code: error.message.startsWith('Syntax Error') ? 'GRAPHQL_PARSE_FAILED' : 'GRAPHQL_VALIDATION_FAILED' }
+        }
+      }
       const refused = execution.errors?.map((e) => e.originalError).find(isTallyError)
       if (refused !== undefined) return { ...formatted, statusCode: refused.statusCode }
       return outage ? { ...formatted, statusCode: 503 } : formatted

@@ -9,9 +9,20 @@
  *   children times the page size it asks for, plus what the fields that read a whole scope
  *   (`totalCount`, `summary`) cost, once each wherever they sit.
  *
+ * Introspection (`__schema`, `__type`: what GraphiQL, Apollo, graphql-codegen and Postman send
+ * first) reads the schema, never a row, so its subtree is exempt from the depth limit, which the
+ * standard introspection query's type references exceed (15 levels). It is bounded by what it
+ * is instead: no deeper than that standard query asks with every option on, no cycle through
+ * the schema's lists (graphql's own MaxIntrospectionDepthRule, among its standard rules since
+ * 16.9: `fields { type { fields … } }` would grow with the schema at each level), and its fields
+ * count towards the field limit.
+ *
  * Each refusal is a GraphQL error with a `code`.
  */
-import { GraphQLError, Kind, type ASTVisitor, type DocumentNode, type FragmentDefinitionNode, type SelectionSetNode, type ValidationContext } from 'graphql'
+import {
+  getIntrospectionQuery, GraphQLError, Kind, parse, type ASTVisitor, type DocumentNode, type FragmentDefinitionNode,
+  type SelectionSetNode, type ValidationContext
+} from 'graphql'
 import { getComplexity, simpleEstimator, type ComplexityEstimator } from 'graphql-query-complexity'
 
 export const MAX_PAGE = 500
@@ -30,7 +41,12 @@ export interface QueryLimits {
   maxFields: number
 }
 
-interface Shape { depth: number, fields: number, scans: number }
+/** Fields that read the schema rather than the data: only at an operation's root. */
+const INTROSPECTION_ROOTS = new Set(['__schema', '__type'])
+
+/** Depth (the root field included), field count, scans, and the depth of any introspection subtree. */
+interface Shape { depth: number, fields: number, scans: number, introspection: number }
+const EMPTY: Shape = { depth: 0, fields: 0, scans: 0, introspection: 0 }
 
 /** Depth, field count and scans of every operation, fragments expanded, each fragment measured once. */
 function measure (document: DocumentNode): Shape[] {
@@ -40,13 +56,16 @@ function measure (document: DocumentNode): Shape[] {
   const memo = new Map<string, Shape>()
   const inProgress = new Set<string>()
   const ofSet = (set: SelectionSetNode | undefined): Shape => {
-    const shape = { depth: 0, fields: 0, scans: 0 }
+    const shape = { ...EMPTY }
     for (const selection of set?.selections ?? []) {
       let inner: Shape
-      if (selection.kind === Kind.FIELD) {
+      if (selection.kind === Kind.FIELD && INTROSPECTION_ROOTS.has(selection.name.value)) {
+        const child = ofSet(selection.selectionSet)
+        inner = { depth: 1, fields: 1 + child.fields, scans: 0, introspection: 1 + Math.max(child.depth, child.introspection) }
+      } else if (selection.kind === Kind.FIELD) {
         const child = ofSet(selection.selectionSet)
         const scan = SCAN_FIELDS.has(selection.name.value) ? 1 : 0
-        inner = { depth: 1 + child.depth, fields: 1 + child.fields, scans: scan + child.scans }
+        inner = { depth: 1 + child.depth, fields: 1 + child.fields, scans: scan + child.scans, introspection: child.introspection }
       } else if (selection.kind === Kind.INLINE_FRAGMENT) {
         inner = ofSet(selection.selectionSet)
       } else {
@@ -55,6 +74,7 @@ function measure (document: DocumentNode): Shape[] {
       shape.depth = Math.max(shape.depth, inner.depth)
       shape.fields += inner.fields
       shape.scans += inner.scans
+      shape.introspection = Math.max(shape.introspection, inner.introspection)
     }
     return shape
   }
@@ -63,7 +83,7 @@ function measure (document: DocumentNode): Shape[] {
     if (known !== undefined) return known
     const fragment = fragments.get(name)
     // Unknown fragments and cycles are validation errors; they add nothing here.
-    if (fragment === undefined || inProgress.has(name)) return { depth: 0, fields: 0, scans: 0 }
+    if (fragment === undefined || inProgress.has(name)) return EMPTY
     inProgress.add(name)
     const shape = ofSet(fragment.selectionSet)
     inProgress.delete(name)
@@ -73,11 +93,20 @@ function measure (document: DocumentNode): Shape[] {
   return document.definitions.filter((d) => d.kind === Kind.OPERATION_DEFINITION).map((op) => ofSet(op.selectionSet))
 }
 
+/** How deep the standard introspection query reaches, every option on: the deepest introspection let through. */
+export const INTROSPECTION_MAX_DEPTH = measure(parse(getIntrospectionQuery({
+  descriptions: true, specifiedByUrl: true, directiveIsRepeatable: true, schemaDescription: true, inputValueDeprecation: true, oneOf: true
+})))[0]!.introspection
+
 /** Errors for a document too deep or too wide; empty when it is within the limits. */
 export function checkShape (document: DocumentNode, limits: QueryLimits): GraphQLError[] {
-  for (const { depth, fields } of measure(document)) {
+  for (const { depth, fields, introspection } of measure(document)) {
     if (depth > limits.maxDepth) {
       return [new GraphQLError(`Query depth ${depth} exceeds the limit of ${limits.maxDepth}`, { extensions: { code: 'QUERY_TOO_DEEP' } })]
+    }
+    if (introspection > INTROSPECTION_MAX_DEPTH) {
+      return [new GraphQLError(`Introspection depth ${introspection} exceeds the standard introspection query's ${INTROSPECTION_MAX_DEPTH}`,
+        { extensions: { code: 'QUERY_TOO_DEEP' } })]
     }
     if (fields > limits.maxFields) {
       return [new GraphQLError(`Query selects ${fields} fields (fragments expanded); the limit is ${limits.maxFields}`,
