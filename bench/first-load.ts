@@ -5,7 +5,7 @@
  * a first load needs), and the naive design's upsert into a table with the dashboard indexes
  * (`--naive-indexes`) and into one with its primary key only (`naive-bare`). Each variant loads a scope of its own, twice.
  *
- *   node --import tsx bench/first-load.ts [tally|insert-only|naive|naive-bare]   (B=30 batches of 1,000)
+ *   node --import tsx bench/first-load.ts [tally|insert-only|naive|naive-bare]   (FIRST_LOAD_BATCHES=30 batches of 1,000)
  */
 import pg from 'pg'
 import { createDb, runMigrations } from '../src/db/client.js'
@@ -29,7 +29,7 @@ await pool.query('create table naive_bare (like naive_resources including defaul
 const db = createDb(pool)
 const repo = createResourcesRepository(db)
 const mon = new pg.Client({ connectionString: url.toString() }); await mon.connect()
-const B = Number(process.env.B ?? 30)
+const B = Number(process.env.FIRST_LOAD_BATCHES ?? 30)
 const batches = (k: number) => Array.from({ length: B }, (_, b) => Array.from({ length: 1000 }, (_, i) => makeResource(1, '1234567890' + k, b * 1000 + i, 1)))
 
 async function measure (name: string, fn: () => Promise<void>) {
