@@ -68,6 +68,37 @@ t.test('bad input is a 400/413/415 problem and changes nothing', async (t) => {
   t.equal((await raw(deep(31))).statusCode, 200, 'attributes 32 levels deep are fine')
 })
 
+t.test('validation errors a person can act on: the field named, patterns in words, every error listed (bounded)', async (t) => {
+  const app = await build(t)
+  const tally = api(app)
+  const runId = (await tally.open('aws/messages')).body.id
+  const post = (url: string, payload: unknown) => app.inject({ method: 'POST', url, payload: payload as object, headers: bearer(app) })
+
+  const unknown = (await post(`/runs/${runId}/resources`, { resources: [{ id: 'a', type: 't', colour: 'red' }] })).json()
+  t.equal(unknown.detail, 'body /resources/0: unknown field "colour"')
+  t.same(unknown.errors, [{ path: '/resources/0', message: 'unknown field "colour"' }])
+  t.equal(unknown.errorCount, 1)
+
+  const missing = (await post(`/runs/${runId}/resources`, { resources: [{ id: 'a' }] })).json()
+  t.equal(missing.detail, 'body /resources/0: missing field "type"')
+
+  const scope = (await post('/runs', { scope: 'has space' })).json()
+  t.equal(scope.detail, 'body /scope: must be a scope name without whitespace, braces ({ }) or control characters, e.g. aws/123456789012')
+  t.notMatch(scope.detail, /\^|\\u/, 'no regular expression')
+
+  // 30 resources each with two faults: all 60 counted, the first 20 listed.
+  const many = (await post(`/runs/${runId}/resources`, { resources: Array.from({ length: 30 }, (_, i) => ({ id: `r${i}`, colour: 'red' })) })).json()
+  t.equal(many.errorCount, 60)
+  t.equal(many.errors.length, 20)
+  t.match(many.detail, /^body \/resources\/0: .* \(and 59 more: see errors\)$/)
+  t.same(new Set(many.errors.map((e: { message: string }) => e.message)), new Set(['missing field "type"', 'unknown field "colour"']))
+
+  // `content-type: application/json` and no body: no options, as for a POST with no body at all.
+  const complete = await app.inject({ method: 'POST', url: `/runs/${runId}/complete`, headers: { ...bearer(app), 'content-type': 'application/json' } })
+  t.equal(complete.statusCode, 200, complete.body)
+  t.equal(complete.json().status, 'completed')
+})
+
 t.test('run and scope errors', async (t) => {
   const app = await build(t, { GUARD_MIN_BASELINE: '2' })
   const tally = api(app)

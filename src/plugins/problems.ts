@@ -3,9 +3,23 @@
  * schema validation, wrong content type), outages and bugs all leave as
  * `application/problem+json` with a stable `code`. 5xx bodies never carry internals.
  */
-import type { FastifyError, FastifyReply } from 'fastify'
+import type { FastifyError, FastifyReply, FastifySchemaValidationError } from 'fastify'
 import fp from 'fastify-plugin'
 import { isTallyError, isUnavailable, problemCodes, type ProblemCode } from '../errors.js'
+import { patternWords } from '../routes/schemas.js'
+
+/** Validation errors listed in a problem; the count says how many there were. */
+export const MAX_LISTED_ERRORS = 20
+
+/** One schema error as a person reads it: the field it is about, and what is wrong in words. */
+export function describe (v: FastifySchemaValidationError): { path: string, message: string } {
+  const path = v.instancePath || '/'
+  const params = v.params as Record<string, unknown>
+  if (v.keyword === 'additionalProperties') return { path, message: `unknown field "${String(params.additionalProperty)}"` }
+  if (v.keyword === 'required') return { path, message: `missing field "${String(params.missingProperty)}"` }
+  if (v.keyword === 'pattern') return { path, message: patternWords[String(params.pattern)] ?? v.message ?? 'does not match its pattern' }
+  return { path, message: v.message ?? v.keyword }
+}
 
 /** Fastify's own error codes that have a better name in Tally's contract. */
 const fastifyCodes: Record<string, ProblemCode> = {
@@ -38,8 +52,12 @@ export default fp(async function problems (fastify) {
   fastify.setErrorHandler(function (error: FastifyError, request, reply) {
     if (isTallyError(error)) return send(reply, error.code, error.message, error.extra)
     if (error.validation) {
-      return send(reply, 'validation_failed', error.message, {
-        errors: error.validation.map((v) => ({ path: v.instancePath || '/', message: v.message ?? v.keyword }))
+      const errors = error.validation.map(describe)
+      const first = errors[0]!
+      const more = errors.length > 1 ? ` (and ${errors.length - 1} more: see errors)` : ''
+      return send(reply, 'validation_failed', `${error.validationContext ?? 'request'} ${first.path}: ${first.message}${more}`, {
+        errors: errors.slice(0, MAX_LISTED_ERRORS),
+        errorCount: errors.length
       })
     }
     const mapped = fastifyCodes[error.code]

@@ -10,7 +10,8 @@ import fp from 'fastify-plugin'
 import { sharedSchemas } from '../routes/schemas.js'
 
 function ajv (options: Options): Ajv {
-  const instance = new Ajv({ removeAdditional: false, useDefaults: true, allErrors: false, strict: false, ...options })
+  // allErrors: a request is told everything wrong with it at once (the error handler lists a bounded number).
+  const instance = new Ajv({ removeAdditional: false, useDefaults: true, allErrors: true, strict: false, ...options })
   addFormats.default(instance)
   return instance
 }

@@ -8,6 +8,7 @@ import type { Access } from '../auth/keys.js'
 import type { BatchResult, ResourceIn, RunState } from '../reconcile/index.js'
 import { lineBatches } from '../reconcile/lines.js'
 import { NDJSON } from '../plugins/validation.js'
+import { describe } from '../plugins/problems.js'
 import { Type } from '@sinclair/typebox'
 import {
   BatchResultSchema, CompleteBodySchema, CreateRunBodySchema, IngestBodySchema, IngestHeadersSchema, ListRunsQuerySchema,
@@ -181,8 +182,8 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     if (bad !== undefined) throw new TallyError('validation_failed', `${where}: ${bad.path} ${bad.message}`, { errors: [bad] })
     if (!fastify.validateResource(value)) {
       const error = fastify.validateResource.errors?.[0]
-      const path = error === undefined || error.instancePath === '' ? '' : `${error.instancePath} `
-      throw new TallyError('validation_failed', `${where}: ${path}${error?.message ?? 'is not a resource'}`)
+      const described = error === undefined ? { path: '/', message: 'is not a resource' } : describe(error)
+      throw new TallyError('validation_failed', `${where}: ${described.path === '/' ? '' : `${described.path} `}${described.message}`)
     }
     return value as ResourceIn
   }
@@ -224,7 +225,13 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       response: { 200: Type.Ref(RunSchema), ...problems(400, 401, 403, 404, 409, 413, 415, 422, 429) }
     },
     config: scan,
-    // An empty POST means "no options".
+    // An empty POST means "no options", with `content-type: application/json` too (Fastify's
+    // JSON parser would refuse an empty body): no body, no parsing.
+    preParsing: async (request, _reply, payload) => {
+      const { headers } = request
+      if (headers['transfer-encoding'] === undefined && (headers['content-length'] ?? '0') === '0') delete headers['content-type']
+      return payload
+    },
     preValidation: async (request) => { request.body ??= {} }
   }, async (request) => {
     const access = accessOf(request)

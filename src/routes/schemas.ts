@@ -8,7 +8,20 @@ import { problemCodes, type ProblemCode } from '../errors.js'
 import { runStatuses } from '../db/schema.js'
 
 // 1–256 bytes (checked in bytes by findOversize), no whitespace, control characters, `{` or `}` (they would break Redis hash tags).
-export const ScopeNameSchema = Type.String({ minLength: 1, maxLength: 256, pattern: '^[^\\s{}\\u0000-\\u001f\\u007f]+$' })
+const SCOPE_PATTERN = '^[^\\s{}\\u0000-\\u001f\\u007f]+$'
+const ID_PATTERN = '^[^\\u0000-\\u001f\\u007f]+$'
+const CURSOR_PATTERN = '^[A-Za-z0-9_-]{1,32}$'
+const BATCH_ID_PATTERN = '^[\\x21-\\x7e]+$'
+
+/** What each pattern asks for, in words: a validation error says this, not the regular expression. */
+export const patternWords: Record<string, string> = {
+  [SCOPE_PATTERN]: 'must be a scope name without whitespace, braces ({ }) or control characters, e.g. aws/123456789012',
+  [ID_PATTERN]: 'must not hold control characters (U+0000–U+001F, U+007F)',
+  [CURSOR_PATTERN]: "must be a cursor as a previous page's nextCursor gave it",
+  [BATCH_ID_PATTERN]: 'must be printable ASCII without spaces'
+}
+
+export const ScopeNameSchema = Type.String({ minLength: 1, maxLength: 256, pattern: SCOPE_PATTERN })
 
 export const RunIdSchema = Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER })
 /** A run id as it may appear in a path: decimal digits, no sign, exponent, point or leading zero. */
@@ -22,7 +35,7 @@ export const ProblemSchema = Type.Object({
   status: Type.Integer(),
   detail: Type.String(),
   code: Type.Unsafe<ProblemCode>({ type: 'string', enum: Object.keys(problemCodes), description: 'stable, for programs' })
-}, { $id: 'Problem', additionalProperties: true, description: 'RFC 9457 problem details; some codes add fields (openRunId; seen, expected; errors; mass_deletion_guard: stale, baseline, byType [{type, count}] over the first `described` held-back ids, sample ids)' })
+}, { $id: 'Problem', additionalProperties: true, description: 'RFC 9457 problem details; some codes add fields (openRunId; seen, expected; validation_failed: errors [{path, message}], the first 20, and errorCount; mass_deletion_guard: stale, baseline, byType [{type, count}] over the first `described` held-back ids, sample ids)' })
 
 export const RunStatsSchema = Type.Object({
   seen: Type.Integer(),
@@ -78,11 +91,11 @@ export const ListRunsQuerySchema = Type.Object({
   scope: Type.Optional(ScopeNameSchema),
   status: Type.Optional(RunStatusSchema),
   limit: Type.Integer({ minimum: 1, maximum: 500, default: 50 }),
-  cursor: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{1,32}$' }))
+  cursor: Type.Optional(Type.String({ pattern: CURSOR_PATTERN }))
 }, { additionalProperties: false })
 
 export const ResourceSchema = Type.Object({
-  id: Type.String({ minLength: 1, maxLength: 1024, pattern: '^[^\\u0000-\\u001f\\u007f]+$', description: 'at most 1,024 bytes in UTF-8' }),
+  id: Type.String({ minLength: 1, maxLength: 1024, pattern: ID_PATTERN, description: 'at most 1,024 bytes in UTF-8' }),
   type: Type.String({ minLength: 1, maxLength: 256, description: 'at most 256 bytes in UTF-8' }),
   name: Type.Optional(Type.String({ maxLength: 1024 })),
   region: Type.Optional(Type.String({ maxLength: 64, description: 'at most 64 bytes in UTF-8' })),
@@ -93,7 +106,7 @@ export const ResourceSchema = Type.Object({
 const BatchIdSchema = Type.String({
   minLength: 1,
   maxLength: 128,
-  pattern: '^[\\x21-\\x7e]+$',
+  pattern: BATCH_ID_PATTERN,
   description: 'Names the batch so that a retried copy applies and counts once; unique per batch within a run'
 })
 
