@@ -26,6 +26,9 @@ export const EnvSchema = Type.Object({
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
     { default: 'info' }
   ),
+  LOG_FORMAT: Type.Optional(Type.Union([Type.Literal('json'), Type.Literal('pretty')], {
+    description: 'json, or pretty (pino-pretty: one readable line an event); unset: pretty when standard output is a terminal'
+  })),
   REDIS_KEY_PREFIX: Type.String({ pattern: '^[^{}\\s]*$', default: 'tally:' }),
   DEFAULT_SHARD_COUNT: Type.Integer({ minimum: 1, maximum: 1024, default: 64 }),
   SEEN_SET_SIZE: Type.Integer({

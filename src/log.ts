@@ -25,6 +25,12 @@ function bounded (value: unknown, depth = 0): unknown {
 
 export const boundedError = (err: Error) => bounded(pino.stdSerializers.err(err))
 
-export function logOptions (level: string): LoggerOptions {
-  return { level, serializers: { err: boundedError } }
+/** `pretty`: one readable, coloured line an event (pino-pretty, in a worker thread), for a person at a terminal. */
+export function logOptions (level: string, pretty = false): LoggerOptions {
+  const options: LoggerOptions = { level, serializers: { err: boundedError } }
+  if (!pretty) return options
+  return { ...options, transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } } }
 }
+
+/** Pretty logs when asked, or when nobody asked and a person is reading standard output. */
+export const prettyLogs = (format: 'json' | 'pretty' | undefined) => format === 'pretty' || (format === undefined && process.stdout.isTTY === true)

@@ -7,7 +7,7 @@ import closeWithGrace from 'close-with-grace'
 import { pino } from 'pino'
 import { buildApp } from './app.js'
 import { bootstrapAdminKey } from './auth/bootstrap.js'
-import { logOptions } from './log.js'
+import { logOptions, prettyLogs } from './log.js'
 import { loadConfig, loadSettings, type Settings } from './config.js'
 import { RedisServerMissing, findOnPath, startEmbeddedPostgres, startEmbeddedRedis, type Service } from './embedded.js'
 
@@ -25,7 +25,7 @@ if (embedRedis && findOnPath('redis-server') === undefined) {
   process.exit(1)
 }
 
-const log = pino(logOptions(settings.LOG_LEVEL))
+const log = pino(logOptions(settings.LOG_LEVEL, prettyLogs(settings.LOG_FORMAT)))
 const embedded: Service[] = []
 const stopEmbedded = async () => {
   for (const service of embedded.reverse()) await service.stop()

@@ -84,13 +84,18 @@ const graphql: FastifyPluginAsync = async function (fastify) {
         context.reply.log.error({ err: original }, 'graphql request failed')
         return new GraphQLError('Internal error', { nodes: e.nodes, path: e.path, extensions: { code: 'INTERNAL' } })
       })
-      const formatted = mercurius.defaultErrorFormatter({ ...execution, ...(errors === undefined ? {} : { errors }) }, context)
+      // mercurius's formatter logs each error with its stack at info; a client's mistake is one
+      // line here instead (outages and bugs were logged above, at warn and error).
+      const quiet = Object.assign(Object.create(context.reply) as typeof context.reply, { log: context.reply.log.child({}, { level: 'warn' }) })
+      const formatted = mercurius.defaultErrorFormatter({ ...execution, ...(errors === undefined ? {} : { errors }) }, { ...context, reply: quiet })
+      const listed = (formatted.response.errors ?? []) as Array<{ message: string, extensions?: Record<string, unknown> }>
       // graphql's own parse and validation errors have no code: they get one a client can branch on.
-      for (const error of (formatted.response.errors ?? []) as Array<{ message: string, extensions?: Record<string, unknown> }>) {
+      for (const error of listed) {
         if (error.extensions?.code === undefined) {
           error.extensions = { ...error.extensions, code: error.message.startsWith('Syntax Error') ? 'GRAPHQL_PARSE_FAILED' : 'GRAPHQL_VALIDATION_FAILED' }
         }
       }
+      if (!outage && listed.length > 0) context.reply.log.info({ errors: listed.slice(0, 10).map((e) => ({ code: e.extensions?.code, message: e.message })) }, 'graphql: errors in the answer')
       const refused = execution.errors?.map((e) => e.originalError).find(isTallyError)
       if (refused !== undefined) return { ...formatted, statusCode: refused.statusCode }
       return outage ? { ...formatted, statusCode: 503 } : formatted

@@ -149,13 +149,32 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     },
     config: scan
   }, async (request) => {
-    const headerId = request.headers['idempotency-key']
-    if (request.body instanceof Readable) return ingestLines(request.params.id, request.body, headerId, accessOf(request))
+    const end = fastify.metrics.batchSeconds.startTimer()
+    try {
+      return await ingest(request.params.id, request.body, request.headers['idempotency-key'], accessOf(request))
+    } finally {
+      end()
+    }
+  })
+
+  /** What a batch (a JSON body, or a lot of an NDJSON one) adds to the metrics, once it is acknowledged. */
+  function countBatch (result: BatchResult) {
+    const { metrics } = fastify
+    metrics.batches.inc({ result: result.duplicate ? 'duplicate' : 'applied' })
+    // A retried copy's counts are its first copy's, counted then.
+    if (result.duplicate) return
+    metrics.resources.inc({ outcome: 'created' }, result.created)
+    metrics.resources.inc({ outcome: 'updated' }, result.updated)
+    metrics.resources.inc({ outcome: 'unchanged' }, result.unchanged)
+  }
+
+  async function ingest (runId: number, body: unknown, headerId: string | undefined, access: Access): Promise<BatchResult> {
+    if (body instanceof Readable) return ingestLines(runId, body, headerId, access)
     // Validated by its media type's schema: a request with none (no body) is not.
-    if (typeof request.body !== 'object' || request.body === null) {
+    if (typeof body !== 'object' || body === null) {
       throw new TallyError('validation_failed', 'body must be a JSON object { resources }, or NDJSON (one resource per line)')
     }
-    const { resources, batchId: bodyId } = request.body as IngestBody
+    const { resources, batchId: bodyId } = body as IngestBody
     const max = fastify.config.MAX_BATCH
     if (resources.length > max) {
       throw new TallyError('batch_too_large', `A batch holds at most ${max} resources; this one has ${resources.length}`)
@@ -163,8 +182,10 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     if (bodyId !== undefined && headerId !== undefined && bodyId !== headerId) {
       throw new TallyError('validation_failed', 'batchId and the Idempotency-Key header differ; send one, or the same in both')
     }
-    return reconcile.ingestBatch(request.params.id, resources, bodyId ?? headerId, accessOf(request))
-  })
+    const result = await reconcile.ingestBatch(runId, resources, bodyId ?? headerId, access)
+    countBatch(result)
+    return result
+  }
 
   /** A resource of an NDJSON body, parsed and checked as a JSON body's resources are; a 400 if it is not one. */
   function parseLine (line: Buffer, index: number): ResourceIn {
@@ -200,6 +221,7 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       for await (const lines of lineBatches(body, config.MAX_BATCH, config.BODY_LIMIT)) {
         const result = await reconcile.ingestLines(runId, { lines, first: total.received, parse: parseLine },
           batchId === undefined ? undefined : `${batchId}#${lot++}`, access)
+        countBatch(result)
         total.received += result.received
         total.created += result.created
         total.updated += result.updated
@@ -242,7 +264,11 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     ]
     if (destructive.length > 0) requireAdmin(access, destructive.join(' and '))
     // Checked before the log line, so that nobody logs an action on a run they may not see.
+    const end = fastify.metrics.completionSeconds.startTimer()
     const state = await reconcile.completeRun(request.params.id, request.body, access)
+    end()
+    fastify.metrics.completions.inc({ status: state.run.status })
+    fastify.metrics.deleted.inc(state.stats.deleted)
     if (destructive.length > 0) {
       logDestructive(request, 'complete', { runId: state.run.id, scope: state.run.scope, force, maxDeleteRatio, deleted: state.stats.deleted })
     }

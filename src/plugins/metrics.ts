@@ -1,0 +1,103 @@
+/**
+ * Prometheus metrics (prom-client): `GET /metrics` in the text format, for a `reader` or
+ * `admin` key (Prometheus sends it with `authorization: { credentials_file: … }`).
+ *
+ * Every series is `tally_`-prefixed but the process defaults (`process_cpu_seconds_total`,
+ * `nodejs_heap_size_used_bytes`, …). Labels are bounded sets (outcomes, statuses, problem
+ * codes, Redis command names, the two Postgres pools): no scope, run or resource id. Each app
+ * has a registry of its own, so several apps in one process (the tests) count apart.
+ */
+import fp from 'fastify-plugin'
+import type pg from 'pg'
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { Redis, Cluster } from 'ioredis'
+import type { ProblemCode } from '../errors.js'
+
+/** Seconds: from a ~1 ms Redis call to a 30 s completion. */
+const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+function createMetrics (register: Registry) {
+  const of = { registers: [register] }
+  return {
+    register,
+    resources: new Counter({ ...of, name: 'tally_resources_ingested_total', help: 'Resources of acknowledged batches, by what Tally did with each', labelNames: ['outcome'] as const }),
+    batches: new Counter({ ...of, name: 'tally_batches_total', help: 'Acknowledged batches (a retried copy of an applied one: duplicate)', labelNames: ['result'] as const }),
+    batchSeconds: new Histogram({ ...of, name: 'tally_batch_duration_seconds', help: 'Time to apply and acknowledge a batch request', buckets: BUCKETS }),
+    completions: new Counter({ ...of, name: 'tally_completions_total', help: 'Runs finished by a completion, by their status', labelNames: ['status'] as const }),
+    completionSeconds: new Histogram({ ...of, name: 'tally_completion_duration_seconds', help: 'Time to complete a run (answered 200)', buckets: BUCKETS }),
+    deleted: new Counter({ ...of, name: 'tally_resources_deleted_total', help: 'Resources soft-deleted by completions' }),
+    guardTrips: new Counter({ ...of, name: 'tally_guard_trips_total', help: 'Completions the mass-deletion guard refused' }),
+    stateLost: new Counter({ ...of, name: 'tally_run_state_lost_total', help: "Requests refused because a run's Redis state was lost (run_state_lost)" }),
+    problems: new Counter({ ...of, name: 'tally_problems_total', help: 'Problem responses (4xx and 5xx), by code', labelNames: ['code'] as const }),
+    redisSeconds: new Histogram({ ...of, name: 'tally_redis_command_duration_seconds', help: 'Redis command latency as the server sees it', labelNames: ['command'] as const, buckets: BUCKETS }),
+    postgresSeconds: new Histogram({ ...of, name: 'tally_postgres_query_duration_seconds', help: 'Postgres statement latency as the server sees it', labelNames: ['pool'] as const, buckets: BUCKETS })
+  }
+}
+
+export type Metrics = ReturnType<typeof createMetrics>
+
+/** Times every statement of the pool's connections (pool.query goes through them too). */
+function timePool (pool: pg.Pool, histogram: Metrics['postgresSeconds'], name: string) {
+  pool.on('connect', (client) => {
+    const query = client.query.bind(client) as (...args: unknown[]) => unknown
+    client.query = ((...args: unknown[]) => {
+      const end = histogram.startTimer({ pool: name })
+      const result = query(...args)
+      // A callback-style call returns nothing to wait on; pg's own calls pass promises here.
+      if (result instanceof Promise) result.then(() => end(), () => end())
+      return result
+    }) as typeof client.query
+  })
+}
+
+/** Times every command the client sends, scripts included (EVALSHA), by lower-case name. */
+function timeRedis (redis: Redis | Cluster, histogram: Metrics['redisSeconds']) {
+  const send = redis.sendCommand.bind(redis) as (command: unknown, stream?: unknown) => unknown
+  redis.sendCommand = ((command: { name: string, promise: Promise<unknown> }, stream?: unknown) => {
+    const end = histogram.startTimer({ command: command.name })
+    command.promise.then(() => end(), () => end())
+    return send(command, stream)
+  }) as typeof redis.sendCommand
+}
+
+export default fp(async function metrics (fastify) {
+  const register = new Registry()
+  collectDefaultMetrics({ register })
+  const m = createMetrics(register)
+  timePool(fastify.pg.pool, m.postgresSeconds, 'main')
+  timePool(fastify.db.readPool, m.postgresSeconds, 'graphql')
+  timeRedis(fastify.redis, m.redisSeconds)
+  register.registerMetric(new Gauge({
+    registers: [],
+    name: 'tally_runs_open',
+    help: 'Runs open or completing, all tenants',
+    async collect () {
+      const { rows } = await fastify.pg.pool.query<{ n: number }>("select count(*)::int as n from runs where status in ('open', 'completing')")
+      this.set(rows[0]!.n)
+    }
+  }))
+  fastify.decorate('metrics', m)
+
+  fastify.get('/metrics', {
+    schema: { hide: true },
+    // Aggregates over all tenants, with no tenant, scope or id in a label: a reader key of any tenant may scrape.
+    config: { auth: ['reader', 'admin'] }
+  }, async (_request, reply) => {
+    reply.type(register.contentType)
+    return await register.metrics()
+  })
+}, { name: 'metrics', dependencies: ['db', 'auth'] })
+
+/** What a problem response adds to the metrics. */
+export function countProblem (metrics: Metrics | undefined, code: ProblemCode) {
+  if (metrics === undefined) return
+  metrics.problems.inc({ code })
+  if (code === 'mass_deletion_guard') metrics.guardTrips.inc()
+  if (code === 'run_state_lost') metrics.stateLost.inc()
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    metrics: Metrics
+  }
+}

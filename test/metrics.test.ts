@@ -1,0 +1,67 @@
+/** GET /metrics: Prometheus text, for reader and admin keys, whose counters agree with the runs' stats. */
+import t from 'tap'
+import { api, bearer, build, createKey, resource } from './helper.js'
+
+/** The value of one series, `name{labels}` exactly as exposed (labels in prom-client's order). */
+function value (text: string, series: string): number {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `))
+  if (line === undefined) throw new Error(`no series ${series}`)
+  return Number(line.slice(series.length + 1))
+}
+
+t.test('metrics after scans equal the runs\' stats', async (t) => {
+  const app = await build(t, { GUARD_MIN_BASELINE: '10' })
+  const tally = api(app)
+  const SCOPE = 'aws/metrics-9f3c'
+  const first = Array.from({ length: 30 }, (_, i) => resource(`r${i}`))
+  const runs = [
+    await tally.scan(SCOPE, first, { batch: 7 }),
+    // 5 changed, 5 gone, 3 new, the rest unchanged; one batch sent twice (applied once).
+    await (async () => {
+      const resources = [...first.slice(0, 5).map((r) => ({ ...r, name: 'changed' })), ...first.slice(5, 25), ...['n1', 'n2', 'n3'].map((id) => resource(id))]
+      const runId = (await tally.open(SCOPE)).body.id
+      for (let i = 0; i < resources.length; i += 10) {
+        const batch = { batchId: `b${i}`, resources: resources.slice(i, i + 10) }
+        for (let copy = 0; copy < (i === 0 ? 2 : 1); copy++) {
+          const res = await app.inject({ method: 'POST', url: `/runs/${runId}/resources`, headers: bearer(app), payload: batch })
+          t.equal(res.statusCode, 200)
+        }
+      }
+      return (await tally.complete(runId)).body
+    })()
+  ]
+  // A run that would delete everything: the guard holds it.
+  const guarded = (await tally.open(SCOPE)).body.id
+  await tally.ingest(guarded, [resource('only')])
+  t.equal((await tally.complete(guarded)).status, 422)
+
+  const res = await app.inject({ url: '/metrics', headers: bearer(app) })
+  t.equal(res.statusCode, 200)
+  t.match(res.headers['content-type'], /^text\/plain; version=0\.0\.4/)
+  const text = res.body
+  const sum = (k: 'created' | 'updated' | 'unchanged' | 'deleted') => runs.reduce((n, r) => n + r.stats[k], 0)
+  t.equal(value(text, 'tally_resources_ingested_total{outcome="created"}'), sum('created') + 1, 'created: both runs\' and the guarded run\'s')
+  t.equal(value(text, 'tally_resources_ingested_total{outcome="updated"}'), sum('updated'))
+  t.equal(value(text, 'tally_resources_ingested_total{outcome="unchanged"}'), sum('unchanged'))
+  t.equal(value(text, 'tally_resources_deleted_total'), sum('deleted'))
+  t.equal(sum('deleted'), 5)
+  t.equal(value(text, 'tally_batches_total{result="applied"}'), runs.reduce((n, r) => n + r.stats.batches, 0) + 1)
+  t.equal(value(text, 'tally_batches_total{result="duplicate"}'), 1)
+  t.equal(value(text, 'tally_completions_total{status="completed"}'), 2)
+  t.equal(value(text, 'tally_completion_duration_seconds_count'), 2)
+  t.equal(value(text, 'tally_guard_trips_total'), 1)
+  t.equal(value(text, 'tally_problems_total{code="mass_deletion_guard"}'), 1)
+  t.equal(value(text, 'tally_run_state_lost_total'), 0)
+  t.equal(value(text, 'tally_runs_open'), 1, 'the guarded run stays open')
+  t.ok(value(text, 'tally_batch_duration_seconds_count') >= 9)
+  t.ok(value(text, 'tally_redis_command_duration_seconds_count{command="evalsha"}') > 0, 'Redis calls timed')
+  t.ok(value(text, 'tally_postgres_query_duration_seconds_count{pool="main"}') > 0, 'Postgres statements timed')
+  t.ok(value(text, 'process_cpu_seconds_total') > 0, 'process defaults')
+  t.notMatch(text, /metrics-9f3c|r0|"n1"/, 'no scope or id in a label')
+
+  t.equal((await app.inject({ url: '/metrics' })).statusCode, 401, 'a key is needed')
+  const reader = await createKey(app, { tenant: 'default', role: 'reader' })
+  t.equal((await app.inject({ url: '/metrics', headers: bearer(app, reader) })).statusCode, 200, 'a reader key scrapes')
+  const scanner = await createKey(app, { tenant: 'default', role: 'scanner' })
+  t.equal((await app.inject({ url: '/metrics', headers: bearer(app, scanner) })).statusCode, 403, 'a scanner key does not')
+})
