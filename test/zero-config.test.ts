@@ -27,7 +27,7 @@ async function post (server: ServerProcess, path: string, body: unknown = {}, ke
 
 /** `npm run keys -- …` with the server's configuration; its output lines. */
 function keysCli (env: Record<string, string>, ...args: string[]): string[] {
-  const res = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/keys.ts', ...args], {
+  const res = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/keys.ts', ...args], {
     cwd: new URL('..', import.meta.url), env: { PATH: process.env.PATH ?? '', ...env }, encoding: 'utf8', timeout: 60_000
   })
   if (res.status !== 0) throw new Error(`keys ${args.join(' ')}: exit ${res.status}\n${res.stderr}`)

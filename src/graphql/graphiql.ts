@@ -1,6 +1,8 @@
 /**
  * GraphiQL at /graphiql, its scripts and styles served from npm packages (react, react-dom,
  * graphiql) rather than a CDN, so it works offline and under a strict Content-Security-Policy.
+ * The packages are development dependencies: a production install (`npm ci --omit=dev`) has
+ * none, and GraphiQL is then off (GRAPHIQL=true says so in the log).
  */
 import { createReadStream } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -12,11 +14,20 @@ const require = createRequire(import.meta.url)
 /** A file of an installed package, found from its package.json (the files are not in its exports). */
 const fromPackage = (pkg: string, file: string) => join(dirname(require.resolve(`${pkg}/package.json`)), file)
 
-const assets: Record<string, { file: string, type: string }> = {
-  'react.js': { file: fromPackage('react', 'umd/react.production.min.js'), type: 'text/javascript' },
-  'react-dom.js': { file: fromPackage('react-dom', 'umd/react-dom.production.min.js'), type: 'text/javascript' },
-  'graphiql.js': { file: fromPackage('graphiql', 'graphiql.min.js'), type: 'text/javascript' },
-  'graphiql.css': { file: fromPackage('graphiql', 'graphiql.min.css'), type: 'text/css' }
+type Assets = Record<string, { file: string, type: string }>
+
+/** The files GraphiQL's page loads; undefined when the packages are not installed. */
+export function graphiqlAssets (): Assets | undefined {
+  try {
+    return {
+      'react.js': { file: fromPackage('react', 'umd/react.production.min.js'), type: 'text/javascript' },
+      'react-dom.js': { file: fromPackage('react-dom', 'umd/react-dom.production.min.js'), type: 'text/javascript' },
+      'graphiql.js': { file: fromPackage('graphiql', 'graphiql.min.js'), type: 'text/javascript' },
+      'graphiql.css': { file: fromPackage('graphiql', 'graphiql.min.css'), type: 'text/css' }
+    }
+  } catch {
+    return undefined
+  }
 }
 
 const page = `<!doctype html>
@@ -46,7 +57,7 @@ ReactDOM.createRoot(document.getElementById('graphiql'))
   .render(React.createElement(GraphiQL, { fetcher, defaultQuery: query, defaultHeaders: headers, defaultEditorToolsVisibility: 'headers' }))
 `
 
-const graphiql: FastifyPluginAsync = async function (fastify) {
+const graphiql: FastifyPluginAsync<{ assets: Assets }> = async function (fastify, { assets }) {
   // The page and its assets hold no data: public like /docs. Queries need a key.
   const config = { auth: 'public' as const }
   fastify.get('/graphiql', { schema: { hide: true }, config }, async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))

@@ -13,7 +13,7 @@ import type { Access } from '../auth/keys.js'
 import { createDb } from '../db/client.js'
 import { createInventoryRepository } from '../db/inventory-repository.js'
 import { isStatementTimeout, isTallyError, isUnavailable } from '../errors.js'
-import graphiql from './graphiql.js'
+import graphiql, { graphiqlAssets } from './graphiql.js'
 import { checkShape, limitsRule } from './limits.js'
 import { createResolvers, type GraphQLContext } from './resolvers.js'
 import { schema } from './schema.js'
@@ -106,7 +106,11 @@ const graphql: FastifyPluginAsync = async function (fastify) {
     const [error] = checkShape(document, limits)
     if (error !== undefined) throw new ErrorWithProps(error.message, error.extensions, 400)
   })
-  if (config.GRAPHIQL ?? config.NODE_ENV !== 'production') await fastify.register(graphiql)
+  if (config.GRAPHIQL ?? config.NODE_ENV !== 'production') {
+    const assets = graphiqlAssets()
+    if (assets !== undefined) await fastify.register(graphiql, { assets })
+    else if (config.GRAPHIQL === true) fastify.log.warn('GRAPHIQL is on but its packages (graphiql, react, react-dom) are not installed, as in a production install: /graphiql is off')
+  }
 }
 
 export default graphql

@@ -52,11 +52,13 @@ function timePool (pool: pg.Pool, histogram: Metrics['postgresSeconds'], name: s
 
 /** Times every command the client sends, scripts included (EVALSHA), by lower-case name. */
 function timeRedis (redis: Redis | Cluster, histogram: Metrics['redisSeconds']) {
-  const send = redis.sendCommand.bind(redis) as (command: unknown, stream?: unknown) => unknown
-  redis.sendCommand = ((command: { name: string, promise: Promise<unknown> }, stream?: unknown) => {
+  // Every argument passes through: a Cluster's sendCommand takes the node to send to as well.
+  const send = redis.sendCommand.bind(redis) as (...args: unknown[]) => unknown
+  redis.sendCommand = ((...args: unknown[]) => {
+    const command = args[0] as { name: string, promise: Promise<unknown> }
     const end = histogram.startTimer({ command: command.name })
     command.promise.then(() => end(), () => end())
-    return send(command, stream)
+    return send(...args)
   }) as typeof redis.sendCommand
 }
 

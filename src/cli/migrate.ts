@@ -1,7 +1,7 @@
 /** `npm run db:migrate`: applies the SQL migrations in `migrations/` to DATABASE_URL. */
 import pg from 'pg'
-import { loadConfig } from '../src/config.js'
-import { runMigrations } from '../src/db/client.js'
+import { loadConfig } from '../config.js'
+import { runMigrations } from '../db/client.js'
 
 const config = loadConfig()
 const pool = new pg.Pool({ connectionString: config.DATABASE_URL, max: 1 })

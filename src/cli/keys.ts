@@ -12,12 +12,12 @@
 import { parseArgs } from 'node:util'
 import pg from 'pg'
 import { pino } from 'pino'
-import { generateKey, roles, type Role } from '../src/auth/keys.js'
-import { loadSettings } from '../src/config.js'
-import { createDb, runMigrations } from '../src/db/client.js'
-import { createKeysRepository, type KeyRow } from '../src/db/keys-repository.js'
-import { embeddedPostgresUrl, startEmbeddedPostgres, type Service } from '../src/embedded.js'
-import { logOptions } from '../src/log.js'
+import { generateKey, roles, type Role } from '../auth/keys.js'
+import { loadSettings } from '../config.js'
+import { createDb, runMigrations } from '../db/client.js'
+import { createKeysRepository, type KeyRow } from '../db/keys-repository.js'
+import { embeddedPostgresUrl, startEmbeddedPostgres, type Service } from '../embedded.js'
+import { logOptions } from '../log.js'
 
 const USAGE = `usage: npm run keys -- create --tenant <t> --role <${roles.join('|')}> [--scope <glob>]… [--name <text>]
        npm run keys -- list [--tenant <t>]
