@@ -10,7 +10,7 @@ import configPlugin from './plugins/config.js'
 import authPlugin from './plugins/auth.js'
 import dbPlugin from './plugins/db.js'
 import limitsPlugin from './plugins/limits.js'
-import metricsPlugin from './plugins/metrics.js'
+import metricsPlugin, { metricsRoutes } from './plugins/metrics.js'
 import { logOptions } from './log.js'
 import openapiPlugin from './plugins/openapi.js'
 import problemsPlugin from './plugins/problems.js'
@@ -60,6 +60,7 @@ export async function buildApp (config: Config, logger?: FastifyBaseLogger) {
     for (const schema of sharedSchemas) app.addSchema(schema)
     await app.register(openapiPlugin)
     await app.register(healthRoutes)
+    await app.register(metricsRoutes)
     await app.register(runsRoutes)
     await app.register(graphql)
   } catch (err) {

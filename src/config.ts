@@ -26,6 +26,7 @@ export const EnvSchema = Type.Object({
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
     { default: 'info' }
   ),
+  METRICS_TENANT: Type.String({ default: 'default', description: 'the tenant whose reader and admin keys may read /metrics (which sums over all tenants)' }),
   LOG_FORMAT: Type.Optional(Type.Union([Type.Literal('json'), Type.Literal('pretty')], {
     description: 'json, or pretty (pino-pretty: one readable line an event); unset: pretty when standard output is a terminal'
   })),

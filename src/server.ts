@@ -62,6 +62,7 @@ await app.listen({ port: config.PORT, host: config.HOST })
 
 const { port } = app.server.address() as { port: number }
 const base = `http://${config.HOST.includes(':') ? `[${config.HOST}]` : config.HOST}:${port}`
-const graphiql = config.GRAPHIQL ?? config.NODE_ENV !== 'production'
+// Whether /graphiql is there: asked for, and its packages installed (graphql/index.ts).
+const graphiql = app.hasRoute({ method: 'GET', url: '/graphiql' })
 log.info({ url: base, docs: `${base}/docs`, graphiql: graphiql ? `${base}/graphiql` : null },
   `Tally is listening on ${base}: API docs at ${base}/docs${graphiql ? `, GraphiQL at ${base}/graphiql` : ''}`)

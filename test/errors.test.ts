@@ -93,6 +93,15 @@ t.test('validation errors a person can act on: the field named, patterns in word
   t.match(many.detail, /^body \/resources\/0: .* \(and 59 more: see errors\)$/)
   t.same(new Set(many.errors.map((e: { message: string }) => e.message)), new Set(['missing field "type"', 'unknown field "colour"']))
 
+  // A large batch (past 500 JSON values) is explained a resource at a time: the first error of
+  // each of the first 20 bad ones, all of them counted; an error object per fault would be
+  // millions for a 16 MB body.
+  const big = (await post(`/runs/${runId}/resources`, { resources: Array.from({ length: 3000 }, (_, i) => i % 3 === 0 ? { id: `r${i}`, colour: 'red' } : { id: `r${i}`, type: 't' }) })).json()
+  t.equal(big.errorCount, 1000)
+  t.equal(big.errors.length, 20)
+  t.same(big.errors.slice(0, 2).map((e: { path: string }) => e.path), ['/resources/0', '/resources/3'])
+  t.match(big.detail, /^body \/resources\/0: .* \(and 999 more: see errors\)$/)
+
   // `content-type: application/json` and no body: no options, as for a POST with no body at all.
   const complete = await app.inject({ method: 'POST', url: `/runs/${runId}/complete`, headers: { ...bearer(app), 'content-type': 'application/json' } })
   t.equal(complete.statusCode, 200, complete.body)

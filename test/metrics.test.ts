@@ -35,6 +35,11 @@ t.test('metrics after scans equal the runs\' stats', async (t) => {
   await tally.ingest(guarded, [resource('only')])
   t.equal((await tally.complete(guarded)).status, 422)
 
+  // A retried completion answers the run as it is, and is not counted again.
+  t.equal((await tally.complete(runs[1]!.id)).status, 200)
+  // A dashboard's query, on the GraphQL pool.
+  t.equal((await app.inject({ method: 'POST', url: '/graphql', headers: bearer(app), payload: { query: `{ summary(scope: "${SCOPE}") { total } }` } })).statusCode, 200)
+
   const res = await app.inject({ url: '/metrics', headers: bearer(app) })
   t.equal(res.statusCode, 200)
   t.match(res.headers['content-type'], /^text\/plain; version=0\.0\.4/)
@@ -48,7 +53,7 @@ t.test('metrics after scans equal the runs\' stats', async (t) => {
   t.equal(value(text, 'tally_batches_total{result="applied"}'), runs.reduce((n, r) => n + r.stats.batches, 0) + 1)
   t.equal(value(text, 'tally_batches_total{result="duplicate"}'), 1)
   t.equal(value(text, 'tally_completions_total{status="completed"}'), 2)
-  t.equal(value(text, 'tally_completion_duration_seconds_count'), 2)
+  t.equal(value(text, 'tally_completion_duration_seconds_count'), 3, 'completion requests answered 200, the retried one too')
   t.equal(value(text, 'tally_guard_trips_total'), 1)
   t.equal(value(text, 'tally_problems_total{code="mass_deletion_guard"}'), 1)
   t.equal(value(text, 'tally_run_state_lost_total'), 0)
@@ -56,6 +61,7 @@ t.test('metrics after scans equal the runs\' stats', async (t) => {
   t.ok(value(text, 'tally_batch_duration_seconds_count') >= 9)
   t.ok(value(text, 'tally_redis_command_duration_seconds_count{command="evalsha"}') > 0, 'Redis calls timed')
   t.ok(value(text, 'tally_postgres_query_duration_seconds_count{pool="main"}') > 0, 'Postgres statements timed')
+  t.ok(value(text, 'tally_postgres_query_duration_seconds_count{pool="graphql"}') > 0, 'on both pools (drizzle over pool.query included)')
   t.ok(value(text, 'process_cpu_seconds_total') > 0, 'process defaults')
   t.notMatch(text, /metrics-9f3c|r0|"n1"/, 'no scope or id in a label')
 
@@ -64,4 +70,9 @@ t.test('metrics after scans equal the runs\' stats', async (t) => {
   t.equal((await app.inject({ url: '/metrics', headers: bearer(app, reader) })).statusCode, 200, 'a reader key scrapes')
   const scanner = await createKey(app, { tenant: 'default', role: 'scanner' })
   t.equal((await app.inject({ url: '/metrics', headers: bearer(app, scanner) })).statusCode, 403, 'a scanner key does not')
+  // The figures sum over all tenants: another tenant's keys may not read them.
+  const other = await createKey(app, { tenant: 'acme', role: 'admin' })
+  const refused = await app.inject({ url: '/metrics', headers: bearer(app, other) })
+  t.equal(refused.statusCode, 403, "another tenant's admin key does not")
+  t.match(refused.json().detail, /METRICS_TENANT/)
 })

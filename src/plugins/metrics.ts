@@ -1,6 +1,7 @@
 /**
  * Prometheus metrics (prom-client): `GET /metrics` in the text format, for a `reader` or
- * `admin` key (Prometheus sends it with `authorization: { credentials_file: … }`).
+ * `admin` key of the operator's tenant, METRICS_TENANT (Prometheus sends it with
+ * `authorization: { credentials_file: … }`): the figures sum over all tenants.
  *
  * Every series is `tally_`-prefixed but the process defaults (`process_cpu_seconds_total`,
  * `nodejs_heap_size_used_bytes`, …). Labels are bounded sets (outcomes, statuses, problem
@@ -11,7 +12,8 @@ import fp from 'fastify-plugin'
 import type pg from 'pg'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { Redis, Cluster } from 'ioredis'
-import type { ProblemCode } from '../errors.js'
+import { TallyError, type ProblemCode } from '../errors.js'
+import { accessOf } from './auth.js'
 
 /** Seconds: from a ~1 ms Redis call to a 30 s completion. */
 const BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
@@ -24,7 +26,7 @@ function createMetrics (register: Registry) {
     batches: new Counter({ ...of, name: 'tally_batches_total', help: 'Acknowledged batches (a retried copy of an applied one: duplicate)', labelNames: ['result'] as const }),
     batchSeconds: new Histogram({ ...of, name: 'tally_batch_duration_seconds', help: 'Time to apply and acknowledge a batch request', buckets: BUCKETS }),
     completions: new Counter({ ...of, name: 'tally_completions_total', help: 'Runs finished by a completion, by their status', labelNames: ['status'] as const }),
-    completionSeconds: new Histogram({ ...of, name: 'tally_completion_duration_seconds', help: 'Time to complete a run (answered 200)', buckets: BUCKETS }),
+    completionSeconds: new Histogram({ ...of, name: 'tally_completion_duration_seconds', help: 'Time of completion requests answered 200 (a retried one too)', buckets: BUCKETS }),
     deleted: new Counter({ ...of, name: 'tally_resources_deleted_total', help: 'Resources soft-deleted by completions' }),
     guardTrips: new Counter({ ...of, name: 'tally_guard_trips_total', help: 'Completions the mass-deletion guard refused' }),
     stateLost: new Counter({ ...of, name: 'tally_run_state_lost_total', help: "Requests refused because a run's Redis state was lost (run_state_lost)" }),
@@ -36,28 +38,48 @@ function createMetrics (register: Registry) {
 
 export type Metrics = ReturnType<typeof createMetrics>
 
-/** Times every statement of the pool's connections (pool.query goes through them too). */
+/**
+ * Times every statement of the pool's connections. pg-pool's own `pool.query` (drizzle's path)
+ * calls the client's `query` with a callback, and gets nothing back to wait on: the callback is
+ * wrapped then. Connections the pool opened before this plugin (the migrations') are not timed.
+ */
 function timePool (pool: pg.Pool, histogram: Metrics['postgresSeconds'], name: string) {
   pool.on('connect', (client) => {
     const query = client.query.bind(client) as (...args: unknown[]) => unknown
     client.query = ((...args: unknown[]) => {
       const end = histogram.startTimer({ pool: name })
+      const last = args.length - 1
+      const callback = args[last]
+      if (typeof callback === 'function') {
+        args[last] = (...results: unknown[]) => {
+          end()
+          return (callback as (...r: unknown[]) => unknown)(...results)
+        }
+        return query(...args)
+      }
       const result = query(...args)
-      // A callback-style call returns nothing to wait on; pg's own calls pass promises here.
       if (result instanceof Promise) result.then(() => end(), () => end())
       return result
     }) as typeof client.query
   })
 }
 
-/** Times every command the client sends, scripts included (EVALSHA), by lower-case name. */
+/**
+ * Times every command the client sends, scripts included (EVALSHA), by lower-case name, once:
+ * ioredis sends a command through `sendCommand` again when it replays its offline queue after
+ * a reconnect or a failover.
+ */
 function timeRedis (redis: Redis | Cluster, histogram: Metrics['redisSeconds']) {
+  const timed = new WeakSet<object>()
   // Every argument passes through: a Cluster's sendCommand takes the node to send to as well.
   const send = redis.sendCommand.bind(redis) as (...args: unknown[]) => unknown
   redis.sendCommand = ((...args: unknown[]) => {
     const command = args[0] as { name: string, promise: Promise<unknown> }
-    const end = histogram.startTimer({ command: command.name })
-    command.promise.then(() => end(), () => end())
+    if (!timed.has(command)) {
+      timed.add(command)
+      const end = histogram.startTimer({ command: command.name })
+      command.promise.then(() => end(), () => end())
+    }
     return send(...args)
   }) as typeof redis.sendCommand
 }
@@ -73,22 +95,35 @@ export default fp(async function metrics (fastify) {
     registers: [],
     name: 'tally_runs_open',
     help: 'Runs open or completing, all tenants',
+    // Postgres down or slow: the other series are still scraped; this one keeps its last value.
     async collect () {
-      const { rows } = await fastify.pg.pool.query<{ n: number }>("select count(*)::int as n from runs where status in ('open', 'completing')")
-      this.set(rows[0]!.n)
+      try {
+        // The read pool: its statements stop after GRAPHQL_TIMEOUT, and ingestion keeps its connections.
+        const { rows } = await fastify.db.readPool.query<{ n: number }>("select count(*)::int as n from runs where status in ('open', 'completing')")
+        this.set(rows[0]!.n)
+      } catch (err) {
+        fastify.log.warn({ err }, 'metrics: runs open not counted')
+      }
     }
   }))
   fastify.decorate('metrics', m)
+}, { name: 'metrics', dependencies: ['db', 'auth'] })
 
+/** `GET /metrics`: registered after the error handler (plugins/problems.ts), so its refusals are problems too. */
+export const metricsRoutes = fp(async function metricsRoutes (fastify) {
   fastify.get('/metrics', {
     schema: { hide: true },
-    // Aggregates over all tenants, with no tenant, scope or id in a label: a reader key of any tenant may scrape.
+    // Sums over all tenants: only the operator's tenant (METRICS_TENANT) may scrape.
     config: { auth: ['reader', 'admin'] }
-  }, async (_request, reply) => {
-    reply.type(register.contentType)
-    return await register.metrics()
+  }, async (request, reply) => {
+    const { tenant } = accessOf(request)
+    if (tenant !== fastify.config.METRICS_TENANT) {
+      throw new TallyError('forbidden', `Metrics sum over all tenants: they are for keys of tenant ${fastify.config.METRICS_TENANT} (METRICS_TENANT), not ${tenant}`)
+    }
+    reply.type(fastify.metrics.register.contentType)
+    return await fastify.metrics.register.metrics()
   })
-}, { name: 'metrics', dependencies: ['db', 'auth'] })
+}, { name: 'metrics-routes', dependencies: ['metrics', 'problems'] })
 
 /** What a problem response adds to the metrics. */
 export function countProblem (metrics: Metrics | undefined, code: ProblemCode) {

@@ -54,12 +54,14 @@ export default fp(async function problems (fastify) {
   fastify.setErrorHandler(function (error: FastifyError, request, reply) {
     if (isTallyError(error)) return send(reply, error.code, error.message, error.extra)
     if (error.validation) {
-      const errors = error.validation.map(describe)
+      // At most MAX_LISTED_ERRORS described; a batch's validator counts the rest (plugins/validation.ts).
+      const errors = error.validation.slice(0, MAX_LISTED_ERRORS).map(describe)
+      const count = Math.max((error.validation as { total?: number }).total ?? 0, error.validation.length)
       const first = errors[0]!
-      const more = errors.length > 1 ? ` (and ${errors.length - 1} more: see errors)` : ''
+      const more = count > 1 ? ` (and ${count - 1} more: see errors)` : ''
       return send(reply, 'validation_failed', `${error.validationContext ?? 'request'} ${first.path}: ${first.message}${more}`, {
-        errors: errors.slice(0, MAX_LISTED_ERRORS),
-        errorCount: errors.length
+        errors,
+        errorCount: count
       })
     }
     const mapped = fastifyCodes[error.code]

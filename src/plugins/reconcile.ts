@@ -18,6 +18,10 @@ export default fp(async function reconcile (fastify) {
     redis: fastify.redis,
     keys: createKeys(config.REDIS_KEY_PREFIX),
     log: fastify.log,
+    onFinished: ({ status, deleted }) => {
+      fastify.metrics.completions.inc({ status })
+      fastify.metrics.deleted.inc(deleted)
+    },
     settings: {
       runTtl: config.RUN_TTL,
       defaultShardCount: config.DEFAULT_SHARD_COUNT,
@@ -55,4 +59,4 @@ export default fp(async function reconcile (fastify) {
       await running
     })
   }
-}, { name: 'reconcile', dependencies: ['db', 'redis'] })
+}, { name: 'reconcile', dependencies: ['db', 'redis', 'metrics'] })

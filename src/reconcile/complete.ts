@@ -405,7 +405,10 @@ async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cach
     await dropRunKeys(deps, result)
     throw new TallyError('run_not_open', `Run ${run.id} was aborted while completing`)
   }
-  if (finished !== undefined) await invalidate(deps, run, cache, stale, finished.generation)
+  if (finished !== undefined) {
+    deps.onFinished?.({ status: finished.row.status, deleted: finished.row.deleted })
+    await invalidate(deps, run, cache, stale, finished.generation)
+  }
   if (result.status === 'superseded') await dropRunKeys(deps, result)
   else {
     if (finished !== undefined) await adoptKept(deps, run, layout, partial.kept)

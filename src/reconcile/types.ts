@@ -46,6 +46,8 @@ export interface ReconcileDeps {
   keys: Keys
   log: Logger
   settings: ReconcileSettings
+  /** Told once per run this instance finished (committed), not for a retried completion's answer. */
+  onFinished?: (run: { status: string, deleted: number }) => void
 }
 
 /** A run with its counters: live from Redis while it is in flight, from its row afterwards. */

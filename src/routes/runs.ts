@@ -267,8 +267,6 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     const end = fastify.metrics.completionSeconds.startTimer()
     const state = await reconcile.completeRun(request.params.id, request.body, access)
     end()
-    fastify.metrics.completions.inc({ status: state.run.status })
-    fastify.metrics.deleted.inc(state.stats.deleted)
     if (destructive.length > 0) {
       logDestructive(request, 'complete', { runId: state.run.id, scope: state.run.scope, force, maxDeleteRatio, deleted: state.stats.deleted })
     }
