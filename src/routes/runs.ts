@@ -63,6 +63,9 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   // before the count refused it.
   fastify.addHook('preValidation', async (request) => {
     if (request.body instanceof Readable) return // NDJSON: checked line by line (parseLine)
+    // A batch over MAX_BATCH is refused before anything walks it: 5M empty resources in a 15 MB
+    // body held the event loop for 100 s in the walk and validation, against 1.5 s to parse.
+    if (request.routeOptions.url === '/runs/:id/resources') tooLarge((request.body as { resources?: unknown } | null)?.resources)
     const bad = findBadValue(request.body, config.MAX_RESOURCE_KEYS) ?? findOversize(request.body)
     if (bad !== undefined) {
       throw new TallyError('validation_failed', `body${bad.path} ${bad.message}`, { errors: [bad] })
@@ -157,6 +160,14 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     }
   })
 
+  /** A batch of more than MAX_BATCH resources is refused whole (413). */
+  function tooLarge (resources: unknown) {
+    const max = config.MAX_BATCH
+    if (Array.isArray(resources) && resources.length > max) {
+      throw new TallyError('batch_too_large', `A batch holds at most ${max} resources; this one has ${resources.length}`)
+    }
+  }
+
   /** What a batch (a JSON body, or a lot of an NDJSON one) adds to the metrics, once it is acknowledged. */
   function countBatch (result: BatchResult) {
     const { metrics } = fastify
@@ -175,10 +186,7 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       throw new TallyError('validation_failed', 'body must be a JSON object { resources }, or NDJSON (one resource per line)')
     }
     const { resources, batchId: bodyId } = body as IngestBody
-    const max = fastify.config.MAX_BATCH
-    if (resources.length > max) {
-      throw new TallyError('batch_too_large', `A batch holds at most ${max} resources; this one has ${resources.length}`)
-    }
+    tooLarge(resources)
     if (bodyId !== undefined && headerId !== undefined && bodyId !== headerId) {
       throw new TallyError('validation_failed', 'batchId and the Idempotency-Key header differ; send one, or the same in both')
     }
