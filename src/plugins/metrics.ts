@@ -107,7 +107,7 @@ export default fp(async function metrics (fastify) {
     }
   }))
   fastify.decorate('metrics', m)
-}, { name: 'metrics', dependencies: ['db', 'auth'] })
+}, { name: 'metrics', dependencies: ['db', 'redis'] })
 
 /** `GET /metrics`: registered after the error handler (plugins/problems.ts), so its refusals are problems too. */
 export const metricsRoutes = fp(async function metricsRoutes (fastify) {
@@ -123,11 +123,10 @@ export const metricsRoutes = fp(async function metricsRoutes (fastify) {
     reply.type(fastify.metrics.register.contentType)
     return await fastify.metrics.register.metrics()
   })
-}, { name: 'metrics-routes', dependencies: ['metrics', 'problems'] })
+}, { name: 'metrics-routes', dependencies: ['metrics', 'problems', 'auth'] })
 
 /** What a problem response adds to the metrics. */
-export function countProblem (metrics: Metrics | undefined, code: ProblemCode) {
-  if (metrics === undefined) return
+export function countProblem (metrics: Metrics, code: ProblemCode) {
   metrics.problems.inc({ code })
   if (code === 'mass_deletion_guard') metrics.guardTrips.inc()
   if (code === 'run_state_lost') metrics.stateLost.inc()

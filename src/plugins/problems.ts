@@ -7,7 +7,7 @@ import type { FastifyError, FastifyReply, FastifySchemaValidationError } from 'f
 import fp from 'fastify-plugin'
 import { isTallyError, isUnavailable, problemCodes, type ProblemCode } from '../errors.js'
 import { patternWords } from '../routes/schemas.js'
-import { countProblem, type Metrics } from './metrics.js'
+import { countProblem } from './metrics.js'
 
 /** Validation errors listed in a problem; the count says how many there were. */
 export const MAX_LISTED_ERRORS = 20
@@ -42,7 +42,7 @@ const statusCodes: Record<number, ProblemCode> = {
 }
 
 function send (reply: FastifyReply, code: ProblemCode, detail: string, extra: Record<string, unknown> = {}, statusOverride?: number) {
-  countProblem((reply.server as { metrics?: Metrics }).metrics, code)
+  countProblem(reply.server.metrics, code)
   const { title } = problemCodes[code]
   const status = statusOverride ?? problemCodes[code].status
   return reply.code(status).type('application/problem+json').send({
@@ -85,4 +85,4 @@ export default fp(async function problems (fastify) {
   fastify.setNotFoundHandler(function (request, reply) {
     return send(reply, 'not_found', `Route ${request.method} ${request.url.split('?')[0]} does not exist`)
   })
-}, { name: 'problems' })
+}, { name: 'problems', dependencies: ['metrics'] })

@@ -185,8 +185,8 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     if (typeof body !== 'object' || body === null) {
       throw new TallyError('validation_failed', 'body must be a JSON object { resources }, or NDJSON (one resource per line)')
     }
+    // Its size was checked before the value walk (the preValidation hook above).
     const { resources, batchId: bodyId } = body as IngestBody
-    tooLarge(resources)
     if (bodyId !== undefined && headerId !== undefined && bodyId !== headerId) {
       throw new TallyError('validation_failed', 'batchId and the Idempotency-Key header differ; send one, or the same in both')
     }
