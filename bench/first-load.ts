@@ -13,7 +13,7 @@ import { createResourcesRepository } from '../src/db/resources-repository.js'
 import { canonicalResource } from '../src/reconcile/canonical.js'
 import { makeResource } from './estate.js'
 import { postgresCpuSec, walAndXid } from './metrics.js'
-import { NAIVE_DDL, NAIVE_DASHBOARD_INDEXES } from './naive/app.js'
+import { NAIVE_DDL, NAIVE_DASHBOARD_INDEXES, upsertNaive } from './naive/app.js'
 
 const admin = new pg.Client({ connectionString: process.env.BENCH_PG_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres' })
 await admin.connect()
@@ -76,16 +76,7 @@ for (const round of [1, 2]) {
           const rows = rs.map((r, i) => ({ id: r.id, content: (canonicalResource(r, 'r', 10000) as any).canonical, hash: '0123456789abcdef', digest: String(b * 1000 + i) }))
           await repo.writeChanged('default', scope, Number(run.id), `t${t++}`, rows)
         } else {
-          await pool.query(`
-      insert into ${v === 'naive' ? 'naive_resources' : 'naive_bare'} as r (scope, id, type, name, region, tags, attributes, last_seen, run_id)
-      select $1, u.id, u.type, u.name, u.region, u.tags, u.attributes, now(), $2
-      from unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[])
-           as u(id, type, name, region, tags, attributes)
-      on conflict (tenant, scope, id) do update set
-        type = excluded.type, name = excluded.name, region = excluded.region, tags = excluded.tags,
-        attributes = excluded.attributes, last_seen = excluded.last_seen, run_id = excluded.run_id`,
-          [scope, run.id, rs.map((r) => r.id), rs.map((r) => r.type), rs.map((r) => r.name ?? null),
-            rs.map((r) => r.region ?? null), rs.map((r) => JSON.stringify(r.tags ?? {})), rs.map((r) => JSON.stringify(r.attributes ?? {}))])
+          await upsertNaive(pool, v === 'naive' ? 'naive_resources' : 'naive_bare', scope, run.id, rs)
         }
       }
     })

@@ -6,7 +6,8 @@
  */
 import fastifyPostgres from '@fastify/postgres'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import { Type } from '@sinclair/typebox'
+import { Type, type Static } from '@sinclair/typebox'
+import type pg from 'pg'
 import Fastify from 'fastify'
 import { CreateRunBodySchema, IngestBodySchema, ResourceSchema, RunParamsSchema } from '../../src/routes/schemas.js'
 
@@ -42,6 +43,21 @@ create index if not exists naive_region_idx on naive_resources (tenant, scope, r
 create index if not exists naive_last_seen_idx on naive_resources (tenant, scope, last_seen);
 create index if not exists naive_tags_idx on naive_resources using gin (tags jsonb_path_ops);`
 
+/** The naive design's write: every resource of the batch upserted, with `last_seen` and `run_id`. */
+export async function upsertNaive (db: Pick<pg.Pool, 'query'>, table: string, scope: string, runId: number | string, rows: Static<typeof ResourceSchema>[]) {
+  await db.query(`
+      insert into ${table} as r (scope, id, type, name, region, tags, attributes, last_seen, run_id)
+      select $1, u.id, u.type, u.name, u.region, u.tags, u.attributes, now(), $2
+      from unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[])
+           as u(id, type, name, region, tags, attributes)
+      on conflict (tenant, scope, id) do update set
+        type = excluded.type, name = excluded.name, region = excluded.region, tags = excluded.tags,
+        attributes = excluded.attributes, last_seen = excluded.last_seen, run_id = excluded.run_id`,
+  [scope, runId, rows.map((r) => r.id), rows.map((r) => r.type), rows.map((r) => r.name ?? null),
+    rows.map((r) => r.region ?? null), rows.map((r) => JSON.stringify(r.tags ?? {})),
+    rows.map((r) => JSON.stringify(r.attributes ?? {}))])
+}
+
 export async function buildNaiveApp (databaseUrl: string, bodyLimit = 64 * 1024 * 1024, dashboardIndexes = false) {
   const app = Fastify({ logger: { level: 'warn' }, bodyLimit }).withTypeProvider<TypeBoxTypeProvider>()
   await app.register(fastifyPostgres, { connectionString: databaseUrl, max: 10 })
@@ -58,17 +74,7 @@ export async function buildNaiveApp (databaseUrl: string, bodyLimit = 64 * 1024 
     const byId = new Map(request.body.resources.map((r) => [r.id, r]))
     const rows = [...byId.values()]
     const { rows: [run] } = await app.pg.query('select scope from naive_runs where id = $1', [runId])
-    await app.pg.query(`
-      insert into naive_resources as r (scope, id, type, name, region, tags, attributes, last_seen, run_id)
-      select $1, u.id, u.type, u.name, u.region, u.tags, u.attributes, now(), $2
-      from unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[])
-           as u(id, type, name, region, tags, attributes)
-      on conflict (tenant, scope, id) do update set
-        type = excluded.type, name = excluded.name, region = excluded.region, tags = excluded.tags,
-        attributes = excluded.attributes, last_seen = excluded.last_seen, run_id = excluded.run_id`,
-    [run.scope, runId, rows.map((r) => r.id), rows.map((r) => r.type), rows.map((r) => r.name ?? null),
-      rows.map((r) => r.region ?? null), rows.map((r) => JSON.stringify(r.tags ?? {})),
-      rows.map((r) => JSON.stringify(r.attributes ?? {}))])
+    await upsertNaive(app.pg.pool, 'naive_resources', run.scope, runId, rows)
     return { runId, received: request.body.resources.length }
   })
 
