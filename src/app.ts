@@ -9,6 +9,7 @@ import type { Config } from './config.js'
 import configPlugin from './plugins/config.js'
 import authPlugin from './plugins/auth.js'
 import dbPlugin from './plugins/db.js'
+import eventsPlugin from './plugins/events.js'
 import limitsPlugin from './plugins/limits.js'
 import metricsPlugin, { metricsRoutes } from './plugins/metrics.js'
 import { logOptions } from './log.js'
@@ -53,6 +54,7 @@ export async function buildApp (config: Config, logger?: FastifyBaseLogger) {
     await app.register(authPlugin)
     await app.register(redisPlugin)
     await app.register(metricsPlugin)
+    await app.register(eventsPlugin)
     await app.register(reconcilePlugin)
     await app.register(problemsPlugin)
     await app.register(limitsPlugin)

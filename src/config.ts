@@ -61,6 +61,7 @@ export const EnvSchema = Type.Object({
   MAX_DELETE_RATIO: Type.Number({ minimum: 0, maximum: 1, default: 0.5 }),
   RUN_TTL: Type.Integer({ minimum: 60, default: 86400, description: 'seconds an open run may stay idle' }),
   DELETED_RETENTION: Type.Integer({ minimum: 0, default: 30 * 86400, description: 'seconds soft-deleted rows are kept; 0 keeps them' }),
+  CHANGES_RETENTION: Type.Integer({ minimum: 0, default: 90 * 86400, description: 'seconds changes stay in the change log; 0 keeps them' }),
   SWEEP_INTERVAL: Type.Integer({ minimum: 0, default: 60, description: 'seconds between sweeps (abandoned runs, purge); 0 turns the sweeper off' }),
   PG_POOL_MAX: Type.Integer({ minimum: 1, default: 10 }),
   MIGRATE_ON_START: Type.Boolean({ default: true }),

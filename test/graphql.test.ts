@@ -1,33 +1,11 @@
 /** The GraphQL inventory API, on rows ingested through the REST API. */
 import { getIntrospectionQuery } from 'graphql'
 import t from 'tap'
-import { api, bearer, build, resource, sqlClient, type App } from './helper.js'
+import { api, bearer, build, countStatements, gql, resource, sqlClient } from './helper.js'
 
 const SCOPE = 'aws/graphql'
 const TYPES = ['aws::s3::bucket', 'aws::ec2::instance', 'aws::iam::role']
 const REGIONS = ['eu-west-1', 'us-east-1']
-
-async function gql (app: App, query: string, variables: Record<string, unknown> = {}) {
-  const res = await app.inject({ method: 'POST', url: '/graphql', headers: bearer(app), payload: { query, variables } })
-  return res.json() as { data?: any, errors?: Array<{ message: string, extensions?: { code?: string } }> }
-}
-
-/** Counts the SQL statements the app sends while `fn` runs (a spy on the pool, in the test only). */
-async function countStatements<T> (app: App, fn: () => Promise<T>): Promise<{ result: T, statements: Array<{ text: string, values: unknown[] }> }> {
-  const pool = app.db.readPool as unknown as { query: (...args: any[]) => any }
-  const original = pool.query
-  const statements: Array<{ text: string, values: unknown[] }> = []
-  pool.query = function (this: unknown, ...args: any[]) {
-    const q = args[0]
-    statements.push(typeof q === 'string' ? { text: q, values: args[1] ?? [] } : { text: q.text, values: args[1] ?? q.values ?? [] })
-    return original.apply(this, args)
-  }
-  try {
-    return { result: await fn(), statements }
-  } finally {
-    pool.query = original
-  }
-}
 
 t.test('graphql', async (t) => {
   const app = await build(t, { GRAPHQL_MAX_COST: '20000' })

@@ -213,6 +213,29 @@ export function api (app: App, key?: string) {
   }
 }
 
+/** A GraphQL request through `inject` with a key (default: the app's admin key). */
+export async function gql (app: App, query: string, variables: Record<string, unknown> = {}, key?: string) {
+  const res = await app.inject({ method: 'POST', url: '/graphql', headers: bearer(app, key), payload: { query, variables } })
+  return res.json() as { data?: any, errors?: Array<{ message: string, extensions?: { code?: string } }> }
+}
+
+/** Counts the SQL statements the app sends while `fn` runs (a spy on the pool, in the test only). */
+export async function countStatements<T> (app: App, fn: () => Promise<T>): Promise<{ result: T, statements: Array<{ text: string, values: unknown[] }> }> {
+  const pool = app.db.readPool as unknown as { query: (...args: any[]) => any }
+  const original = pool.query
+  const statements: Array<{ text: string, values: unknown[] }> = []
+  pool.query = function (this: unknown, ...args: any[]) {
+    const q = args[0]
+    statements.push(typeof q === 'string' ? { text: q, values: args[1] ?? [] } : { text: q.text, values: args[1] ?? q.values ?? [] })
+    return original.apply(this, args)
+  }
+  try {
+    return { result: await fn(), statements }
+  } finally {
+    pool.query = original
+  }
+}
+
 /** Live resource ids of a scope, sorted. */
 export async function liveIds (db: pg.Client, scope: string): Promise<string[]> {
   const { rows } = await db.query('select id from resources where scope = $1 and deleted_at is null order by id', [scope])

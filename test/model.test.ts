@@ -6,7 +6,7 @@
  * evicted, the app restarted, over a small id space with random churn.
  *
  * Every expectation comes from the model, never from the system under test: after every step
- * the live inventory in Postgres must equal the model's; every completed or aborted run's stats
+ * the live inventory in Postgres, and the change log, must equal the model's; every completed or aborted run's stats
  * must equal the model's count (each id once, as the run first found it); a batch's answer must
  * agree with the model; and a resource the model calls unchanged keeps its row's xmin, xmax
  * and ctid. Fixed seed in CI; TALLY_MODEL_RUNS and TALLY_MODEL_SEED run more or other sequences,
@@ -70,6 +70,10 @@ interface Model {
   other: Map<string, number>
   /** Bits of the digests the sets hold. */
   bits: number
+  /** Ids soft-deleted and not reported since: reported again, they are revived. */
+  gone: Set<string>
+  /** The change log tenant default's runs of the scope must have written: `run kind id`, one per write. */
+  changes: string[]
 }
 
 interface Real {
@@ -140,6 +144,14 @@ async function assertInventory (m: Model, r: Real, step: string) {
       throw new Error(`after ${step}: ${tenant}'s inventory ${JSON.stringify(actual)} but the model says ${JSON.stringify(expected)}`)
     }
   }
+  // The change log: one row per write that committed, none for a failed, refused or replayed batch.
+  const { rows } = await r.db.query(`select c.run_id || ' ' || c.kind || ' ' || c.resource_id as change from changes c
+    join runs on runs.id = c.run_id where runs.tenant = 'default' and runs.scope = $1`, [r.scope])
+  const logged = rows.map((row: { change: string }) => row.change).sort()
+  const expected = [...m.changes].sort()
+  if (JSON.stringify(logged) !== JSON.stringify(expected)) {
+    throw new Error(`after ${step}: the change log ${JSON.stringify(logged)} but the model says ${JSON.stringify(expected)}`)
+  }
 }
 
 const KIND_ORDER: Kind[] = ['created', 'updated', 'unchanged']
@@ -157,6 +169,7 @@ function applyBatch (m: Model, picks: Pick[]): { created: number, updated: numbe
   for (const [id, v] of entries) {
     const kind = kindOf(m, id, v)
     answer[kind]++
+    if (kind !== 'unchanged') m.changes.push(`${m.run!.id} ${kind === 'created' && m.gone.delete(id) ? 'revived' : kind} ${id}`)
     if (!m.run!.seen.has(id)) m.run!.seen.set(id, kind)
     const digest = digestOf(id, m.bits)
     if (!m.run!.digests.has(digest)) added.set(digest, firstKind(added.get(digest), kind))
@@ -284,6 +297,8 @@ function completeModel (m: Model, skipType: string | undefined): Stats {
     if (typeOf(Number(id.slice(-2))) === skipType) skipped++
     else {
       m.live.delete(id)
+      m.gone.add(id)
+      m.changes.push(`${m.run!.id} deleted ${id}`)
       deleted++
     }
   }
@@ -558,7 +573,7 @@ for (const bits of [64, TINY_DIGEST_BITS]) {
 
     await fc.assert(fc.asyncProperty(fc.commands(commands, { maxCommands: 40, size: 'max' }), async (cmds) => {
       real.scope = `aws/model-${++sequences}`
-      const model: Model = { live: new Map(), run: null, lost: false, batches: 0, other: new Map(), bits }
+      const model: Model = { live: new Map(), run: null, lost: false, batches: 0, other: new Map(), bits, gone: new Set(), changes: [] }
       // Each command, then the check of the whole inventory against the model.
       await fc.asyncModelRun(() => ({ model, real }), [...cmds].map((c) => ({
         check: (m: Readonly<Model>) => c.check(m),

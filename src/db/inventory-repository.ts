@@ -5,10 +5,58 @@
  */
 import { and, asc, desc, eq, gt, inArray, isNull, like, lt, sql, type SQL } from 'drizzle-orm'
 import type { Db } from './client.js'
-import { resources, runs, scopes, type RunStatus } from './schema.js'
+import { resources, runs, scopes, type ChangeKind, type RunStatus } from './schema.js'
 import { scopeInGlobs, type RunRow, type ScopeRow } from './runs-repository.js'
 
 export type ResourceRow = typeof resources.$inferSelect
+
+export interface ChangeRow {
+  id: number
+  runId: number
+  at: Date
+  kind: ChangeKind
+  resourceId: string
+  type: string
+  changedFields: string[] | null
+}
+
+/** What a list of changes is narrowed to, besides its owner (a run, a resource, a scope). */
+export interface ChangeFilter {
+  kind?: ChangeKind | null | undefined
+  type?: string | null | undefined
+  /** Only changes at or after it. */
+  since?: Date | null | undefined
+}
+
+type RawChange = { id: string, run_id: string, at: string, kind: ChangeKind, resource_id: string, type: string, changed_fields: string[] | null }
+
+const changeRow = (r: RawChange): ChangeRow => ({
+  id: Number(r.id), runId: Number(r.run_id), at: new Date(r.at), kind: r.kind, resourceId: r.resource_id, type: r.type, changedFields: r.changed_fields
+})
+
+/** A change's columns; the time in ISO 8601 (the driver hands timestamps over as Postgres's text). */
+const CHANGE_COLUMNS = sql.raw('c.id, c.run_id, to_json(c.at) #>> \'{}\' as at, c.kind, c.resource_id, c.type, c.changed_fields')
+
+/** The filter's conditions on `c` (changes), each prefixed by `and`; `beforeId` for a keyset page. */
+function changeConditions (f: ChangeFilter, beforeId: number | null = null): SQL {
+  return sql.join([
+    sql``,
+    f.kind == null ? undefined : sql`and c.kind = ${f.kind}`,
+    f.type == null ? undefined : sql`and c.type = ${f.type}`,
+    f.since == null ? undefined : sql`and c.at >= ${f.since.toISOString()}::timestamptz`,
+    beforeId === null ? undefined : sql`and c.id < ${beforeId}`
+  ].filter((part): part is SQL => part !== undefined), sql` `)
+}
+
+/**
+ * The runs of a scope whose changes can match `since`: every run, or those not finished before
+ * it; only from the oldest run the change log still holds.
+ */
+function scopeRuns (tenant: string, scope: string, since: Date | null | undefined): SQL {
+  return sql`select id from runs
+    where tenant = ${tenant} and scope = ${scope} and id >= (select coalesce(min(run_id), 0) from changes)
+    ${since == null ? sql`` : sql`and (completed_at is null or completed_at >= ${since.toISOString()}::timestamptz)`}`
+}
 
 export interface ResourceFilter {
   tenant: string
@@ -82,6 +130,73 @@ export function createInventoryRepository (db: Db) {
         .where(and(eq(scopes.tenant, tenant), scopeInGlobs(scopes.scope, globs), afterScope === null ? undefined : gt(scopes.scope, afterScope)))
         .orderBy(asc(scopes.scope))
         .limit(limit)
+    },
+
+    /**
+     * Up to `limit` changes of each run, newest first, before `beforeId`: one primary-key range
+     * per run. The runs were authorised by whoever resolved them.
+     */
+    async changesOfRuns (runIds: number[], filter: ChangeFilter, beforeId: number | null, limit: number): Promise<ChangeRow[]> {
+      if (runIds.length === 0) return []
+      const result = await db.execute<RawChange>(sql`
+        select ${CHANGE_COLUMNS} from unnest(${sql.param(runIds)}::bigint[]) as o(run_id)
+        cross join lateral (
+          select c.* from changes c where c.run_id = o.run_id ${changeConditions(filter, beforeId)}
+          order by c.id desc limit ${limit}) c`)
+      return result.rows.map(changeRow)
+    },
+
+    async countChangesOfRuns (runIds: number[], filter: ChangeFilter): Promise<Map<number, number>> {
+      if (runIds.length === 0) return new Map()
+      const result = await db.execute<{ run_id: string, n: number }>(sql`
+        select o.run_id, (select count(*)::int from changes c where c.run_id = o.run_id ${changeConditions(filter)}) as n
+        from unnest(${sql.param(runIds)}::bigint[]) as o(run_id)`)
+      return new Map(result.rows.map((r) => [Number(r.run_id), r.n]))
+    },
+
+    /**
+     * Up to `limit` changes of each resource of the scope, newest first, before `beforeId`: one
+     * range of changes_resource_idx per id, each change's run checked for the tenant and scope.
+     */
+    async historyOf (tenant: string, scope: string, ids: string[], beforeId: number | null, limit: number): Promise<ChangeRow[]> {
+      if (ids.length === 0) return []
+      const result = await db.execute<RawChange>(sql`
+        select ${CHANGE_COLUMNS} from unnest(${sql.param(ids)}::text[]) as o(id)
+        cross join lateral (
+          select c.* from changes c join runs r on r.id = c.run_id
+          where c.resource_id = o.id and r.tenant = ${tenant} and r.scope = ${scope} ${changeConditions({}, beforeId)}
+          order by c.id desc limit ${limit}) c`)
+      return result.rows.map(changeRow)
+    },
+
+    async countHistory (tenant: string, scope: string, ids: string[]): Promise<Map<string, number>> {
+      if (ids.length === 0) return new Map()
+      const result = await db.execute<{ id: string, n: number }>(sql`
+        select o.id, (select count(*)::int from changes c join runs r on r.id = c.run_id
+                      where c.resource_id = o.id and r.tenant = ${tenant} and r.scope = ${scope}) as n
+        from unnest(${sql.param(ids)}::text[]) as o(id)`)
+      return new Map(result.rows.map((r) => [r.id, r.n]))
+    },
+
+    /**
+     * Up to `limit` changes of a scope, newest first, before `beforeId`: the newest `limit` of
+     * each of its runs (one primary-key range each), merged.
+     */
+    async scopeChanges (tenant: string, scope: string, filter: ChangeFilter, beforeId: number | null, limit: number): Promise<ChangeRow[]> {
+      const result = await db.execute<RawChange>(sql`
+        select ${CHANGE_COLUMNS} from (${scopeRuns(tenant, scope, filter.since)}) r
+        cross join lateral (
+          select c.* from changes c where c.run_id = r.id ${changeConditions(filter, beforeId)}
+          order by c.id desc limit ${limit}) c
+        order by c.id desc limit ${limit}`)
+      return result.rows.map(changeRow)
+    },
+
+    async countScopeChanges (tenant: string, scope: string, filter: ChangeFilter): Promise<number> {
+      const result = await db.execute<{ n: number }>(sql`
+        select count(*)::int as n from (${scopeRuns(tenant, scope, filter.since)}) r
+        join changes c on c.run_id = r.id ${changeConditions(filter)}`)
+      return result.rows[0]?.n ?? 0
     },
 
     async summary (tenant: string, scope: string) {

@@ -87,7 +87,8 @@ export function createResourcesRepository (db: Db) {
      * completing: a batch of an aborted or finished run cannot change the inventory. The fence
      * holds a share of the run row's lock until the statement commits: a completion that locks
      * the row (runs lockRun) waits for writes under way, and the ones after it find the run finished.
-     * A statement that wrote a row records the batch's `token` in run_writes, in the same commit.
+     * A statement that wrote a row records the batch's `token` in run_writes, in the same commit,
+     * and logs each row it wrote in `changes` (created, updated or revived).
      *
      * A row another writer changed meanwhile may be skipped: the caller reads back every id
      * that was neither inserted nor updated.
@@ -107,19 +108,30 @@ export function createResourcesRepository (db: Db) {
                  u.content_hash, u.id_digest, ${runId}, ${runId}
           from u where exists (select 1 from fence)
           on conflict (tenant, scope, id) do nothing
-          returning id),
+          returning id, type),
         upd as (
           update resources as r set
             type = x.type, name = x.name, region = x.region, tags = x.tags, attributes = x.attributes,
             content_hash = x.content_hash, id_digest = x.id_digest, changed_at = now(), changed_run_id = ${runId},
             deleted_at = null, deleted_run_id = null
-          from (select u.*, p.ctid as tid, p.deleted_at as was_deleted_at from u
-                cross join lateral (${primaryKeyProbe(tenant, scope, sql`ctid`)}) p) x
+          from (select u.*, p.ctid as tid, p.deleted_at as was_deleted_at, p.type as old_type, p.name as old_name,
+                       p.region as old_region, p.tags as old_tags, p.attributes as old_attributes from u
+                cross join lateral (${primaryKeyProbe(tenant, scope, sql`ctid, type, name, region, tags, attributes`)}) p) x
           where exists (select 1 from fence)
             and r.ctid = x.tid
             and (r.content_hash is distinct from x.content_hash or r.deleted_at is not null)
             and r.changed_run_id <= ${runId}
-          returning r.id, x.was_deleted_at is not null as revived),
+          returning r.id, r.type, x.was_deleted_at is not null as revived,
+                    tally_changed_fields(x.old_type, x.old_name, x.old_region, x.old_tags, x.old_attributes,
+                                         r.type, r.name, r.region, r.tags, r.attributes) as changed_fields),
+        -- The change log, in the same commit. The old values are the ones the update ran
+        -- against: a row changed by another writer since the probe read it fails the ctid
+        -- recheck and is not updated (see above), so it logs nothing either.
+        logged as (
+          insert into changes (run_id, kind, resource_id, type, changed_fields)
+          select ${runId}::bigint, 'created', id, type, null from ins
+          union all
+          select ${runId}::bigint, case when revived then 'revived' else 'updated' end, id, type, changed_fields from upd),
         wrote as (
           insert into run_writes (run_id, token)
           select ${runId}, ${token} where exists (select 1 from ins) or exists (select 1 from upd)
@@ -165,17 +177,39 @@ export function createResourcesRepository (db: Db) {
       return result.rowCount ?? 0
     },
 
-    /** Soft-deletes the live rows among `ids`; returns how many it deleted. */
+    /**
+     * Removes up to `limit` changes logged more than `retentionSeconds` ago; returns how many.
+     * Oldest runs first: the runs started before the horizon, from the oldest that still has
+     * changes, each one range of the primary key. Bounded like purgeDeleted.
+     */
+    async purgeChanges (retentionSeconds: number, limit: number): Promise<number> {
+      const result = await db.execute(sql`
+        with horizon as (select now() - make_interval(secs => ${retentionSeconds}) as t)
+        delete from changes where ctid = any(array(
+          select c.ctid from runs r
+          cross join lateral (
+            select ctid from changes where run_id = r.id and at < (select t from horizon) limit ${limit}) c
+          where r.id >= (select min(run_id) from changes) and r.started_at < (select t from horizon)
+          order by r.id limit ${limit}))`)
+      return result.rowCount ?? 0
+    },
+
+    /** Soft-deletes the live rows among `ids`, logging each as a change; returns how many it deleted. */
     async softDelete (tenant: string, scope: string, ids: string[], runId: number, tx: Executor = db): Promise<number> {
       if (ids.length === 0) return 0
       // Rows are found by primary-key probes and updated by ctid (a TID scan), see primaryKeyProbe.
+      // Each deletion is logged as a change by the same statement; its row count is theirs.
       const result = await tx.execute(sql`
-        update resources set deleted_at = now(), deleted_run_id = ${runId}
-        where ctid = any(array(
-          select r.ctid from unnest(${sql.param(ids)}::text[]) as u(id)
-          cross join lateral (${primaryKeyProbe(tenant, scope, sql`ctid`)}) r
-          where r.deleted_at is null))
-          and deleted_at is null`)
+        with deleted as (
+          update resources set deleted_at = now(), deleted_run_id = ${runId}
+          where ctid = any(array(
+            select r.ctid from unnest(${sql.param(ids)}::text[]) as u(id)
+            cross join lateral (${primaryKeyProbe(tenant, scope, sql`ctid`)}) r
+            where r.deleted_at is null))
+            and deleted_at is null
+          returning id, type)
+        insert into changes (run_id, kind, resource_id, type)
+        select ${runId}::bigint, 'deleted', id, type from deleted`)
       return result.rowCount ?? 0
     },
 

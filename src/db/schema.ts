@@ -36,6 +36,9 @@ export type Role = typeof roles[number]
 export const runStatuses = ['open', 'completing', 'completed', 'aborted', 'superseded'] as const
 export type RunStatus = typeof runStatuses[number]
 
+export const changeKinds = ['created', 'updated', 'deleted', 'revived'] as const
+export type ChangeKind = typeof changeKinds[number]
+
 export const scopes = pgTable('scopes', {
   tenant: tenant(),
   scope: text().notNull(),
@@ -151,6 +154,35 @@ export const resources = pgTable('resources', {
   index('resources_digest_idx').on(t.tenant, t.scope, t.idDigest).where(sql`id_digest is not null`),
   // The purge of rows soft-deleted longer ago than DELETED_RETENTION reads the oldest first.
   index('resources_deleted_at_idx').on(t.deletedAt).where(sql`deleted_at is not null`)
+])
+
+/**
+ * The change log: one row per resource a run created, updated, deleted or revived, written by
+ * the statement that writes the resource (resources-repository writeChanged, softDelete), so a
+ * change is logged exactly when it commits. Unchanged resources add nothing. Rows carry the run,
+ * not the tenant and scope (the run has them): a row is what it must be and no more, as every
+ * written resource pays for it. Purged after CHANGES_RETENTION by the sweeper.
+ */
+export const changes = pgTable('changes', {
+  /** Order of writing: keyset pages go newest first by it. */
+  id: bigint({ mode: 'number' }).generatedAlwaysAsIdentity(),
+  runId: bigint({ mode: 'number' }).notNull(),
+  at: at().notNull().defaultNow(),
+  kind: text({ enum: changeKinds }).notNull(),
+  resourceId: bytewiseText().notNull(),
+  type: text().notNull(),
+  /**
+   * Updates and revivals: the fields that differ from the row before (`type`, `name`,
+   * `region`, `tags`, `attributes`), each of the last two followed by its first-level keys that
+   * differ (`tags.env`, `attributes.policy`). Null for creations and deletions.
+   */
+  changedFields: text().array()
+}, (t) => [
+  // A run's changes (Run.changes, a scope's changes run by run, the purge oldest run first).
+  primaryKey({ columns: [t.runId, t.id] }),
+  // A resource's history; the run says whose (tenant and scope).
+  index('changes_resource_idx').on(t.resourceId, t.id),
+  check('changes_kind_check', sql`kind in ('created', 'updated', 'deleted', 'revived')`)
 ])
 
 /**

@@ -7,7 +7,7 @@
  * ingestion and /readyz need, and no query runs for long.
  */
 import type { FastifyPluginAsync } from 'fastify'
-import { GraphQLError, GraphQLScalarType, valueFromASTUntyped } from 'graphql'
+import { GraphQLError, GraphQLScalarType, specifiedRules, validate, valueFromASTUntyped } from 'graphql'
 import mercurius from 'mercurius'
 import type { Access } from '../auth/keys.js'
 import { createDb } from '../db/client.js'
@@ -15,6 +15,7 @@ import { createInventoryRepository } from '../db/inventory-repository.js'
 import { isStatementTimeout, isTallyError, isUnavailable } from '../errors.js'
 import graphiql, { graphiqlAssets } from './graphiql.js'
 import { checkShape, limitsRule } from './limits.js'
+import { DASHBOARDS } from '../plugins/auth.js'
 import { createResolvers, type GraphQLContext } from './resolvers.js'
 import { schema } from './schema.js'
 
@@ -29,7 +30,7 @@ const JSONScalar = new GraphQLScalarType({
 
 const graphql: FastifyPluginAsync = async function (fastify) {
   const { config } = fastify
-  const { resolvers, loaders } = createResolvers(createInventoryRepository(createDb(fastify.db.readPool)))
+  const { resolvers, loaders } = createResolvers(createInventoryRepository(createDb(fastify.db.readPool)), fastify.events.runCompletedTopic)
   const limits = { maxDepth: config.GRAPHQL_MAX_DEPTH, maxCost: config.GRAPHQL_MAX_COST, maxFields: config.GRAPHQL_MAX_FIELDS }
   // GraphQL over HTTP: a `null` optional parameter means the same as none. Mercurius's body
   // schema refuses `extensions: null` (graphql/graphql-http#28, a MUST of the spec's audit).
@@ -54,6 +55,23 @@ const graphql: FastifyPluginAsync = async function (fastify) {
       return { access: request.auth as Access, signal: left.signal }
     },
     validationRules: ({ variables, operationName }) => [limitsRule(limits, variables, operationName)],
+    // graphql-ws (and the older subscriptions-transport-ws) on GET /graphql. The key comes with
+    // the upgrade request's Authorization header, or (browsers cannot set one) in
+    // connection_init's payload as `authorization`; a subscription with neither is refused (UNAUTHORIZED).
+    subscription: {
+      emitter: fastify.events.emitter,
+      context: (socket, request) => {
+        const left = new AbortController()
+        socket.once('close', () => left.abort())
+        return { access: request.auth, signal: left.signal }
+      },
+      onConnect: async ({ payload }) => {
+        const authorization = (payload as { authorization?: unknown } | undefined)?.authorization
+        if (typeof authorization !== 'string') return true
+        return { access: await fastify.authenticate(authorization, DASHBOARDS) }
+      },
+      keepAlive: 30_000
+    },
     errorFormatter: (execution, context) => {
       // A resolver failing with anything but ErrorWithProps is a bug or an outage: log it,
       // and answer without its details.
@@ -105,6 +123,12 @@ const graphql: FastifyPluginAsync = async function (fastify) {
   fastify.graphql.addHook('preValidation', async (_schema, document) => {
     const [error] = checkShape(document, limits)
     if (error !== undefined) throw new ErrorWithProps(error.message, error.extensions, 400)
+  })
+  // Mercurius neither validates a subscription's document nor applies validationRules to it:
+  // each event would run whatever it selects. The same checks as a query's, before it starts.
+  fastify.graphql.addHook('preSubscriptionExecution', async (schema, document) => {
+    const [error] = [...checkShape(document, limits), ...validate(schema, document, [...specifiedRules, limitsRule(limits, undefined, undefined)])]
+    if (error !== undefined) throw new ErrorWithProps(error.message, error.extensions)
   })
   if (config.GRAPHIQL ?? config.NODE_ENV !== 'production') {
     const assets = graphiqlAssets()

@@ -5,17 +5,18 @@ import { badString } from '../reconcile/canonical.js'
 import { RUN_ID_TEXT } from '../routes/schemas.js'
 
 import mercurius from 'mercurius'
-import type { InventoryRepository, ResourceFilter, ResourceRow } from '../db/inventory-repository.js'
+import type { ChangeFilter, ChangeRow, InventoryRepository, ResourceFilter, ResourceRow } from '../db/inventory-repository.js'
 import type { RunRow, ScopeRow } from '../db/runs-repository.js'
-import type { RunStatus } from '../db/schema.js'
+import type { ChangeKind, RunStatus } from '../db/schema.js'
+import type { RunCompletedEvent } from '../plugins/events.js'
 import { MAX_PAGE } from './limits.js'
 
 const { ErrorWithProps } = mercurius
 
 declare module 'mercurius' {
   interface MercuriusContext {
-    /** The caller's key: a reader or admin key (the route refuses others). */
-    access: Access
+    /** The caller's key: a reader or admin key (the route refuses others); null only on a WebSocket not yet given one. */
+    access: Access | null
     /** Aborted when the client hangs up: resolvers then stop before their query. */
     signal: AbortSignal
   }
@@ -26,13 +27,20 @@ export type GraphQLContext = MercuriusContext
 /** The tenant and scope globs queries are limited to; refuses when the client is gone. */
 function caller (context: GraphQLContext): { tenant: string, globs: string[] } {
   if (context.signal.aborted) throw new ErrorWithProps('The client closed the request', { code: 'CLIENT_CLOSED' })
-  return { tenant: context.access.tenant, globs: context.access.scopes }
+  const access = accessOf(context)
+  return { tenant: access.tenant, globs: access.scopes }
+}
+
+function accessOf (context: GraphQLContext): Access {
+  // Only a WebSocket may come without a key, which its connection_init must then bring.
+  if (context.access == null) throw new ErrorWithProps('Send an API key: Authorization: Bearer <key> (on a WebSocket, as `authorization` in connection_init\'s payload)', { code: 'UNAUTHORIZED' })
+  return context.access
 }
 
 /** A scope the key may read, or a FORBIDDEN error. */
 function readableScope (context: GraphQLContext, scope: string): string {
   text(scope, 'scope')
-  const refusal = scopeRefusal(context.access, scope)
+  const refusal = scopeRefusal(accessOf(context), scope)
   if (refusal !== undefined) throw new ErrorWithProps(refusal, { code: 'FORBIDDEN' })
   return scope
 }
@@ -104,15 +112,49 @@ interface ResourcesArgs {
   after?: string | null
 }
 
-function changedSince (value: string | null | undefined): Date | null {
+function isoTime (value: string | null | undefined, name: string): Date | null {
   if (value == null) return null
   const date = new Date(value)
-  if (Number.isNaN(date.getTime())) throw new ErrorWithProps('changedSince must be an ISO 8601 time', { code: 'BAD_USER_INPUT' })
+  if (Number.isNaN(date.getTime())) throw new ErrorWithProps(`${name} must be an ISO 8601 time`, { code: 'BAD_USER_INPUT' })
   return date
 }
 
-export function createResolvers (inventory: InventoryRepository): { resolvers: IResolvers, loaders: MercuriusLoaders } {
-  const runLoader = (field: 'firstSeenRunId' | 'changedRunId' | 'deletedRunId' | 'baselineRunId') =>
+const changeView = (c: ChangeRow) => ({
+  ...c, kind: c.kind.toUpperCase(), at: iso(c.at), changedFields: c.changedFields ?? []
+})
+
+/** Whose changes a connection lists, kept on it for its totalCount. */
+type ChangeOwner =
+  | { owner: 'run', runId: number, filter: ChangeFilter }
+  | { owner: 'resource', tenant: string, scope: string, id: string }
+  | { owner: 'scope', tenant: string, scope: string, filter: ChangeFilter }
+
+interface ChangesArgs { kind?: string | null, type?: string | null, first?: number | null, after?: string | null }
+
+function changeFilter (args: ChangesArgs & { since?: string | null }): ChangeFilter {
+  return { kind: (args.kind?.toLowerCase() ?? null) as ChangeKind | null, type: text(args.type, 'type'), since: isoTime(args.since, 'since') }
+}
+
+/** Mercurius loader queries grouped by their arguments: each group is one statement. */
+function byParams<Q extends { params: unknown }> (queries: Q[]): Array<[Q['params'], Array<{ query: Q, index: number }>]> {
+  const groups = new Map<string, [Q['params'], Array<{ query: Q, index: number }>]>()
+  queries.forEach((query, index) => {
+    const key = JSON.stringify(query.params)
+    const group = groups.get(key) ?? groups.set(key, [query.params, []]).get(key)!
+    group[1].push({ query, index })
+  })
+  return [...groups.values()]
+}
+
+/** Rows fetched for many owners at once, one connection per owner. */
+function connectionsOf<K> (rows: ChangeRow[], owners: K[], ownerOf: (row: ChangeRow) => K, limit: number) {
+  const buckets = new Map<K, ChangeRow[]>(owners.map((o) => [o, []]))
+  for (const row of rows) buckets.get(ownerOf(row))?.push(row)
+  return new Map(owners.map((o) => [o, connection(buckets.get(o)!.map(changeView), limit, (c) => c.id)]))
+}
+
+export function createResolvers (inventory: InventoryRepository, runCompletedTopic: (tenant: string, scope: string) => string): { resolvers: IResolvers, loaders: MercuriusLoaders } {
+  const runLoader = (field: 'firstSeenRunId' | 'changedRunId' | 'deletedRunId' | 'baselineRunId' | 'runId') =>
     async (queries: Array<{ obj: Record<string, unknown> }>, context: GraphQLContext) => {
       const ids = [...new Set(queries.map((q) => q.obj[field]).filter((id): id is number => typeof id === 'number'))]
       const { tenant, globs } = caller(context)
@@ -129,7 +171,7 @@ export function createResolvers (inventory: InventoryRepository): { resolvers: I
         for (const name of ['type', 'region', 'idPrefix'] as const) text(args[name], name)
         text(args.tag?.key, 'tag.key')
         text(args.tag?.value, 'tag.value')
-        const filter: ResourceFilter = { ...args, tenant, changedSince: changedSince(args.changedSince) }
+        const filter: ResourceFilter = { ...args, tenant, changedSince: isoTime(args.changedSince, 'changedSince') }
         const rows = await inventory.resourcesPage(filter, decodeCursor<string>(args.after, 'string'), limit + 1)
         return { ...connection(rows.map(resourceView), limit, (r) => r.id), filter }
       },
@@ -158,7 +200,31 @@ export function createResolvers (inventory: InventoryRepository): { resolvers: I
         return connection(rows.map(scopeView), limit, (s) => s.scope)
       },
       summary: async (_root, args: { scope: string }, context: GraphQLContext) =>
-        inventory.summary(caller(context).tenant, readableScope(context, args.scope))
+        inventory.summary(caller(context).tenant, readableScope(context, args.scope)),
+      async changes (_root, args: ChangesArgs & { scope: string, since?: string | null }, context: GraphQLContext) {
+        const limit = pageSize(args.first)
+        const { tenant } = caller(context)
+        const scope = readableScope(context, args.scope)
+        const filter = changeFilter(args)
+        const rows = await inventory.scopeChanges(tenant, scope, filter, decodeCursor<number>(args.after, 'number'), limit + 1)
+        const count: ChangeOwner = { owner: 'scope', tenant, scope, filter }
+        return { ...connection(rows.map(changeView), limit, (c) => c.id), count }
+      }
+    },
+    Subscription: {
+      runCompleted: {
+        async subscribe (_root, args: { scope: string }, context: GraphQLContext & { pubsub: { subscribe: (topic: string) => Promise<AsyncIterable<unknown>> } }) {
+          const { tenant } = caller(context)
+          return await context.pubsub.subscribe(runCompletedTopic(tenant, readableScope(context, args.scope)))
+        },
+        // The event names the run; each subscriber reads it with its own key.
+        async resolve (event: RunCompletedEvent, _args: unknown, context: GraphQLContext) {
+          const { tenant, globs } = caller(context)
+          const [row] = await inventory.runsByIds(tenant, globs, [event.runId])
+          if (row === undefined) throw new ErrorWithProps(`Run ${event.runId} is not readable with this key`, { code: 'FORBIDDEN' })
+          return runView(row)
+        }
+      }
     },
     ResourceConnection: {
       totalCount: async (parent: { filter: ResourceFilter }, _args: unknown, context: GraphQLContext) => {
@@ -172,9 +238,69 @@ export function createResolvers (inventory: InventoryRepository): { resolvers: I
     Resource: {
       firstSeenRun: runLoader('firstSeenRunId'),
       lastChangedRun: runLoader('changedRunId'),
-      deletedRun: runLoader('deletedRunId')
+      deletedRun: runLoader('deletedRunId'),
+      // The histories of a page of resources: one statement per scope and page arguments.
+      async history (queries: Array<{ obj: ResourceRow, params: { first?: number | null, after?: string | null } }>, context: GraphQLContext) {
+        caller(context)
+        const out = new Array<unknown>(queries.length)
+        for (const [, group] of byParams(queries.map((q) => ({ ...q, params: { ...q.params, tenant: q.obj.tenant, scope: q.obj.scope } })))) {
+          const { tenant, scope } = group[0]!.query.obj
+          const { first, after } = group[0]!.query.params
+          const limit = pageSize(first)
+          const ids = [...new Set(group.map((g) => g.query.obj.id))]
+          const rows = await inventory.historyOf(tenant, scope, ids, decodeCursor<number>(after, 'number'), limit + 1)
+          const pages = connectionsOf(rows, ids, (row) => row.resourceId, limit)
+          for (const { query, index } of group) {
+            const count: ChangeOwner = { owner: 'resource', tenant, scope, id: query.obj.id }
+            out[index] = { ...pages.get(query.obj.id), count }
+          }
+        }
+        return out
+      }
     },
-    Run: { baselineRun: runLoader('baselineRunId') },
+    Run: {
+      baselineRun: runLoader('baselineRunId'),
+      // The changes of a page of runs: one statement per set of arguments.
+      async changes (queries: Array<{ obj: { id: number }, params: ChangesArgs }>, context: GraphQLContext) {
+        caller(context)
+        const out = new Array<unknown>(queries.length)
+        for (const [params, group] of byParams(queries)) {
+          const limit = pageSize(params.first)
+          const filter = changeFilter(params)
+          const runIds = [...new Set(group.map((g) => g.query.obj.id))]
+          const rows = await inventory.changesOfRuns(runIds, filter, decodeCursor<number>(params.after, 'number'), limit + 1)
+          const pages = connectionsOf(rows, runIds, (row) => row.runId, limit)
+          for (const { query, index } of group) {
+            const count: ChangeOwner = { owner: 'run', runId: query.obj.id, filter }
+            out[index] = { ...pages.get(query.obj.id), count }
+          }
+        }
+        return out
+      }
+    },
+    Change: { run: runLoader('runId') },
+    ChangeConnection: {
+      // Counts of many connections: one statement per kind of owner and filter.
+      async totalCount (queries: Array<{ obj: { count: ChangeOwner } }>, context: GraphQLContext) {
+        caller(context)
+        const owners = queries.map((q) => q.obj.count)
+        const out = new Array<number>(owners.length)
+        const runGroups = byParams(owners.flatMap((o, index) => o.owner === 'run' ? [{ params: o.filter, runId: o.runId, index }] : []))
+        for (const [filter, group] of runGroups) {
+          const counts = await inventory.countChangesOfRuns([...new Set(group.map((g) => g.query.runId))], filter)
+          for (const { query } of group) out[query.index] = counts.get(query.runId) ?? 0
+        }
+        const resourceGroups = byParams(owners.flatMap((o, index) => o.owner === 'resource' ? [{ params: [o.tenant, o.scope] as [string, string], id: o.id, index }] : []))
+        for (const [[tenant, scope], group] of resourceGroups) {
+          const counts = await inventory.countHistory(tenant, scope, [...new Set(group.map((g) => g.query.id))])
+          for (const { query } of group) out[query.index] = counts.get(query.id) ?? 0
+        }
+        for (const [index, o] of owners.entries()) {
+          if (o.owner === 'scope') out[index] = await inventory.countScopeChanges(o.tenant, o.scope, o.filter)
+        }
+        return out
+      }
+    },
     Scope: { baselineRun: runLoader('baselineRunId') }
   }
   return { resolvers, loaders }

@@ -23,6 +23,8 @@ export const schema = /* GraphQL */ `
     lastChangedRun: Run
     deletedAt: String
     deletedRun: Run
+    "What happened to it, newest first: created, updated, deleted, revived, by which run, when."
+    history(first: Int = 50, after: String): ChangeConnection!
   }
   type ResourceEdge { cursor: String!, node: Resource! }
   type ResourceConnection {
@@ -47,6 +49,8 @@ export const schema = /* GraphQL */ `
     durationMs: Int
     "Stored counters; for a run in flight, see GET /runs/:id."
     stats: RunStats!
+    "What this run wrote, newest first: exactly its created, updated, deleted and revived resources."
+    changes(kind: ChangeKind, type: String, first: Int = 50, after: String): ChangeConnection!
   }
   type RunEdge { cursor: String!, node: Run! }
   type RunConnection { edges: [RunEdge!]!, pageInfo: PageInfo! }
@@ -60,6 +64,32 @@ export const schema = /* GraphQL */ `
   }
   type ScopeEdge { cursor: String!, node: Scope! }
   type ScopeConnection { edges: [ScopeEdge!]!, pageInfo: PageInfo! }
+
+  enum ChangeKind {
+    CREATED
+    UPDATED
+    DELETED
+    "A deleted resource reported again (counted as created in the run's stats)."
+    REVIVED
+  }
+  "One write to one resource, logged in the same commit as the write."
+  type Change {
+    kind: ChangeKind!
+    resourceId: String!
+    type: String!
+    "ISO 8601 time of the write."
+    at: String!
+    run: Run!
+    "Updates and revivals: the fields that differ from before (name, region, tags, attributes, type), tags and attributes followed by their first-level keys that differ (tags.env, attributes.policy). Empty for creations and deletions."
+    changedFields: [String!]!
+  }
+  type ChangeEdge { cursor: String!, node: Change! }
+  type ChangeConnection {
+    edges: [ChangeEdge!]!
+    pageInfo: PageInfo!
+    "Counted only when asked for: a count reads every matching change."
+    totalCount: Int!
+  }
 
   type TypeCount { type: String!, count: Int! }
   type RegionCount { region: String, count: Int! }
@@ -77,5 +107,12 @@ export const schema = /* GraphQL */ `
     run(id: ID!): Run
     scopes(first: Int = 50, after: String): ScopeConnection!
     summary(scope: String!): Summary!
+    "What changed in a scope, newest first; since: ISO 8601 time."
+    changes(scope: String!, since: String, kind: ChangeKind, type: String, first: Int = 50, after: String): ChangeConnection!
+  }
+
+  type Subscription {
+    "Each run of the scope as it completes, from whichever instance completed it."
+    runCompleted(scope: String!): Run!
   }
 `

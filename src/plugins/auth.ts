@@ -25,6 +25,13 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     auth?: AuthPolicy
   }
+  interface FastifyInstance {
+    /**
+     * The access of an `Authorization` value (`Bearer tally_…`) whose role `policy` allows, for
+     * callers outside a request's hooks (a WebSocket's connection_init); throws a TallyError.
+     */
+    authenticate: (authorization: string | undefined, policy: readonly Role[]) => Promise<Access>
+  }
 }
 
 export const READERS: readonly Role[] = ['scanner', 'reader', 'admin']
@@ -54,12 +61,16 @@ export function logDestructive (request: FastifyRequest, action: string, details
   request.log.warn({ keyId: access.keyId, tenant: access.tenant, action, ...details }, `destructive action: ${action}`)
 }
 
-function unauthorized (reply: FastifyReply, detail: string, presented: boolean): TallyError {
+function unauthorized (reply: FastifyReply | undefined, detail: string, presented: boolean): TallyError {
   // RFC 6750: say the scheme, and whether a token was there but wrong.
-  reply.header('www-authenticate', presented ? 'Bearer realm="tally", error="invalid_token"' : 'Bearer realm="tally"')
+  reply?.header('www-authenticate', presented ? 'Bearer realm="tally", error="invalid_token"' : 'Bearer realm="tally"')
   // The body is never read: close the connection rather than keep it open for the rest of it.
-  reply.header('connection', 'close')
+  reply?.header('connection', 'close')
   return new TallyError('unauthorized', detail)
+}
+
+function requireRole (access: Access, policy: readonly Role[], what: string): void {
+  if (!policy.includes(access.role)) throw new TallyError('forbidden', `A ${access.role} key may not call ${what}`)
 }
 
 export default fp(async function auth (fastify) {
@@ -72,7 +83,7 @@ export default fp(async function auth (fastify) {
     fetchMethod: async (id) => (await keys.byId(id)) ?? false
   })
 
-  async function authenticate (header: string | undefined, reply: FastifyReply): Promise<Access> {
+  async function authenticate (header: string | undefined, reply?: FastifyReply): Promise<Access> {
     if (header === undefined) throw unauthorized(reply, 'Send an API key: Authorization: Bearer <key>', false)
     const [scheme, token] = header.split(' ', 2)
     const parsed = scheme?.toLowerCase() === 'bearer' && token !== undefined ? parseKey(token.trim()) : undefined
@@ -94,14 +105,21 @@ export default fp(async function auth (fastify) {
     else config.auth = ['admin']
   })
 
+  fastify.decorate('authenticate', async (authorization: string | undefined, policy: readonly Role[]) => {
+    const access = await authenticate(authorization)
+    requireRole(access, policy, 'GraphQL subscriptions')
+    return access
+  })
+
   fastify.addHook('onRequest', async (request, reply) => {
     if (request.is404) return
     const policy = request.routeOptions.config.auth ?? ['admin']
     if (policy === 'public') return
+    // A browser cannot set headers on a WebSocket: its key comes in the graphql-ws
+    // connection_init message, checked there (graphql/index.ts) before any subscription.
+    if (request.headers.authorization === undefined && request.headers.upgrade?.toLowerCase() === 'websocket' && request.routeOptions.url === '/graphql') return
     const access = await authenticate(request.headers.authorization, reply)
-    if (!policy.includes(access.role)) {
-      throw new TallyError('forbidden', `A ${access.role} key may not call ${request.method} ${request.routeOptions.url}`)
-    }
+    requireRole(access, policy, `${request.method} ${request.routeOptions.url}`)
     request.auth = access
   })
 }, { name: 'auth', dependencies: ['config', 'db'] })

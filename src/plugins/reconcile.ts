@@ -18,9 +18,10 @@ export default fp(async function reconcile (fastify) {
     redis: fastify.redis,
     keys: createKeys(config.REDIS_KEY_PREFIX),
     log: fastify.log,
-    onFinished: ({ status, deleted }) => {
-      fastify.metrics.completions.inc({ status })
-      fastify.metrics.deleted.inc(deleted)
+    onFinished: (run) => {
+      fastify.metrics.completions.inc({ status: run.status })
+      fastify.metrics.deleted.inc(run.deleted)
+      if (run.status === 'completed') fastify.events.publishRunCompleted(run)
     },
     settings: {
       runTtl: config.RUN_TTL,
@@ -31,7 +32,8 @@ export default fp(async function reconcile (fastify) {
       guardMinBaseline: config.GUARD_MIN_BASELINE,
       maxDeleteRatio: config.MAX_DELETE_RATIO,
       maxOpenRuns: config.MAX_OPEN_RUNS,
-      deletedRetention: config.DELETED_RETENTION
+      deletedRetention: config.DELETED_RETENTION,
+      changesRetention: config.CHANGES_RETENTION
     }
   })
   fastify.decorate('reconcile', reconciler)
@@ -59,4 +61,4 @@ export default fp(async function reconcile (fastify) {
       await running
     })
   }
-}, { name: 'reconcile', dependencies: ['db', 'redis', 'metrics'] })
+}, { name: 'reconcile', dependencies: ['db', 'redis', 'metrics', 'events'] })

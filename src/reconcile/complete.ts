@@ -406,7 +406,7 @@ async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cach
     throw new TallyError('run_not_open', `Run ${run.id} was aborted while completing`)
   }
   if (finished !== undefined) {
-    deps.onFinished?.({ status: finished.row.status, deleted: finished.row.deleted })
+    deps.onFinished?.(finished.row)
     await invalidate(deps, run, cache, stale, finished.generation)
   }
   if (result.status === 'superseded') await dropRunKeys(deps, result)

@@ -6,7 +6,8 @@
  *   its keys are dropped;
  * - a run in flight that is still active gets its keys' TTLs renewed: markers of shards that
  *   no batch touched lately must not expire under a long run;
- * - rows soft-deleted longer ago than DELETED_RETENTION are purged in bounded batches.
+ * - rows soft-deleted longer ago than DELETED_RETENTION, and changes logged longer ago than
+ *   CHANGES_RETENTION, are purged in bounded batches.
  */
 import type { RunRow } from '../db/runs-repository.js'
 import { dropRunKeys, runStateKeys, seenKeys } from './run-keys.js'
@@ -20,6 +21,7 @@ export interface SweepResult {
   abandoned: number[]
   renewed: number
   purged: number
+  purgedChanges: number
 }
 
 /** When the run last showed life: its last batch or completion call (counters' `touched`), else its start. */
@@ -44,7 +46,7 @@ async function abandon (deps: ReconcileDeps, run: RunRow): Promise<boolean> {
 }
 
 export async function sweep (deps: ReconcileDeps, now = Date.now()): Promise<SweepResult> {
-  const result: SweepResult = { abandoned: [], renewed: 0, purged: 0 }
+  const result: SweepResult = { abandoned: [], renewed: 0, purged: 0, purgedChanges: 0 }
   const ttlMs = deps.settings.runTtl * 1000
   for (const run of await deps.runs.inFlightRuns()) {
     if (now - await lastActive(deps, run) > ttlMs) {
@@ -54,12 +56,19 @@ export async function sweep (deps: ReconcileDeps, now = Date.now()): Promise<Swe
       result.renewed++
     }
   }
-  if (deps.settings.deletedRetention > 0) {
-    for (let i = 0; i < PURGE_MAX_BATCHES; i++) {
-      const n = await deps.resources.purgeDeleted(deps.settings.deletedRetention, PURGE_BATCH)
-      result.purged += n
-      if (n < PURGE_BATCH) break
-    }
-  }
+  result.purged = await purge(deps.settings.deletedRetention, deps.resources.purgeDeleted)
+  result.purgedChanges = await purge(deps.settings.changesRetention, deps.resources.purgeChanges)
   return result
+}
+
+/** Up to PURGE_MAX_BATCHES batches of what is older than `retention` seconds (0: kept for good). */
+async function purge (retention: number, batch: (retention: number, limit: number) => Promise<number>): Promise<number> {
+  let purged = 0
+  if (retention === 0) return purged
+  for (let i = 0; i < PURGE_MAX_BATCHES; i++) {
+    const n = await batch(retention, PURGE_BATCH)
+    purged += n
+    if (n < PURGE_BATCH) break
+  }
+  return purged
 }

@@ -35,6 +35,8 @@ export interface ReconcileSettings {
   maxOpenRuns: number
   /** Seconds a soft-deleted row is kept before the sweeper purges it; 0 keeps it for good. */
   deletedRetention: number
+  /** Seconds a change stays in the change log; 0 keeps them. */
+  changesRetention: number
 }
 
 /** What reconcile needs, and nothing more: no Fastify, no HTTP. */
@@ -47,7 +49,7 @@ export interface ReconcileDeps {
   log: Logger
   settings: ReconcileSettings
   /** Told once per run this instance finished (committed), not for a retried completion's answer. */
-  onFinished?: (run: { status: string, deleted: number }) => void
+  onFinished?: (run: RunRow) => void
 }
 
 /** A run with its counters: live from Redis while it is in flight, from its row afterwards. */
