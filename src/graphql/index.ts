@@ -65,10 +65,18 @@ const graphql: FastifyPluginAsync = async function (fastify) {
         socket.once('close', () => left.abort())
         return { access: request.auth, signal: left.signal }
       },
+      // A refused key is told on each subscription, with its code, as a query is: refusing the
+      // connection itself, mercurius sends a `connection_error` message, which is not in the
+      // graphql-ws protocol and which graphql-ws clients reject as an invalid message.
       onConnect: async ({ payload }) => {
         const authorization = (payload as { authorization?: unknown } | undefined)?.authorization
         if (typeof authorization !== 'string') return true
-        return { access: await fastify.authenticate(authorization, DASHBOARDS) }
+        try {
+          return { access: await fastify.authenticate(authorization, DASHBOARDS) }
+        } catch (err) {
+          if (!isTallyError(err)) throw err
+          return { access: null, refusal: err }
+        }
       },
       keepAlive: 30_000
     },

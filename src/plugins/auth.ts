@@ -117,7 +117,7 @@ export default fp(async function auth (fastify) {
     if (policy === 'public') return
     // A browser cannot set headers on a WebSocket: its key comes in the graphql-ws
     // connection_init message, checked there (graphql/index.ts) before any subscription.
-    if (request.headers.authorization === undefined && request.headers.upgrade?.toLowerCase() === 'websocket' && request.routeOptions.url === '/graphql') return
+    if (request.headers.authorization === undefined && request.method === 'GET' && request.routeOptions.url === '/graphql' && request.headers.upgrade?.toLowerCase() === 'websocket') return
     const access = await authenticate(request.headers.authorization, reply)
     requireRole(access, policy, `${request.method} ${request.routeOptions.url}`)
     request.auth = access
