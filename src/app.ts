@@ -19,6 +19,7 @@ import validationPlugin from './plugins/validation.js'
 import reconcilePlugin from './plugins/reconcile.js'
 import redisPlugin from './plugins/redis.js'
 import graphql from './graphql/index.js'
+import dashboardRoutes from './routes/dashboard.js'
 import healthRoutes from './routes/health.js'
 import runsRoutes from './routes/runs.js'
 import { sharedSchemas } from './routes/schemas.js'
@@ -65,6 +66,7 @@ export async function buildApp (config: Config, logger?: FastifyBaseLogger) {
     await app.register(metricsRoutes)
     await app.register(runsRoutes)
     await app.register(graphql)
+    await app.register(dashboardRoutes)
   } catch (err) {
     await app.close().catch(() => {})
     throw err

@@ -4,17 +4,8 @@
  * The packages are development dependencies: a production install (`npm ci --omit=dev`) has
  * none, and GraphiQL is then off (GRAPHIQL=true says so in the log).
  */
-import { createReadStream } from 'node:fs'
-import { createRequire } from 'node:module'
-import { dirname, join } from 'node:path'
 import type { FastifyPluginAsync } from 'fastify'
-
-const require = createRequire(import.meta.url)
-
-/** A file of an installed package, found from its package.json (the files are not in its exports). */
-const fromPackage = (pkg: string, file: string) => join(dirname(require.resolve(`${pkg}/package.json`)), file)
-
-type Assets = Record<string, { file: string, type: string }>
+import { assetRoutes, fromPackage, type Assets } from '../assets.js'
 
 /** The files GraphiQL's page loads; undefined when the packages are not installed. */
 export function graphiqlAssets (): Assets | undefined {
@@ -59,16 +50,8 @@ ReactDOM.createRoot(document.getElementById('graphiql'))
 
 const graphiql: FastifyPluginAsync<{ assets: Assets }> = async function (fastify, { assets }) {
   // The page and its assets hold no data: public like /docs. Queries need a key.
-  const config = { auth: 'public' as const }
-  fastify.get('/graphiql', { schema: { hide: true }, config }, async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
-  fastify.get<{ Params: { name: string } }>('/graphiql/assets/:name', { schema: { hide: true }, config }, async (request, reply) => {
-    const { name } = request.params
-    if (name === 'init.js') return reply.type('text/javascript').send(init)
-    // Own properties only: `__proto__` is not an asset.
-    const asset = Object.hasOwn(assets, name) ? assets[name] : undefined
-    if (asset === undefined) return reply.callNotFound()
-    return reply.type(asset.type).header('cache-control', 'public, max-age=86400').send(createReadStream(asset.file))
-  })
+  fastify.get('/graphiql', { schema: { hide: true }, config: { auth: 'public' } }, async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
+  assetRoutes(fastify, '/graphiql/assets/', { ...assets, 'init.js': { text: init, type: 'text/javascript' } })
 }
 
 export default graphiql
