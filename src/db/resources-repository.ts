@@ -47,6 +47,23 @@ function primaryKeyProbe (tenant: string, scope: string, columns: SQL) {
     where tenant = ${tenant} and scope = ${scope} and id = u.id limit 1`
 }
 
+/** `'<field>' || <its first-level keys whose values differ, as <field>.<key>, in key order>`, when the field differs. */
+const changedKeys = (field: 'tags' | 'attributes') => `case when x.old_${field} is distinct from r.${field} then '${field}'::text
+    || array(select '${field}.' || k from jsonb_object_keys(x.old_${field} || r.${field}) as k
+             where x.old_${field} -> k is distinct from r.${field} -> k order by k) else '{}' end`
+
+/**
+ * For the change log, in writeChanged's RETURNING (`x.old_*` the row before, `r` after): the
+ * top-level fields that differ, `tags` and `attributes` each followed by their first-level keys
+ * that differ. Written out in the statement: as a SQL function (not inlinable, for its
+ * subqueries) it cost 8.5 µs a row, inline 3.3 µs (9,000 rows in psql).
+ */
+const changedFields = sql.raw(`array_remove(array[
+    case when x.old_type is distinct from r.type then 'type' end,
+    case when x.old_name is distinct from r.name then 'name' end,
+    case when x.old_region is distinct from r.region then 'region' end], null)
+  || ${changedKeys('tags')} || ${changedKeys('attributes')}`)
+
 /**
  * A batch's rows as one JSON array, `[{"id", "h", "d", "c"}]`, built from the canonical JSON the
  * check already wrote: no second serialisation of the content, and no text-array literal
@@ -122,8 +139,7 @@ export function createResourcesRepository (db: Db) {
             and (r.content_hash is distinct from x.content_hash or r.deleted_at is not null)
             and r.changed_run_id <= ${runId}
           returning r.id, r.type, x.was_deleted_at is not null as revived,
-                    tally_changed_fields(x.old_type, x.old_name, x.old_region, x.old_tags, x.old_attributes,
-                                         r.type, r.name, r.region, r.tags, r.attributes) as changed_fields),
+                    ${changedFields} as changed_fields),
         -- The change log, in the same commit. The old values are the ones the update ran
         -- against: a row changed by another writer since the probe read it fails the ctid
         -- recheck and is not updated (see above), so it logs nothing either.
