@@ -98,7 +98,8 @@ console.log(widths.map((w) => '-'.repeat(w)).join('  '))
 for (const r of rows) console.log(line(r))
 console.log(agree
   ? `\nTally agrees with the scanner on every count. Unchanged resources cost no database write.
-Next: browse the inventory in GraphiQL at ${BASE}/graphiql, e.g.
+Next: open the dashboard at ${BASE}/ (paste your key once) for the scans' chart and the latest
+changes, or browse the inventory in GraphiQL at ${BASE}/graphiql, e.g.
   { summary(scope: "${SCOPE}") { total byType { type count } } }
 (put {"Authorization": "Bearer <key>"} in its Headers tab), or read the runs:
   curl -s -H "Authorization: Bearer $(cat ${KEY_FILE})" '${BASE}/runs?scope=${SCOPE}'`

@@ -5,15 +5,18 @@
  */
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { api, build, liveIds, redisClient, resource, rowVersions, sqlClient, testEnv, waitFor, type ResourceBody } from './helper.js'
+import {
+  adminKey, api, build, listenWs, liveIds, redisClient, resource, rowVersions, sqlClient, subscribeRunCompleted, testEnv, waitFor, wsClient,
+  type ResourceBody, type TestEnv
+} from './helper.js'
 import { startCluster, type PrivateCluster } from '../scripts/redis-cluster.js'
 import { shardOf } from '../src/reconcile/keys.js'
 
 /** The app on the cluster, with a client on its database and its REST calls. */
-async function onCluster (t: { teardown (fn: () => unknown): void }, cluster: PrivateCluster) {
-  const { REDIS_URL: _single, ...env } = await testEnv(t)
-  const app = await build(t, { REDIS_CLUSTER_NODES: cluster.seeds, SWEEP_INTERVAL: '0' }, env)
-  return { db: await sqlClient(t, app), tally: api(app) }
+async function onCluster (t: { teardown (fn: () => unknown): void }, cluster: PrivateCluster, env?: TestEnv) {
+  const { REDIS_URL: _single, ...own } = env ?? await testEnv(t)
+  const app = await build(t, { REDIS_CLUSTER_NODES: cluster.seeds, SWEEP_INTERVAL: '0' }, own)
+  return { app, db: await sqlClient(t, app), tally: api(app) }
 }
 
 const estate = (n: number, from = 0) => Array.from({ length: n }, (_, i) =>
@@ -59,6 +62,18 @@ t.test('a 3 + 3 cluster', async (t) => {
     const before = await rowVersions(db, scope)
     t.match(await tally.scan(scope, second, { batch: 100 }), { stats: { seen: 430, unchanged: 430, deleted: 0 } })
     t.same(await rowVersions(db, scope), before, 'an identical rescan wrote and locked no row')
+  })
+
+  t.test('a completion on one instance reaches a subscriber on another through the cluster', async (t) => {
+    const env = await testEnv(t)
+    const a = await onCluster(t, cluster, env)
+    const b = await onCluster(t, cluster, env)
+    const feed = subscribeRunCompleted(wsClient(t, await listenWs(b.app), adminKey(b.app)), 'aws/cluster-live')
+    await feed.ready
+    const done = await a.tally.scan('aws/cluster-live', estate(10))
+    await waitFor(t, 'the completion event', async () => feed.events.length === 1, 10_000)
+    t.equal(feed.events[0]?.data?.runCompleted.id, String(done.id))
+    t.same(feed.errors, [])
   })
 
   t.test('a reshard of 1,000 slots during a scan: every batch 200 or 503, and the scan ends exact', async (t) => {

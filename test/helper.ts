@@ -5,8 +5,10 @@
  */
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { createClient, type Client } from 'graphql-ws'
 import pg from 'pg'
 import { Redis } from 'ioredis'
+import WebSocket from 'ws'
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js'
 import addFormats from 'ajv-formats'
 import { buildApp } from '../src/app.js'
@@ -234,6 +236,43 @@ export async function countStatements<T> (app: App, fn: () => Promise<T>): Promi
   } finally {
     pool.query = original
   }
+}
+
+/** Listens on a free loopback port; the WebSocket URL of its /graphql. */
+export async function listenWs (app: App): Promise<string> {
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const { port } = app.server.address() as { port: number }
+  return `ws://127.0.0.1:${port}/graphql`
+}
+
+/** A graphql-ws client; `key` in connection_init (as a browser sends it) or in the upgrade's header. */
+export function wsClient (t: Tap, url: string, key: string | undefined, via: 'payload' | 'header' = 'payload'): Client {
+  const c = createClient({
+    url,
+    webSocketImpl: via === 'header'
+      ? class extends WebSocket { constructor (address: string, protocols?: string | string[]) { super(address, protocols, { headers: { authorization: `Bearer ${key}` } }) } }
+      : WebSocket,
+    connectionParams: via === 'payload' && key !== undefined ? { authorization: `Bearer ${key}` } : {},
+    retryAttempts: 0,
+    lazy: false
+  })
+  t.teardown(() => c.dispose())
+  return c
+}
+
+export interface RunCompletedEvent { data?: { runCompleted: { id: string, scope: string, status: string, stats: { created: number, deleted: number } } } | null, errors?: Array<{ message: string, extensions?: { code?: string } }> }
+
+/** Subscribes; `events` and `errors` fill as they come. */
+export function subscribeRunCompleted (c: Client, scope: string) {
+  const events: RunCompletedEvent[] = []
+  const errors: unknown[] = []
+  c.subscribe({ query: `subscription { runCompleted(scope: "${scope}") { id scope status stats { created deleted } } }` }, {
+    next: (e) => { events.push(e as RunCompletedEvent) },
+    error: (err) => { errors.push(err) },
+    complete: () => {}
+  })
+  // graphql-ws says nothing when a subscription starts: give the server a moment to SUBSCRIBE.
+  return { events, errors, ready: new Promise((resolve) => setTimeout(resolve, 300)) }
 }
 
 /** Live resource ids of a scope, sorted. */

@@ -3,52 +3,11 @@
  * instance reaches subscribers of another (through Redis pub/sub), with the same keys, roles,
  * scopes and tenants as queries.
  */
-import { createClient, type Client } from 'graphql-ws'
+import type { Client } from 'graphql-ws'
 import t from 'tap'
-import WebSocket from 'ws'
-import { api, build, createKey, resource, testEnv, type App } from './helper.js'
+import { api, build, createKey, listenWs as listen, resource, subscribeRunCompleted as subscribe, testEnv, wsClient as client, waitFor, type RunCompletedEvent as Event } from './helper.js'
 
 const SCOPE = 'aws/live'
-
-async function listen (app: App): Promise<string> {
-  await app.listen({ host: '127.0.0.1', port: 0 })
-  const { port } = app.server.address() as { port: number }
-  return `ws://127.0.0.1:${port}/graphql`
-}
-
-/** A graphql-ws client; `key` in connection_init (as a browser sends it) or in the upgrade's header. */
-function client (t: { teardown (fn: () => unknown): void }, url: string, key: string | undefined, via: 'payload' | 'header' = 'payload'): Client {
-  const c = createClient({
-    url,
-    webSocketImpl: via === 'header'
-      ? class extends WebSocket { constructor (address: string, protocols?: string | string[]) { super(address, protocols, { headers: { authorization: `Bearer ${key}` } }) } }
-      : WebSocket,
-    connectionParams: via === 'payload' && key !== undefined ? { authorization: `Bearer ${key}` } : {},
-    retryAttempts: 0,
-    lazy: false
-  })
-  t.teardown(() => c.dispose())
-  return c
-}
-
-interface Event { data?: { runCompleted: { id: string, scope: string, status: string, stats: { created: number, deleted: number } } } | null, errors?: Array<{ message: string, extensions?: { code?: string } }> }
-
-/** Subscribes; `events` and `errors` fill as they come. */
-function subscribe (c: Client, scope: string) {
-  const events: Event[] = []
-  const errors: unknown[] = []
-  c.subscribe({ query: `subscription { runCompleted(scope: "${scope}") { id scope status stats { created deleted } } }` }, {
-    next: (e) => { events.push(e as Event) },
-    error: (err) => { errors.push(err) },
-    complete: () => {}
-  })
-  // graphql-ws says nothing when a subscription starts: give the server a moment to SUBSCRIBE.
-  return { events, errors, ready: new Promise((resolve) => setTimeout(resolve, 300)) }
-}
-
-async function until (what: () => boolean, ms = 5000) {
-  for (const deadline = Date.now() + ms; !what() && Date.now() < deadline;) await new Promise((resolve) => setTimeout(resolve, 20))
-}
 
 t.test('a completion on one instance reaches subscribers on another, and only those allowed', async (t) => {
   const env = await testEnv(t)
@@ -71,7 +30,7 @@ t.test('a completion on one instance reaches subscribers on another, and only th
     await tally.scan(SCOPE, [resource('r1'), resource('r3')]),
     await tally.scan(SCOPE, [resource('r1'), resource('r3')])
   ]
-  await until(() => viaPayload.events.length === 3 && viaHeader.events.length === 3)
+  await waitFor(t, 'three completions, to both subscribers', async () => viaPayload.events.length === 3 && viaHeader.events.length === 3)
   for (const sub of [viaPayload, viaHeader]) {
     t.same(sub.events.map((e) => e.data?.runCompleted), scans.map((s) => ({
       id: String(s.id), scope: SCOPE, status: 'completed', stats: { created: s.stats.created, deleted: s.stats.deleted }
@@ -86,7 +45,7 @@ t.test('a completion on one instance reaches subscribers on another, and only th
   // Its own tenant's scan of that name reaches it.
   const theirs = await createKey(a, { tenant: 'other', role: 'admin' })
   const their = await api(a, theirs).scan(SCOPE, [resource('o1')])
-  await until(() => stranger.events.length === 1)
+  await waitFor(t, "their own tenant's completion", async () => stranger.events.length === 1)
   t.equal(stranger.events[0]?.data?.runCompleted.id, String(their.id))
   t.equal(viaPayload.events.length, 3, "the other tenant's run did not reach tenant default")
   t.same([viaPayload, viaHeader, elsewhere, stranger].flatMap((s) => s.errors), [])

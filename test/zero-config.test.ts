@@ -146,6 +146,18 @@ t.test('zero-config start, scan, restart: the inventory and the baseline survive
   t.ok(answers[0].data.summary.total > 1500 && answers[0].data.summary.byType.length === 40, 'query 1: the account by type and region')
   t.ok(answers[1].data.resources.edges.length > 0 && answers[1].data.resources.totalCount > 0, 'query 2: production EC2 instances')
   t.equal(answers[2].data.runs.edges.length, 6, "query 3: the demo's six scans")
+  // The history queries, on the same.
+  const history = blockAfter(readme, 'Three questions about history', 'graphql').split(/^(?=# \d\.)/m)
+  t.equal(history.length, 3)
+  const [deleted, latest, life] = await Promise.all(history.map(async (query) => (await post(server, '/graphql', { query })).body))
+  for (const answer of [deleted, latest, life]) t.notOk(answer.errors, JSON.stringify(answer.errors))
+  t.ok(deleted.data.changes.totalCount > 0 && deleted.data.changes.edges.length === Math.min(20, deleted.data.changes.totalCount), 'history 1: deletions')
+  const run = latest.data.runs.edges[0].node
+  t.ok(run.stats.updated > 0, 'the demo\'s last scan updated resources')
+  t.equal(run.changes.totalCount, run.stats.updated, 'history 2: the latest scan\'s updates, as many as its stats say')
+  t.ok(run.changes.edges.every((e: { node: { changedFields: string[] } }) => e.node.changedFields.length > 0))
+  const lived = life.data.resources.edges[0].node.history.edges
+  t.equal(lived.at(-1)?.node.kind, 'CREATED', 'history 3: a resource\'s life begins with its creation')
 
   // Killed outright: its PostgreSQL and Redis outlive it; the next start stops and reuses them.
   await server.kill('SIGKILL')
