@@ -6,7 +6,7 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
-  adminKey, api, build, listenWs, liveIds, redisClient, resource, rowVersions, sqlClient, subscribeRunCompleted, testEnv, waitFor, wsClient,
+  adminKey, api, build, listenWs, liveIds, redisClient, resource, rowVersions, sqlClient, subscribeRunCompleted, testEnv, untilSubscribed, waitFor, wsClient,
   type ResourceBody, type TestEnv
 } from './helper.js'
 import { startCluster, type PrivateCluster } from '../scripts/redis-cluster.js'
@@ -69,7 +69,7 @@ t.test('a 3 + 3 cluster', async (t) => {
     const a = await onCluster(t, cluster, env)
     const b = await onCluster(t, cluster, env)
     const feed = subscribeRunCompleted(wsClient(t, await listenWs(b.app), adminKey(b.app)), 'aws/cluster-live')
-    await feed.ready
+    await untilSubscribed(b.app, [feed])
     const done = await a.tally.scan('aws/cluster-live', estate(10))
     await waitFor(t, 'the completion event', async () => feed.events.length === 1, 10_000)
     t.equal(feed.events[0]?.data?.runCompleted.id, String(done.id))

@@ -8,7 +8,7 @@
 import t from 'tap'
 import { existsSync } from 'node:fs'
 import { chromium } from 'playwright-core'
-import { api, build, createKey, resource } from './helper.js'
+import { api, build, createKey, resource, waitFor } from './helper.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const SCOPE = 'aws/123456789012'
@@ -70,6 +70,9 @@ t.test('the dashboard shows scopes, the chart of scans and the latest changes, l
 
   // Live: a scan completed meanwhile appears without a reload.
   await page.locator('#live').waitFor({ timeout: 10_000 })
+  // The page's the only subscriber of the scope: once its instance has SUBSCRIBEd, it hears.
+  const topic = app.events.runCompletedTopic('default', SCOPE)
+  await waitFor(t, 'the page subscribed', async () => Number((await app.redis.pubsub('NUMSUB', topic) as [string, number])[1]) > 0)
   await tally.scan(SCOPE, second)
   await page.waitForFunction(() => {
     const { Chart } = globalThis as unknown as { Chart: { getChart (id: string): { data: { labels: string[] } } } }

@@ -263,16 +263,30 @@ export function wsClient (t: Tap, url: string, key: string | undefined, via: 'pa
 export interface RunCompletedEvent { data?: { runCompleted: { id: string, scope: string, status: string, stats: { created: number, deleted: number } } } | null, errors?: Array<{ message: string, extensions?: { code?: string } }> }
 
 /** Subscribes; `events` and `errors` fill as they come. */
-export function subscribeRunCompleted (c: Client, scope: string) {
-  const events: RunCompletedEvent[] = []
-  const errors: unknown[] = []
-  c.subscribe({ query: `subscription { runCompleted(scope: "${scope}") { id scope status stats { created deleted } } }` }, {
-    next: (e) => { events.push(e as RunCompletedEvent) },
-    error: (err) => { errors.push(err) },
+export function subscribeRunCompleted (c: Client, scope: string, query = `subscription { runCompleted(scope: "${scope}") { id scope status stats { created deleted } } }`) {
+  const feed = { scope, events: [] as RunCompletedEvent[], errors: [] as unknown[] }
+  c.subscribe({ query }, {
+    next: (e) => { feed.events.push(e as RunCompletedEvent) },
+    error: (err) => { feed.errors.push(err) },
     complete: () => {}
   })
-  // graphql-ws says nothing when a subscription starts: give the server a moment to SUBSCRIBE.
-  return { events, errors, ready: new Promise((resolve) => setTimeout(resolve, 300)) }
+  return feed
+}
+
+/**
+ * Waits until each subscriber hears events of its scope (graphql-ws says nothing when a
+ * subscription starts), by publishing probes through `app`'s emitter: events of run 0, which no
+ * key may read, so each arrives as an error. Then forgets the probes.
+ */
+export async function untilSubscribed (app: App, feeds: Array<ReturnType<typeof subscribeRunCompleted> & { tenant?: string }>): Promise<void> {
+  for (const deadline = Date.now() + 10_000; feeds.some((f) => f.events.length === 0); await sleep(50)) {
+    if (Date.now() > deadline) throw new Error('subscriptions not started within 10 s')
+    for (const f of feeds.filter((f) => f.events.length === 0)) {
+      app.events.emitter.emit({ topic: app.events.runCompletedTopic(f.tenant ?? 'default', f.scope), payload: { runId: 0 } })
+    }
+  }
+  await sleep(100) // a probe still in flight
+  for (const f of feeds) f.events.length = 0
 }
 
 /** Live resource ids of a scope, sorted. */

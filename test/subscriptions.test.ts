@@ -3,9 +3,12 @@
  * instance reaches subscribers of another (through Redis pub/sub), with the same keys, roles,
  * scopes and tenants as queries.
  */
+import { once } from 'node:events'
 import type { Client } from 'graphql-ws'
+import WebSocket from 'ws'
 import t from 'tap'
-import { api, build, createKey, listenWs as listen, resource, subscribeRunCompleted as subscribe, testEnv, wsClient as client, waitFor, type RunCompletedEvent as Event } from './helper.js'
+import { parseKey } from '../src/auth/keys.js'
+import { adminKey, api, build, createKey, listenWs as listen, resource, subscribeRunCompleted as subscribe, testEnv, untilSubscribed, wsClient as client, waitFor, type RunCompletedEvent as Event } from './helper.js'
 
 const SCOPE = 'aws/live'
 
@@ -21,7 +24,7 @@ t.test('a completion on one instance reaches subscribers on another, and only th
   const viaHeader = subscribe(client(t, urlB, reader, 'header'), SCOPE)
   const elsewhere = subscribe(client(t, urlB, reader), 'aws/elsewhere')
   const stranger = subscribe(client(t, urlB, otherTenant), SCOPE)
-  await Promise.all([viaPayload.ready, viaHeader.ready, elsewhere.ready, stranger.ready])
+  await untilSubscribed(b, [viaPayload, viaHeader, elsewhere, { ...stranger, tenant: 'other' }])
 
   // Three scans through instance A.
   const tally = api(a)
@@ -91,7 +94,57 @@ t.test('an HTTP request that claims a WebSocket upgrade still needs a key', asyn
   const app = await build(t)
   const res = await app.inject({ method: 'POST', url: '/graphql', headers: { upgrade: 'websocket' }, payload: { query: '{ scopes { edges { cursor } } }' } })
   t.equal(res.statusCode, 401)
-  const get = await app.inject({ method: 'GET', url: '/graphql?query=%7B%20scopes%20%7B%20edges%20%7B%20cursor%20%7D%20%7D%20%7D', headers: { upgrade: 'websocket' } })
-  t.not(get.statusCode, 200)
-  t.match(get.body, /UNAUTHORIZED|unauthorized/)
+  for (const query of ['{ scopes { edges { cursor } } }', '{ __schema { types { name } } }']) {
+    for (const headers of [{ upgrade: 'websocket' }, { upgrade: 'websocket', connection: 'upgrade' }]) {
+      const get = await app.inject({ method: 'GET', url: `/graphql?query=${encodeURIComponent(query)}`, headers })
+      t.equal(get.statusCode, 401, `${query} with ${JSON.stringify(headers)}`)
+    }
+  }
+})
+
+t.test('an event that fails to resolve is an error for that event only; a revoked key stops hearing', async (t) => {
+  const app = await build(t, { AUTH_CACHE_TTL: '0' })
+  const url = await listen(app)
+  const reader = await createKey(app, { tenant: 'default', role: 'reader' })
+  const revoked = await createKey(app, { tenant: 'default', role: 'reader' })
+  // A bad cursor in the selection: each event's resolution fails, the subscription goes on.
+  const failing = subscribe(client(t, url, reader), SCOPE, `subscription { runCompleted(scope: "${SCOPE}") { id changes(after: "nope") { totalCount } } }`)
+  const plain = subscribe(client(t, url, revoked), SCOPE)
+  await untilSubscribed(app, [failing, plain])
+  const tally = api(app)
+  await tally.scan(SCOPE, [resource('a')])
+  await waitFor(t, 'the first completion, to both', async () => failing.events.length === 1 && plain.events.length === 1)
+  t.equal(failing.events[0]?.errors?.[0]?.extensions?.code, 'BAD_CURSOR')
+  t.equal(plain.events[0]?.data?.runCompleted.status, 'completed')
+
+  await app.db.keys.revoke(parseKey(revoked)!.id)
+  await tally.scan(SCOPE, [resource('b')])
+  await waitFor(t, 'the second completion, to both', async () => failing.events.length === 2 && plain.events.length === 2)
+  t.equal(failing.events[1]?.errors?.[0]?.extensions?.code, 'BAD_CURSOR', 'the failing subscription is still there')
+  t.equal(plain.events[1]?.data, null)
+  t.equal(plain.events[1]?.errors?.[0]?.extensions?.code, 'UNAUTHORIZED', 'the revoked key hears no run')
+  t.same([...failing.errors, ...plain.errors], [])
+})
+
+t.test('a subscription is priced with its variables', async (t) => {
+  const app = await build(t)
+  const url = await listen(app)
+  // 30 pages of $n changes: priced as 500 a page, over GRAPHQL_MAX_COST (50,000); as 50 (the default), under.
+  const pages = Array.from({ length: 30 }, (_, i) => `p${i}: changes(first: $n) { edges { node { resourceId kind } } }`).join(' ')
+  const nested = `subscription ($n: Int!) { runCompleted(scope: "${SCOPE}") { ${pages} } }`
+  const err = await new Promise<unknown>((resolve) => {
+    client(t, url, adminKey(app)).subscribe({ query: nested, variables: { n: 500 } }, { next: () => {}, error: resolve, complete: () => resolve(undefined) })
+  })
+  t.match(JSON.stringify(err), /QUERY_TOO_COSTLY/)
+})
+
+t.test('a second connection_init closes the socket (4429)', async (t) => {
+  const app = await build(t)
+  const socket = new WebSocket(await listen(app), 'graphql-transport-ws')
+  t.teardown(() => socket.terminate())
+  await once(socket, 'open')
+  socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${adminKey(app)}` } }))
+  socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${adminKey(app)}` } }))
+  const [code] = await once(socket, 'close') as [number]
+  t.equal(code, 4429)
 })

@@ -49,13 +49,17 @@ function changeConditions (f: ChangeFilter, beforeId: number | null = null): SQL
 }
 
 /**
- * The runs of a scope whose changes can match `since`: every run, or those not finished before
- * it; only from the oldest run the change log still holds.
+ * The runs of a scope whose changes can match `since`, newest first: from the oldest run the
+ * change log still holds, leaving out those that finished before `since` (a finished run's
+ * changes are all at or before its completed_at, set by the clock once its writes are fenced
+ * off; an aborted run is always read, being rare); up to `beforeRun`, inclusive.
  */
-function scopeRuns (tenant: string, scope: string, since: Date | null | undefined): SQL {
+function scopeRuns (tenant: string, scope: string, since: Date | null | undefined, beforeRun: number | null): SQL {
   return sql`select id from runs
     where tenant = ${tenant} and scope = ${scope} and id >= (select coalesce(min(run_id), 0) from changes)
-    ${since == null ? sql`` : sql`and (completed_at is null or completed_at >= ${since.toISOString()}::timestamptz)`}`
+    ${since == null ? sql`` : sql`and (status not in ('completed', 'superseded') or completed_at >= ${since.toISOString()}::timestamptz)`}
+    ${beforeRun === null ? sql`` : sql`and id <= ${beforeRun}`}
+    order by id desc`
 }
 
 export interface ResourceFilter {
@@ -179,22 +183,25 @@ export function createInventoryRepository (db: Db) {
     },
 
     /**
-     * Up to `limit` changes of a scope, newest first, before `beforeId`: the newest `limit` of
-     * each of its runs (one primary-key range each), merged.
+     * Up to `limit` changes of a scope, by run newest first and newest first within a run,
+     * after `before` (a run id and change id): runs walked newest first, each one primary-key
+     * range, until `limit` rows are found (a scope's runs are sequential, so this is also the
+     * order of writing).
      */
-    async scopeChanges (tenant: string, scope: string, filter: ChangeFilter, beforeId: number | null, limit: number): Promise<ChangeRow[]> {
+    async scopeChanges (tenant: string, scope: string, filter: ChangeFilter, before: [number, number] | null, limit: number): Promise<ChangeRow[]> {
+      const after = before === null ? sql`` : sql`and (c.run_id < ${before[0]} or c.id < ${before[1]})`
       const result = await db.execute<RawChange>(sql`
-        select ${CHANGE_COLUMNS} from (${scopeRuns(tenant, scope, filter.since)}) r
+        select ${CHANGE_COLUMNS} from (${scopeRuns(tenant, scope, filter.since, before?.[0] ?? null)}) r
         cross join lateral (
-          select c.* from changes c where c.run_id = r.id ${changeConditions(filter, beforeId)}
+          select c.* from changes c where c.run_id = r.id ${changeConditions(filter)} ${after}
           order by c.id desc limit ${limit}) c
-        order by c.id desc limit ${limit}`)
+        order by r.id desc, c.id desc limit ${limit}`)
       return result.rows.map(changeRow)
     },
 
     async countScopeChanges (tenant: string, scope: string, filter: ChangeFilter): Promise<number> {
       const result = await db.execute<{ n: number }>(sql`
-        select count(*)::int as n from (${scopeRuns(tenant, scope, filter.since)}) r
+        select count(*)::int as n from (${scopeRuns(tenant, scope, filter.since, null)}) r
         join changes c on c.run_id = r.id ${changeConditions(filter)}`)
       return result.rows[0]?.n ?? 0
     },

@@ -196,7 +196,8 @@ export function createResourcesRepository (db: Db) {
     /**
      * Removes up to `limit` changes logged more than `retentionSeconds` ago; returns how many.
      * Oldest runs first: the runs started before the horizon, from the oldest that still has
-     * changes, each one range of the primary key. Bounded like purgeDeleted.
+     * changes, each one range of the primary key. Bounded like purgeDeleted, and like it skips
+     * rows another instance's purge holds.
      */
     async purgeChanges (retentionSeconds: number, limit: number): Promise<number> {
       const result = await db.execute(sql`
@@ -204,7 +205,8 @@ export function createResourcesRepository (db: Db) {
         delete from changes where ctid = any(array(
           select c.ctid from runs r
           cross join lateral (
-            select ctid from changes where run_id = r.id and at < (select t from horizon) limit ${limit}) c
+            select ctid from changes where run_id = r.id and at < (select t from horizon)
+            limit ${limit} for update skip locked) c
           where r.id >= (select min(run_id) from changes) and r.started_at < (select t from horizon)
           order by r.id limit ${limit}))`)
       return result.rowCount ?? 0

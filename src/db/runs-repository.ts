@@ -146,7 +146,9 @@ export function createRunsRepository (db: Db) {
     async finishRun (id: number, attempt: number, status: 'completed' | 'superseded', counts: RunCounts, skip: SkipPartition[],
       writesSeen: boolean, tx: Tx): Promise<RunRow | undefined> {
       const [row] = await tx.update(runs)
-        .set({ status, completedAt: sql`now()`, ...counts, skip, writesSeen })
+        // The clock, not the transaction's start: the run row is locked by now, every write of
+        // the run has committed, and each change it logged is at or before this time.
+        .set({ status, completedAt: sql`clock_timestamp()`, ...counts, skip, writesSeen })
         .where(and(eq(runs.id, id), eq(runs.status, 'completing'), eq(runs.attempt, attempt)))
         .returning()
       return row

@@ -7,9 +7,10 @@
  * ingestion and /readyz need, and no query runs for long.
  */
 import type { FastifyPluginAsync } from 'fastify'
-import { GraphQLError, GraphQLScalarType, specifiedRules, validate, valueFromASTUntyped } from 'graphql'
+import {
+  GraphQLError, GraphQLScalarType, Kind, specifiedRules, validate, valueFromASTUntyped, type DocumentNode, type GraphQLResolveInfo
+} from 'graphql'
 import mercurius from 'mercurius'
-import type { Access } from '../auth/keys.js'
 import { createDb } from '../db/client.js'
 import { createInventoryRepository } from '../db/inventory-repository.js'
 import { isStatementTimeout, isTallyError, isUnavailable } from '../errors.js'
@@ -30,8 +31,16 @@ const JSONScalar = new GraphQLScalarType({
 
 const graphql: FastifyPluginAsync = async function (fastify) {
   const { config } = fastify
-  const { resolvers, loaders } = createResolvers(createInventoryRepository(createDb(fastify.db.readPool)), fastify.events.runCompletedTopic)
   const limits = { maxDepth: config.GRAPHQL_MAX_DEPTH, maxCost: config.GRAPHQL_MAX_COST, maxFields: config.GRAPHQL_MAX_FIELDS }
+  // A subscription's cost, priced with its variables (which the hook below does not have).
+  const priceSubscription = (info: GraphQLResolveInfo) => {
+    const document: DocumentNode = { kind: Kind.DOCUMENT, definitions: [info.operation, ...Object.values(info.fragments)] }
+    const [error] = validate(info.schema, document, [limitsRule(limits, info.variableValues, undefined)])
+    if (error !== undefined) throw new ErrorWithProps(error.message, error.extensions)
+  }
+  const { resolvers, loaders } = createResolvers(createInventoryRepository(createDb(fastify.db.readPool)),
+    { runCompletedTopic: fastify.events.runCompletedTopic, priceSubscription })
+  const initialised = new WeakSet<object>()
   // GraphQL over HTTP: a `null` optional parameter means the same as none. Mercurius's body
   // schema refuses `extensions: null` (graphql/graphql-http#28, a MUST of the spec's audit).
   fastify.addHook('preValidation', async (request) => {
@@ -52,7 +61,8 @@ const graphql: FastifyPluginAsync = async function (fastify) {
       // A client that hangs up stops its query at the next resolver: `signal` says it left.
       const left = new AbortController()
       reply.raw.once('close', () => { if (!reply.raw.writableFinished) left.abort() })
-      return { access: request.auth as Access, signal: left.signal }
+      // The auth hook let nothing through without a key (a WebSocket's comes in connection_init).
+      return { access: request.auth, signal: left.signal }
     },
     validationRules: ({ variables, operationName }) => [limitsRule(limits, variables, operationName)],
     // graphql-ws (and the older subscriptions-transport-ws) on GET /graphql. The key comes with
@@ -60,10 +70,18 @@ const graphql: FastifyPluginAsync = async function (fastify) {
     // connection_init's payload as `authorization`; a subscription with neither is refused (UNAUTHORIZED).
     subscription: {
       emitter: fastify.events.emitter,
+      // Called at each connection_init. Mercurius starts a keep-alive timer for each one and
+      // never stops the earlier ones: a second init closes the socket, as graphql-ws says (4429).
       context: (socket, request) => {
+        if (initialised.has(socket)) {
+          socket.close(4429, 'Too many initialisation requests')
+          throw new Error('a second connection_init')
+        }
+        initialised.add(socket)
         const left = new AbortController()
         socket.once('close', () => left.abort())
-        return { access: request.auth, signal: left.signal }
+        const { authorization } = request.headers
+        return { access: request.auth, signal: left.signal, ...(request.auth === null ? {} : { recheck: () => fastify.authenticate(authorization, DASHBOARDS) }) }
       },
       // A refused key is told on each subscription, with its code, as a query is: refusing the
       // connection itself, mercurius sends a `connection_error` message, which is not in the
@@ -72,7 +90,7 @@ const graphql: FastifyPluginAsync = async function (fastify) {
         const authorization = (payload as { authorization?: unknown } | undefined)?.authorization
         if (typeof authorization !== 'string') return true
         try {
-          return { access: await fastify.authenticate(authorization, DASHBOARDS) }
+          return { access: await fastify.authenticate(authorization, DASHBOARDS), recheck: () => fastify.authenticate(authorization, DASHBOARDS) }
         } catch (err) {
           if (!isTallyError(err)) throw err
           return { access: null, refusal: err }
@@ -82,7 +100,10 @@ const graphql: FastifyPluginAsync = async function (fastify) {
     },
     errorFormatter: (execution, context) => {
       // A resolver failing with anything but ErrorWithProps is a bug or an outage: log it,
-      // and answer without its details.
+      // and answer without its details. A subscription's events come with no reply (and no
+      // status or headers to set): they log through the app's logger.
+      const reply = context.reply as typeof context.reply | undefined
+      const log = reply?.log ?? fastify.log
       let outage = false
       const errors = execution.errors?.map((e) => {
         const original = e.originalError
@@ -99,21 +120,24 @@ const graphql: FastifyPluginAsync = async function (fastify) {
         if (isUnavailable(original)) {
           // An outage, not a bug: 503 like the REST API, so clients retry.
           outage = true
-          context.reply.log.warn({ err: original }, 'graphql: dependency unavailable')
-          context.reply.header('retry-after', '1')
+          log.warn({ err: original }, 'graphql: dependency unavailable')
+          reply?.header('retry-after', '1')
           return new GraphQLError('Postgres is unreachable; retry the request', { nodes: e.nodes, path: e.path, extensions: { code: 'UNAVAILABLE' } })
         }
         // Fastify's and mercurius's own 4xx (bad JSON, a body too large, a mutation over GET) say what was wrong.
         const status = (original as { statusCode?: unknown }).statusCode
         if (typeof status === 'number' && status >= 400 && status < 500) return e
         // Anything else is a bug: logged, and answered without its details.
-        context.reply.log.error({ err: original }, 'graphql request failed')
+        log.error({ err: original }, 'graphql request failed')
         return new GraphQLError('Internal error', { nodes: e.nodes, path: e.path, extensions: { code: 'INTERNAL' } })
       })
       // mercurius's formatter logs each error with its stack at info; a client's mistake is one
       // line here instead (outages and bugs were logged above, at warn and error).
-      const quiet = Object.assign(Object.create(context.reply) as typeof context.reply, { log: context.reply.log.child({}, { level: 'warn' }) })
-      const formatted = mercurius.defaultErrorFormatter({ ...execution, ...(errors === undefined ? {} : { errors }) }, { ...context, reply: quiet })
+      const quietLog = log.child({}, { level: 'warn' })
+      const quiet = reply === undefined
+        ? { ...context, app: Object.assign(Object.create(fastify) as typeof fastify, { log: quietLog }) }
+        : { ...context, reply: Object.assign(Object.create(reply) as typeof reply, { log: quietLog }) }
+      const formatted = mercurius.defaultErrorFormatter({ ...execution, ...(errors === undefined ? {} : { errors }) }, quiet)
       const listed = (formatted.response.errors ?? []) as Array<{ message: string, extensions?: Record<string, unknown> }>
       // graphql's own parse and validation errors have no code: they get one a client can branch on.
       for (const error of listed) {
@@ -121,7 +145,7 @@ const graphql: FastifyPluginAsync = async function (fastify) {
           error.extensions = { ...error.extensions, code: error.message.startsWith('Syntax Error') ? 'GRAPHQL_PARSE_FAILED' : 'GRAPHQL_VALIDATION_FAILED' }
         }
       }
-      if (!outage && listed.length > 0) context.reply.log.info({ errors: listed.slice(0, 10).map((e) => ({ code: e.extensions?.code, message: e.message })) }, 'graphql: errors in the answer')
+      if (!outage && listed.length > 0) log.info({ errors: listed.slice(0, 10).map((e) => ({ code: e.extensions?.code, message: e.message })) }, 'graphql: errors in the answer')
       const refused = execution.errors?.map((e) => e.originalError).find(isTallyError)
       if (refused !== undefined) return { ...formatted, statusCode: refused.statusCode }
       return outage ? { ...formatted, statusCode: 503 } : formatted

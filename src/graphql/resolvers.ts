@@ -1,8 +1,9 @@
 /** Resolvers and loaders: thin shapes over the inventory repository, one query per list or batch. */
+import type { GraphQLResolveInfo } from 'graphql'
 import type { IResolvers, MercuriusContext, MercuriusLoaders } from 'mercurius'
 import { scopeRefusal, type Access } from '../auth/keys.js'
 import { badString } from '../reconcile/canonical.js'
-import type { TallyError } from '../errors.js'
+import { isTallyError, type TallyError } from '../errors.js'
 import { RUN_ID_TEXT } from '../routes/schemas.js'
 
 import mercurius from 'mercurius'
@@ -20,6 +21,8 @@ declare module 'mercurius' {
     access: Access | null
     /** Why a WebSocket's key was refused (unknown, revoked, a scanner's). */
     refusal?: TallyError
+    /** A WebSocket's key checked again, before each event. */
+    recheck?: () => Promise<Access>
     /** Aborted when the client hangs up: resolvers then stop before their query. */
     signal: AbortSignal
   }
@@ -58,14 +61,17 @@ function text<T extends string | null | undefined> (value: T, name: string): T {
   return value
 }
 
-const encodeCursor = (key: string | number) => Buffer.from(JSON.stringify([key])).toString('base64url')
+type CursorKey = string | number | [number, number]
 
-function decodeCursor<T extends string | number> (cursor: string | null | undefined, kind: 'string' | 'number'): T | null {
+const encodeCursor = (key: CursorKey) => Buffer.from(JSON.stringify([key])).toString('base64url')
+
+function decodeCursor<T extends CursorKey> (cursor: string | null | undefined, kind: 'string' | 'number' | 'pair'): T | null {
   if (cursor == null) return null
   try {
     const [key] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as unknown[]
     if (kind === 'string' && typeof key === 'string' && !badString(key)) return key as T
     if (kind === 'number' && Number.isSafeInteger(key)) return key as T
+    if (kind === 'pair' && Array.isArray(key) && key.length === 2 && key.every((n) => Number.isSafeInteger(n))) return key as T
   } catch {}
   throw new ErrorWithProps('after is not a cursor this server issued', { code: 'BAD_CURSOR' })
 }
@@ -79,7 +85,7 @@ function pageSize (first: number | null | undefined): number {
 }
 
 /** A connection from rows fetched with one extra: its presence says there is a next page. */
-function connection<R> (rows: R[], limit: number, key: (row: R) => string | number) {
+function connection<R> (rows: R[], limit: number, key: (row: R) => CursorKey) {
   const page = rows.slice(0, limit)
   const edges = page.map((node) => ({ cursor: encodeCursor(key(node)), node }))
   return { edges, pageInfo: { hasNextPage: rows.length > limit, endCursor: edges.at(-1)?.cursor ?? null } }
@@ -158,7 +164,13 @@ function connectionsOf<K> (rows: ChangeRow[], owners: K[], ownerOf: (row: Change
   return new Map(owners.map((o) => [o, connection(buckets.get(o)!.map(changeView), limit, (c) => c.id)]))
 }
 
-export function createResolvers (inventory: InventoryRepository, runCompletedTopic: (tenant: string, scope: string) => string): { resolvers: IResolvers, loaders: MercuriusLoaders } {
+export interface SubscriptionSupport {
+  runCompletedTopic: (tenant: string, scope: string) => string
+  /** Throws when the subscription's selection, priced with its variables, is over the limits. */
+  priceSubscription: (info: GraphQLResolveInfo) => void
+}
+
+export function createResolvers (inventory: InventoryRepository, { runCompletedTopic, priceSubscription }: SubscriptionSupport): { resolvers: IResolvers, loaders: MercuriusLoaders } {
   const runLoader = (field: 'firstSeenRunId' | 'changedRunId' | 'deletedRunId' | 'baselineRunId' | 'runId') =>
     async (queries: Array<{ obj: Record<string, unknown> }>, context: GraphQLContext) => {
       const ids = [...new Set(queries.map((q) => q.obj[field]).filter((id): id is number => typeof id === 'number'))]
@@ -211,19 +223,30 @@ export function createResolvers (inventory: InventoryRepository, runCompletedTop
         const { tenant } = caller(context)
         const scope = readableScope(context, args.scope)
         const filter = changeFilter(args)
-        const rows = await inventory.scopeChanges(tenant, scope, filter, decodeCursor<number>(args.after, 'number'), limit + 1)
+        const rows = await inventory.scopeChanges(tenant, scope, filter, decodeCursor<[number, number]>(args.after, 'pair'), limit + 1)
         const count: ChangeOwner = { owner: 'scope', tenant, scope, filter }
-        return { ...connection(rows.map(changeView), limit, (c) => c.id), count }
+        return { ...connection(rows.map(changeView), limit, (c) => [c.runId, c.id]), count }
       }
     },
     Subscription: {
       runCompleted: {
-        async subscribe (_root, args: { scope: string }, context: GraphQLContext & { pubsub: { subscribe: (topic: string) => Promise<AsyncIterable<unknown>> } }) {
+        async subscribe (_root, args: { scope: string }, context: GraphQLContext & { pubsub: { subscribe: (topic: string) => Promise<AsyncIterable<unknown>> } }, info: GraphQLResolveInfo) {
           const { tenant } = caller(context)
-          return await context.pubsub.subscribe(runCompletedTopic(tenant, readableScope(context, args.scope)))
+          const scope = readableScope(context, args.scope)
+          priceSubscription(info)
+          return await context.pubsub.subscribe(runCompletedTopic(tenant, scope))
         },
-        // The event names the run; each subscriber reads it with its own key.
+        // The event names the run; each subscriber reads it with its own key, checked again
+        // (through the key cache): a revoked key stops receiving within AUTH_CACHE_TTL.
         async resolve (event: RunCompletedEvent, _args: unknown, context: GraphQLContext) {
+          if (context.recheck !== undefined) {
+            try {
+              context.access = await context.recheck()
+            } catch (err) {
+              if (!isTallyError(err)) throw err
+              throw new ErrorWithProps(err.message, { code: err.code.toUpperCase() }, err.statusCode)
+            }
+          }
           const { tenant, globs } = caller(context)
           const [row] = await inventory.runsByIds(tenant, globs, [event.runId])
           if (row === undefined) throw new ErrorWithProps(`Run ${event.runId} is not readable with this key`, { code: 'FORBIDDEN' })

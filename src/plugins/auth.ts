@@ -117,7 +117,8 @@ export default fp(async function auth (fastify) {
     if (policy === 'public') return
     // A browser cannot set headers on a WebSocket: its key comes in the graphql-ws
     // connection_init message, checked there (graphql/index.ts) before any subscription.
-    if (request.headers.authorization === undefined && request.method === 'GET' && request.routeOptions.url === '/graphql' && request.headers.upgrade?.toLowerCase() === 'websocket') return
+    // Node marks the requests it handed over as upgrades (`upgrade` event); headers alone do not.
+    if (request.headers.authorization === undefined && request.routeOptions.url === '/graphql' && (request.raw as { upgrade?: boolean }).upgrade === true) return
     const access = await authenticate(request.headers.authorization, reply)
     requireRole(access, policy, `${request.method} ${request.routeOptions.url}`)
     request.auth = access

@@ -10,7 +10,7 @@
 import type { EventEmitter } from 'node:events'
 import fp from 'fastify-plugin'
 import MQEmitterRedis from 'mqemitter-redis'
-import type { Redis } from 'ioredis'
+import { Cluster, type Redis } from 'ioredis'
 
 export interface RunCompletedEvent {
   runId: number
@@ -34,8 +34,12 @@ export default fp(async function events (fastify) {
   // The key prefix separates deployments (and test files) sharing one Redis, channels included.
   const prefix = `${fastify.config.REDIS_KEY_PREFIX}events/`
   const connection = () => {
-    // A Cluster's duplicate is a Cluster: its pub/sub reaches every node's publishers.
-    const redis = fastify.redis.duplicate() as Redis
+    // A Cluster's duplicate is a Cluster: its pub/sub reaches every node's publishers. Commands
+    // wait out an outage (a SUBSCRIBE that failed would leave its topic deaf for good).
+    const client = fastify.redis as unknown as Redis | Cluster
+    const redis = (client instanceof Cluster
+      ? client.duplicate([], { redisOptions: { ...client.options.redisOptions, maxRetriesPerRequest: null } })
+      : client.duplicate({ maxRetriesPerRequest: null })) as Redis
     redis.on('error', (err) => fastify.log.warn({ err }, 'redis events connection error'))
     return redis
   }
