@@ -89,8 +89,9 @@ const graphql: FastifyPluginAsync = async function (fastify) {
       onConnect: async ({ payload }) => {
         const authorization = (payload as { authorization?: unknown } | undefined)?.authorization
         if (typeof authorization !== 'string') return true
+        const recheck = () => fastify.authenticate(authorization, DASHBOARDS)
         try {
-          return { access: await fastify.authenticate(authorization, DASHBOARDS), recheck: () => fastify.authenticate(authorization, DASHBOARDS) }
+          return { access: await recheck(), recheck }
         } catch (err) {
           if (!isTallyError(err)) throw err
           return { access: null, refusal: err }
@@ -157,9 +158,10 @@ const graphql: FastifyPluginAsync = async function (fastify) {
     if (error !== undefined) throw new ErrorWithProps(error.message, error.extensions, 400)
   })
   // Mercurius neither validates a subscription's document nor applies validationRules to it:
-  // each event would run whatever it selects. The same checks as a query's, before it starts.
+  // each event would run whatever it selects. The same checks as a query's, before it starts;
+  // the cost, which needs the variables, in the subscribe resolver (priceSubscription).
   fastify.graphql.addHook('preSubscriptionExecution', async (schema, document) => {
-    const [error] = [...checkShape(document, limits), ...validate(schema, document, [...specifiedRules, limitsRule(limits, undefined, undefined)])]
+    const [error] = [...checkShape(document, limits), ...validate(schema, document, specifiedRules)]
     if (error !== undefined) throw new ErrorWithProps(error.message, error.extensions)
   })
   if (config.GRAPHIQL ?? config.NODE_ENV !== 'production') {

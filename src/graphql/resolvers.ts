@@ -3,7 +3,7 @@ import type { GraphQLResolveInfo } from 'graphql'
 import type { IResolvers, MercuriusContext, MercuriusLoaders } from 'mercurius'
 import { scopeRefusal, type Access } from '../auth/keys.js'
 import { badString } from '../reconcile/canonical.js'
-import { isTallyError, type TallyError } from '../errors.js'
+import type { TallyError } from '../errors.js'
 import { RUN_ID_TEXT } from '../routes/schemas.js'
 
 import mercurius from 'mercurius'
@@ -37,6 +37,11 @@ function caller (context: GraphQLContext): { tenant: string, globs: string[] } {
   return { tenant: access.tenant, globs: access.scopes }
 }
 
+/**
+ * The caller's key. Refusals are ErrorWithProps with their code, not TallyErrors: an error thrown
+ * where a subscription starts reaches the client without passing the error formatter (which
+ * gives a TallyError its code everywhere else).
+ */
 function accessOf (context: GraphQLContext): Access {
   // A WebSocket whose connection_init brought a key that was refused.
   if (context.refusal !== undefined) throw new ErrorWithProps(context.refusal.message, { code: context.refusal.code.toUpperCase() }, context.refusal.statusCode)
@@ -237,16 +242,10 @@ export function createResolvers (inventory: InventoryRepository, { runCompletedT
           return await context.pubsub.subscribe(runCompletedTopic(tenant, scope))
         },
         // The event names the run; each subscriber reads it with its own key, checked again
-        // (through the key cache): a revoked key stops receiving within AUTH_CACHE_TTL.
+        // (through the key cache): a revoked key stops receiving within AUTH_CACHE_TTL. Its
+        // refusal, a TallyError, gets its code from the error formatter, as an event's errors pass it.
         async resolve (event: RunCompletedEvent, _args: unknown, context: GraphQLContext) {
-          if (context.recheck !== undefined) {
-            try {
-              context.access = await context.recheck()
-            } catch (err) {
-              if (!isTallyError(err)) throw err
-              throw new ErrorWithProps(err.message, { code: err.code.toUpperCase() }, err.statusCode)
-            }
-          }
+          if (context.recheck !== undefined) context.access = await context.recheck()
           const { tenant, globs } = caller(context)
           const [row] = await inventory.runsByIds(tenant, globs, [event.runId])
           if (row === undefined) throw new ErrorWithProps(`Run ${event.runId} is not readable with this key`, { code: 'FORBIDDEN' })
