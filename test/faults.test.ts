@@ -257,3 +257,77 @@ t.test('the server process killed during completion and restarted: calling compl
     }
   })
 })
+
+t.test('batches that die after their write, before the cache learns it: the next scan writes the content back', async (t) => {
+  const env = await testEnv(t)
+  const dataDir = await mkdtemp(join(tmpdir(), 'tally-faults-'))
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+  env.DATA_DIR = dataDir
+  const server = { current: await startServer(t, env) }
+  const key = (await readFile(join(dataDir, 'admin.key'), 'utf8')).trim()
+  const db = new pg.Client({ connectionString: env.DATABASE_URL })
+  await db.connect()
+  t.teardown(() => db.end())
+  const http = async (path: string, body?: unknown): Promise<Reply> => {
+    const res = await fetch(`${server.current.url}${path}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) })
+    })
+    return { status: res.status, body: await res.json() }
+  }
+  const fleet = (state: string) => ids(4000).map((id) => resource(id, { attributes: { state } }))
+  const scan = async (scope: string, list: ReturnType<typeof fleet>) => {
+    const run = (await http('/runs', { scope })).body.id as number
+    const answers = []
+    for (let i = 0; i < list.length; i += 1000) answers.push((await http(`/runs/${run}/resources`, { resources: list.slice(i, i + 1000) })).body)
+    const done = await http(`/runs/${run}/complete`, {})
+    t.equal(done.status, 200, `scan of ${scope} completed`)
+    return answers
+  }
+  const states = async (scope: string) => (await db.query(
+    "select attributes->>'state' as state, count(*)::int as n from resources where scope = $1 group by 1 order by 1", [scope])).rows
+  const waiting = async () => (await db.query(`select pid from pg_stat_activity where datname = current_database()
+    and wait_event_type = 'Lock' and query like 'insert into "run_acks"%'`)).rows.map((r: { pid: number }) => r.pid)
+
+  /**
+   * Scan 1 reports every instance running; run 2 reports them stopped in 4 batches at once,
+   * which write their rows and then wait for the witness insert (the test holds a lock on
+   * run_acks) until `die` ends them; run 2 is aborted; scan 3 reports them running again.
+   */
+  const scenario = async (scope: string, die: () => Promise<void>) => {
+    await scan(scope, fleet('running'))
+    const run = (await http('/runs', { scope })).body.id as number
+    const blocker = new pg.Client({ connectionString: env.DATABASE_URL })
+    await blocker.connect()
+    await blocker.query('begin')
+    await blocker.query('lock table run_acks in share mode')
+    const stopped = fleet('stopped')
+    const batches = [0, 1, 2, 3].map((i) => http(`/runs/${run}/resources`, { resources: stopped.slice(i * 1000, (i + 1) * 1000) })
+      .catch(() => ({ status: 0, body: {} })))
+    await waitFor(t, 'the 4 batches wrote their rows and wait for their witness', async () => (await waiting()).length === 4, 30_000)
+    t.same(await states(scope), [{ state: 'stopped', n: 4000 }], 'their writes committed')
+    await die()
+    await blocker.query('rollback')
+    await blocker.end()
+    const answered = await Promise.all(batches)
+    t.ok(answered.every((a) => a.status !== 200), `no batch acknowledged (${answered.map((a) => a.status).join(', ')})`)
+    t.equal((await retrying(() => http(`/runs/${run}/abort`))).status, 200, 'run 2 aborted')
+    const rescan = await scan(scope, fleet('running'))
+    t.same(rescan.map((a) => [a.updated, a.unchanged]), [[1000, 0], [1000, 0], [1000, 0], [1000, 0]], 'scan 3 finds every instance changed back')
+    t.same(await states(scope), [{ state: 'running', n: 4000 }], 'and writes it')
+    t.same((await scan(scope, fleet('running'))).map((a) => a.unchanged), [1000, 1000, 1000, 1000], 'scan 4: unchanged')
+  }
+
+  await t.test('their Postgres connections terminated: 503, and nothing of theirs is taken for the truth', async () => {
+    await scenario('aws/died-after-write-503', async () => {
+      await db.query('select pg_terminate_backend(pid) from unnest($1::int[]) as pid', [await waiting()])
+    })
+  })
+  await t.test('the server process SIGKILLed, and started again', async () => {
+    await scenario('aws/died-after-write-killed', async () => {
+      await server.current.kill('SIGKILL')
+      server.current = await startServer(t, env)
+    })
+  })
+})

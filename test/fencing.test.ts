@@ -94,16 +94,39 @@ t.test('a completion whose attempt ended under it (reopened, fed, completing aga
   t.same(await liveIds(db, scope), ['a', 'b', 'c'], 'c, seen by the run after all, is live')
 })
 
-t.test('rows a run wrote but never acknowledged: its completion says so, and the next completion finds them stale', async (t) => {
+t.test('rows a run wrote but never acknowledged: its own completion finds them stale, and says its writes were not all seen', async (t) => {
   const scope = 'aws/unacknowledged'
   const { app, tally, db, first, run } = await rescanning(t, scope)
   t.equal(await writesSeen(db, first.id), true, 'a whole first load: every row it wrote is in its sets')
   // A batch that wrote, then failed before its ids reached the sets.
   t.match(await write(app, scope, run, 'ghost'), { runOpen: true, inserted: new Set(['ghost']) })
-  t.match((await tally.complete(run)).body, { status: 'completed', stats: { seen: 3, deleted: 0 } })
-  t.equal(await writesSeen(db, run), false, 'its completion found a write never acknowledged')
-  t.match((await tally.scan(scope, abc())).stats, { deleted: 1 }, 'the next completion checked it')
+  t.match((await tally.complete(run)).body, { status: 'completed', stats: { seen: 3, deleted: 1 } }, 'the run never acknowledged ghost: gone')
   t.same(await liveIds(db, scope), ['a', 'b', 'c'])
+  t.equal(await writesSeen(db, run), false, 'its completion found a write never acknowledged')
+  t.match((await tally.scan(scope, abc())).stats, { deleted: 0 }, 'the next completion checked its rows again')
+})
+
+t.test('an abort waits for a write of the run under way: none of its writes lands after it', async (t) => {
+  const scope = 'aws/abort-late-write'
+  const { app, tally, db, run } = await rescanning(t, scope)
+  // A write of the run (of a batch the drain gave up on) stuck on a row lock, its fence passed.
+  const blocker = new pg.Client({ connectionString: app.config.DATABASE_URL })
+  await blocker.connect()
+  t.teardown(() => blocker.end())
+  await blocker.query('begin')
+  await blocker.query("select 1 from resources where scope = $1 and id = 'a' for update", [scope])
+  const row = { id: 'a', content: '{"attributes":{"v":9},"name":null,"region":null,"tags":{},"type":"t"}', hash: '0909090909090909', digest: idDigest('a').toString() }
+  const late = app.db.resources.writeChanged('default', scope, run, 'late-token', [row])
+  const waiting = async (query: string) => (await db.query(`select count(*)::int as n from pg_stat_activity
+    where datname = current_database() and wait_event_type = 'Lock' and query like $1`, [query])).rows[0].n > 0
+  await waitFor(t, 'the write waits for the row', () => waiting('%with fence as%'))
+  const aborting = tally.abort(run)
+  await waitFor(t, 'the abort waits for the write', () => waiting('select "id" from "runs"%for update'))
+  await blocker.query('commit')
+  t.match(await late, { runOpen: true, updated: new Set(['a']) }, 'the write went through')
+  t.equal((await aborting).body.status, 'aborted')
+  t.equal((await db.query("select changed_run_id from resources where scope = $1 and id = 'a'", [scope])).rows[0].changed_run_id, String(run),
+    'before the abort, which then found nothing under way')
 })
 
 t.test("a write of a finishing run waits for the completion's commit, then writes nothing", async (t) => {

@@ -60,6 +60,12 @@ interface Model {
     seen: Map<string, Kind>
     /** Each digest the run's sets hold, counted as the first batch to add it found it (its first kind: created, updated, unchanged). */
     digests: Map<string, Kind>
+    /**
+     * Each id the run wrote, as the row then says: created (first seen by this run) or updated.
+     * A batch that wrote and died before its ids joined the sets leaves the run such rows: sent
+     * again unchanged, they count as what the run did to them, not as unchanged.
+     */
+    wrote: Map<string, 'created' | 'updated'>
     batches: number
     last?: { batchId: string, picks: Pick[], ndjson: boolean }
   } | null
@@ -105,11 +111,6 @@ const body = (picks: Pick[], poison = false) => picks.map(({ n, v }, i) =>
 
 /** The batch as the server keeps it: one entry per id, the last one winning. */
 const distinct = (picks: Pick[]) => [...new Map(picks.map((p) => [idOf(p.n), p.v]))]
-
-function kindOf (m: Model, id: string, v: number): Kind {
-  const now = m.live.get(id)
-  return now === undefined ? 'created' : now === v ? 'unchanged' : 'updated'
-}
 
 function expect (cond: boolean, what: string, res: Reply) {
   if (!cond) throw new Error(`${what}: got ${res.status} ${JSON.stringify(res.body)}`)
@@ -158,25 +159,39 @@ const KIND_ORDER: Kind[] = ['created', 'updated', 'unchanged']
 /** A batch adds a set's members created first, then updated, then unchanged: a digest new to the set counts as the first. */
 const firstKind = (a: Kind | undefined, b: Kind): Kind => a === undefined || KIND_ORDER.indexOf(b) < KIND_ORDER.indexOf(a) ? b : a
 
-/** Applies an acknowledged batch to the model; returns what its answer must say, when the model can tell. */
-function applyBatch (m: Model, picks: Pick[]): { created: number, updated: number, unchanged: number } | undefined {
+/**
+ * Applies a batch to the model; returns what its answer must say, when the model can tell. An
+ * acknowledged batch did everything; one that died (DyingBatch) did its write, and its sets and
+ * counts only if it died after them, and it is not counted as a batch.
+ */
+function applyBatch (m: Model, picks: Pick[], done: { sets: boolean, acknowledged: boolean } = { sets: true, acknowledged: true }) {
+  const run = m.run!
   const entries = distinct(picks)
   // Ids this run already wrote may be answered from the cache or from Postgres: the answer is
   // then the server's to choose, and only the run's stats are checked.
-  const repeat = entries.some(([id]) => m.run!.seen.has(id))
+  const repeat = entries.some(([id]) => run.seen.has(id))
   const answer = { created: 0, updated: 0, unchanged: 0 }
   const added = new Map<string, Kind>()
   for (const [id, v] of entries) {
-    const kind = kindOf(m, id, v)
+    const now = m.live.get(id)
+    let kind: Kind = now === undefined ? 'created' : now === v ? 'unchanged' : 'updated'
+    if (kind !== 'unchanged') {
+      const revived = kind === 'created' && m.gone.delete(id)
+      m.changes.push(`${run.id} ${revived ? 'revived' : kind} ${id}`)
+      // A revived row was first seen by an earlier run: to this run, an update.
+      if (!run.wrote.has(id)) run.wrote.set(id, revived ? 'updated' : kind as 'created' | 'updated')
+      m.live.set(id, v)
+    } else {
+      kind = run.wrote.get(id) ?? 'unchanged'
+    }
     answer[kind]++
-    if (kind !== 'unchanged') m.changes.push(`${m.run!.id} ${kind === 'created' && m.gone.delete(id) ? 'revived' : kind} ${id}`)
-    if (!m.run!.seen.has(id)) m.run!.seen.set(id, kind)
+    if (!done.sets) continue
+    if (!run.seen.has(id)) run.seen.set(id, kind)
     const digest = digestOf(id, m.bits)
-    if (!m.run!.digests.has(digest)) added.set(digest, firstKind(added.get(digest), kind))
-    m.live.set(id, v)
+    if (!run.digests.has(digest)) added.set(digest, firstKind(added.get(digest), kind))
   }
-  for (const [digest, kind] of added) m.run!.digests.set(digest, kind)
-  m.run!.batches++
+  for (const [digest, kind] of added) run.digests.set(digest, kind)
+  if (done.acknowledged) run.batches++
   return repeat ? undefined : answer
 }
 
@@ -215,7 +230,7 @@ class Open implements fc.AsyncCommand<Model, Real> {
     const res = await call(r, 'POST', '/runs', { scope: r.scope, ...(this.shardCount === undefined ? {} : { shardCount: this.shardCount }) })
     if (m.run !== null) return expect(res.status === 409 && res.body.code === 'scope_has_open_run', 'open while a run is open', res)
     expect(res.status === 201, 'open', res)
-    m.run = { id: res.body.id, seen: new Map(), digests: new Map(), batches: 0 }
+    m.run = { id: res.body.id, seen: new Map(), digests: new Map(), wrote: new Map(), batches: 0 }
     m.lost = false
   }
 
@@ -272,6 +287,56 @@ class FailingBatch implements fc.AsyncCommand<Model, Real> {
   }
 
   toString = () => `failing-batch(${this.picks.map((p) => `${p.n}v${p.v}`).join(' ')})`
+}
+
+/** Where a DyingBatch's process dies: before this step of the batch, every earlier one done. */
+const DEATHS = {
+  // After its write to Postgres, before its ids join the run's sets.
+  'after-write': 'tallyCommit',
+  // After its sets, counts and witness, before the cache learns what it wrote.
+  'after-sets': 'tallyFill',
+  // After the cache fill, before the batch is recorded and counted.
+  'after-fill': 'tallyDone'
+} as const
+type Death = keyof typeof DEATHS
+
+/**
+ * A batch whose process dies at a step after its write: every call of that step fails, as if
+ * the process were gone (its registration is then released, as a completion would revoke a
+ * dead one's). What it wrote stays; the cache must not keep calling its ids unchanged when the
+ * next scan reports the content from before, which the model then calls updated.
+ */
+class DyingBatch implements fc.AsyncCommand<Model, Real> {
+  constructor (readonly picks: Pick[], readonly death: Death) {}
+  check = (m: Readonly<Model>) => m.run !== null && !m.lost
+  async run (m: Model, r: Real) {
+    const step = DEATHS[this.death]
+    const redis = r.app.redis as unknown as Record<string, unknown>
+    const own = Object.hasOwn(redis, step)
+    const real = redis[step]
+    redis[step] = () => Promise.reject(new Error(`the process died before ${step} (test fault)`))
+    let res: Reply
+    try {
+      res = await sendBatch(m, r, this.picks, `b${++m.batches}`)
+    } finally {
+      if (own) redis[step] = real
+      else delete redis[step]
+    }
+    if (res.status === 200 && step === 'tallyFill') {
+      // Everything was a cache hit: nothing to fill, so the batch never came to that step.
+      count(r, 'dying batches with nothing to fill')
+      const answer = applyBatch(m, this.picks)
+      if (answer !== undefined) expect(res.body.created === answer.created && res.body.updated === answer.updated && res.body.unchanged === answer.unchanged, `batch answer (model: ${JSON.stringify(answer)})`, res)
+      return
+    }
+    expect(res.status === 500 && res.body.code === 'internal', `batch dying ${this.death}`, res)
+    count(r, `batches dying ${this.death}`)
+    applyBatch(m, this.picks, { sets: this.death !== 'after-write', acknowledged: false })
+    const live = await call(r, 'GET', `/runs/${m.run!.id}`)
+    expectStats(live.body.stats, runStats(m), `stats after a batch dying ${this.death}`)
+  }
+
+  toString = () => `dying-batch(${this.death}: ${this.picks.map((p) => `${p.n}v${p.v}`).join(' ')})`
 }
 
 class Replay implements fc.AsyncCommand<Model, Real> {
@@ -506,6 +571,7 @@ const commands = [
   fc.constant(new Rescan()),
   fc.constant(new Rescan(true)),
   batch.map((p) => new FailingBatch(p)),
+  ...times(2, fc.tuple(batch, fc.constantFrom(...Object.keys(DEATHS) as Death[])).map(([p, d]) => new DyingBatch(p, d))),
   ...times(2, fc.constant(new Replay())),
   ...times(3, fc.option(fc.constantFrom('even', 'odd'), { nil: undefined, freq: 3 }).map((s) => new Complete(s))),
   ...times(2, fc.tuple(batch, fc.integer({ min: 0, max: 6 })).map(([p, d]) => new Race(p, d))),

@@ -102,8 +102,10 @@ export function createResourcesRepository (db: Db) {
      * found by primary-key probes and updated by ctid, so the plan never depends on statistics
      * (a plain join reads the whole scope). Writes nothing unless the run is still open or
      * completing: a batch of an aborted or finished run cannot change the inventory. The fence
-     * holds a share of the run row's lock until the statement commits: a completion that locks
-     * the row (runs lockRun) waits for writes under way, and the ones after it find the run finished.
+     * holds a share of the run row's lock until the statement commits: a completion or abort
+     * that locks the row (runs lockRun) to end the run waits for writes under way, and the ones
+     * after it find the run finished. So once a run has left flight, none of its writes is still
+     * to land (the cache's claims rely on it: reconcile/scripts.ts cacheRead).
      * A statement that wrote a row records the batch's `token` in run_writes, in the same commit,
      * and logs each row it wrote in `changes` (created, updated or revived).
      *

@@ -194,14 +194,16 @@ export function createRunsRepository (db: Db) {
 
     /**
      * Did a batch of the run write rows and never get acknowledged (a batch that failed after its
-     * write, or whose holder died)? If not, every row the run wrote is in its sets. Asked with
-     * the run's row locked, so that no write is under way (resources writeChanged).
+     * write, or whose holder died)? If not, every row the run wrote is in its sets. Asked under
+     * the run's row lock, no write is under way (resources writeChanged). The acks are read only
+     * for a run whose batches wrote: a rescan that changed nothing never reads them.
      */
-    async anyUnacknowledgedWrite (runId: number, tx: Executor): Promise<boolean> {
-      const result = await tx.execute<{ any: boolean }>(sql`
-        select exists (select 1 from run_writes w where w.run_id = ${runId}
-          and not exists (select 1 from run_acks a where a.run_id = ${runId} and a.token = w.token)) as any`)
-      return result.rows[0]!.any
+    async anyUnacknowledgedWrite (runId: number, tx: Executor = db): Promise<boolean> {
+      const written = await tx.select({ token: runWrites.token }).from(runWrites).where(eq(runWrites.runId, runId))
+      if (written.length === 0) return false
+      const acked = await tx.select({ token: runAcks.token }).from(runAcks)
+        .where(and(eq(runAcks.runId, runId), inArray(runAcks.token, written.map((w) => w.token))))
+      return acked.length < written.length
     },
 
     /** A run's witnesses, acks and writes, when it ends. */

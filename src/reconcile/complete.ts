@@ -65,10 +65,13 @@ async function notSeen (deps: ReconcileDeps, run: RunRow, layout: SetLayout, ids
  * wrote, nor of an id that went missing from them (a batch that failed after its write, a lost
  * SADD); an index on `changed_run_id` finds all of them without reading the scope. Such runs
  * all opened after the baseline and before this run: a scope has one run in flight at a time.
+ * With `own`, this run's rows too: one of its batches wrote and was never acknowledged (it
+ * failed, or its process died, after its write), so a row it wrote may be in none of its sets.
  */
-async function orphans (deps: ReconcileDeps, run: RunRow, layout: SetLayout, fromRunId: number): Promise<string[]> {
-  if (fromRunId >= run.id) return []
-  return notSeen(deps, run, layout, await deps.resources.liveIdsWrittenBetween(run.tenant, run.scope, fromRunId, run.id))
+async function orphans (deps: ReconcileDeps, run: RunRow, layout: SetLayout, fromRunId: number, own: boolean): Promise<string[]> {
+  const before = own ? run.id + 1 : run.id
+  if (fromRunId >= before) return []
+  return notSeen(deps, run, layout, await deps.resources.liveIdsWrittenBetween(run.tenant, run.scope, fromRunId, before))
 }
 
 /**
@@ -80,8 +83,11 @@ async function orphans (deps: ReconcileDeps, run: RunRow, layout: SetLayout, fro
  */
 async function staleFromSets (deps: ReconcileDeps, run: RunRow, layout: SetLayout, scope: ScopeRow, seen: number): Promise<Stale | undefined> {
   const baselineId = scope.baselineRunId
+  // Drained, so only a batch given up for dead (BATCH_STALE_MS) could still write: the next
+  // completion checks what that wrote (writes_seen is decided under the run's lock, in finish).
+  const own = await deps.runs.anyUnacknowledgedWrite(run.id)
   if (baselineId === null) {
-    const ids = await orphans(deps, run, layout, 0)
+    const ids = await orphans(deps, run, layout, 0, own)
     return { ids, baselineSize: seen + ids.length, method: 'sdiff' }
   }
   const baseline = await deps.runs.getRun(baselineId)
@@ -107,7 +113,7 @@ async function staleFromSets (deps: ReconcileDeps, run: RunRow, layout: SetLayou
   }
   // A baseline whose completion found every row it wrote in its sets (runs.writes_seen) has
   // none of its own to check: after a first load, that is the whole scope.
-  const ids = [...new Set([...vanished, ...await orphans(deps, run, layout, baseline.writesSeen ? baselineId + 1 : baselineId)])]
+  const ids = [...new Set([...vanished, ...await orphans(deps, run, layout, baseline.writesSeen ? baselineId + 1 : baselineId, own)])]
   return { ids, baselineSize: scope.baselineSeen, method: 'sdiff' }
 }
 

@@ -6,15 +6,19 @@
  * The order is what makes every guarantee hold:
  * 1. `tallyBegin` registers the batch in flight (and claims its batch id), unless the run has
  *    stopped taking batches: a completion waits for every registered batch before it reads.
- * 2. The hash cache is read; misses and wrong entries are settled against Postgres.
+ * 2. The hash cache is read, and every id it does not find unchanged is claimed by the batch in
+ *    the same script: until this batch's fill, the id is a miss for everyone (scripts.ts cacheRead).
+ *    Misses and wrong entries are settled against Postgres.
  * 3. The write: only rows whose content differs, and only while the run is open (see writeChanged).
  * 4. `tallyCommit` adds the ids to the run's seen sets and counts them, each id once, in the same
  *    script per shard: an id joins a set only once its content is in Postgres, and the counts
  *    always agree with the sets. The script adds the batch's token to the shard's acks set, and
  *    Postgres witnesses it (run_acks) before the batch is answered.
- * 5. The cache is filled (guarded: see tallyFill); the batch is recorded and unregistered.
+ * 5. The claimed entries are filled with what Postgres holds (see tallyFill); the batch is
+ *    recorded and unregistered.
  * A batch that fails anywhere is unregistered and leaves nothing a completion counts as applied;
- * rows it wrote before failing carry the run's id, and a completion finds them by it.
+ * rows it wrote before failing carry the run's id, and the run's completion finds them by it.
+ * One that dies between its write and its fill leaves claims in the cache, never a stale value.
  */
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -134,6 +138,11 @@ function dedupe (resources: ResourceIn[]): Map<string, ResourceIn> {
   }
   return byId
 }
+
+/** What a run's claims on cache entries begin with (scripts.ts cacheRead); alone, a claim nobody may fill. */
+const runClaim = (runId: number) => `c${runId}:`
+/** A batch's claim: its run's, and 64 bits of its token. */
+const claimOf = (runId: number, token: string) => `${runClaim(runId)}${token.replaceAll('-', '').slice(0, 16)}`
 
 const toWrite = (item: Item): ResourceWrite => ({ id: item.id, content: item.content, hash: item.hash, digest: item.digest.toString() })
 
@@ -334,15 +343,17 @@ function settle (item: Item, stored: StoredVersion | undefined, runId: number): 
 
 /**
  * Reads what the cache holds for every id, and the epoch of each cache shard; throws if a marker
- * of the run is not `open`. When the run's shards are the cache's (the usual case), marker and
- * cache share a slot and one script per shard reads both; otherwise they are read apart.
+ * of the run is not `open`. Every id the cache does not find unchanged is left claimed by the
+ * batch (`claim`, scripts.ts cacheRead): a miss for everyone until this batch's fill. When the
+ * run's shards are the cache's (the usual case), marker and cache share a slot and one script
+ * per shard reads both; otherwise they are read apart.
  */
-async function readCache (deps: ReconcileDeps, context: RunContext, byCache: Map<number, Item[]>) {
+async function readCache (deps: ReconcileDeps, context: RunContext, byCache: Map<number, Item[]>, claim: string) {
   const { redis, keys } = deps
   const { run, cache, generation } = context
   const epochs = new Map<number, string>()
   const markers: Array<number | string | null> = []
-  const args = (group: Item[]) => group.flatMap((i) => [i.slot.field, i.value])
+  const args = (group: Item[]): [string, string, ...string[]] => [claim, runClaim(run.id), ...group.flatMap((i) => [i.slot.field, i.value])]
   const take = (shard: number, group: Item[], [epoch, ...values]: Array<string | null>) => {
     epochs.set(shard, epoch ?? '0')
     group.forEach((item, i) => { item.cached = values[i] ?? '' })
@@ -374,7 +385,8 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
 
   // 2. The markers (a run whose state is lost writes nothing) and the cache, every shard at once.
   const byCache = groupBy(items.values(), (i) => i.slot.shard)
-  const epochs = await readCache(deps, context, byCache)
+  const claim = claimOf(run.id, batch.token)
+  const epochs = await readCache(deps, context, byCache, claim)
   // NDJSON: what the cache recognised is unchanged, unparsed; the rest is parsed and checked now.
   if (parse !== undefined) parseRest(items, parse)
   for (const item of items.values()) {
@@ -443,11 +455,13 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
   // the token missing from a shard's acks set and deletes nothing.
   await deps.runs.recordAck(run.id, batch.token, [...bySet.keys()])
 
-  // 5. The cache learns what Postgres holds, unless someone else touched the entry meanwhile.
+  // 5. The cache learns what Postgres holds, where the entry still holds this batch's claim: every
+  // id it did not find unchanged in the cache. A claim it has nothing to fill with is given up
+  // (its writes are done).
   await Promise.all([...byCache].map(([shard, group]) => {
     const fills = group.flatMap((i) => {
-      const value = i.fill === '' ? '' : i.fill === i.hash ? i.value : cacheValue(i.digest, i.fill)
-      return value === '' || value === i.cached ? [] : [i.slot.field, i.cached, value]
+      if (i.cached === i.value) return []
+      return [i.slot.field, claim, i.fill === '' ? '' : i.fill === i.hash ? i.value : cacheValue(i.digest, i.fill)]
     })
     if (fills.length === 0) return undefined
     return redis.tallyFill(keys.cache(run, shard), epochs.get(shard)!, 2 * deps.settings.cacheBucketSize, ...fills)

@@ -127,6 +127,18 @@ export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promis
 }
 
 /**
+ * Moves a run from one of `from` to `aborted`, with its row locked first: a write of its batches
+ * under way (one given up for dead by the drain, or one that began as the sweeper gave up the run)
+ * commits before, and none after (resources writeChanged). Undefined when the run was in none of them.
+ */
+export async function endAborted (deps: Pick<ReconcileDeps, 'runs' | 'transaction'>, id: number, from: RunStatus[], counts?: RunCounts): Promise<RunRow | undefined> {
+  return deps.transaction(async (tx) => {
+    await deps.runs.lockRun(id, tx)
+    return deps.runs.transition(id, from, 'aborted', counts, tx)
+  })
+}
+
+/**
  * Aborts an open run: deletes nothing, keeps its counters in the row, drops its Redis state.
  * Batches in flight are waited for first, so none writes after the abort and its counters are
  * whole. Aborting an aborted run answers the same again.
@@ -142,7 +154,7 @@ export async function abortRun (deps: ReconcileDeps, id: number, access?: Access
   }
   // A run whose state is already gone has nothing in flight to wait for.
   await drain(deps, run)
-  const aborted = await deps.runs.transition(id, ['open'], 'aborted', await liveCounts(deps, run))
+  const aborted = await endAborted(deps, id, ['open'], await liveCounts(deps, run))
   if (aborted === undefined) return abortRun(deps, id)
   deps.log.info({ runId: id, scope: run.scope }, 'run aborted')
   await dropRunKeys(deps, aborted)

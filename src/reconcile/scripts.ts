@@ -63,6 +63,7 @@ local function empty (gen)
     redis.call('HSET', meta, '', t[1] .. string.format('%06d', tonumber(t[2])))
   end
   redis.call('HSET', meta, '!', gen, 'n', n, 'lo', n, 'w', ARGV[3])
+  lo = n
   redis.call('HINCRBY', meta, '', 1)
   return redis.call('HGET', meta, '')
 end
@@ -70,36 +71,56 @@ if known and n ~= tonumber(info[3]) then redis.call('HSET', meta, 'n', n) end
 ${below}`
 
 /**
- * The cache read: ARGV[1] the scope's cache generation, then per id its field and the value it
- * would have if unchanged. Returns the epoch, then each id's value (false for none). A shard
- * behind that generation, or never seen, or of another member width, is emptied and answers
- * misses; one ahead of it (a reader with an old generation) answers misses too. On a miss in the
- * field's bucket, the rest of its chain is emptied of the field: an entry holding the id's value
- * is moved to the bucket (a hit), any other dropped (another id's, or out of date: a miss is safe).
+ * The cache read: ARGV[1] the scope's cache generation, ARGV[4] the batch's claim
+ * (`c<run>:<token>`), ARGV[5] its run's claim prefix (`c<run>:`), then per id its field and the
+ * value it would have if unchanged. Returns the epoch, then each id's value (false for none or a
+ * claim). A shard behind that generation, or never seen, or of another member width, is emptied
+ * first; one ahead of it (a reader with an old generation) answers misses and claims nothing.
+ *
+ * An id whose entry is not its value (a miss, a different value, a claim) may be written to
+ * Postgres by this batch: its entry becomes the batch's **claim**, so that until the batch's
+ * fill replaces it with what Postgres then holds, the id is a miss for everyone, and only that
+ * fill may replace it (tallyFill). A batch that dies between its write and its fill leaves its
+ * claim: never a stale value. A claim of another batch of the same run is not taken over (that
+ * batch may still be writing): it becomes the run's bare prefix, which nobody's fill replaces. A
+ * claim of another run is taken over: only one run of a scope is in flight, and a run that left
+ * flight has no write under way (resources writeChanged: the run row's lock).
+ *
+ * The field's entry is looked for in its bucket, then along the rest of its chain (emptied of
+ * it): an entry found lower down moves to the bucket.
  */
 const cacheRead = (k: number) => `${cacheShard(k)}
 local gen = tonumber(ARGV[1])
+local mine, run = ARGV[4], ARGV[5]
 local out = {info[2]}
-if not known or have ~= gen then
-  if not known or have < gen then out[1] = empty(math.max(have, gen)) end
-  for i = 4, #ARGV, 2 do out[#out + 1] = false end
+if known and have > gen then
+  for i = 6, #ARGV, 2 do out[#out + 1] = false end
   return out
 end
-for i = 4, #ARGV, 2 do
+if not known or have < gen then out[1] = empty(math.max(have, gen)) end
+for i = 6, #ARGV, 2 do
   local f, v = ARGV[i], ARGV[i + 1]
   local key = meta .. ':' .. (tonumber(f) % n)
   local val = redis.call('HGET', key, f)
+  local moved = false
   if not val then
     for _, old in ipairs(below(tonumber(f))) do
       local got = redis.call('HGET', old, f)
       if got then
         redis.call('HDEL', old, f)
-        if got == v then val = got end
+        if not val then val, moved = got, true end
       end
     end
-    if val then redis.call('HSET', key, f, val) end
   end
-  out[#out + 1] = val or false
+  if val == v then
+    if moved then redis.call('HSET', key, f, val) end
+    out[#out + 1] = val
+  else
+    local claim = mine
+    if val and val ~= mine and string.sub(val, 1, #run) == run then claim = run end
+    redis.call('HSET', key, f, claim)
+    if val and string.sub(val, 1, 1) ~= 'c' then out[#out + 1] = val else out[#out + 1] = false end
+  end
 end
 return out`
 
@@ -136,9 +157,10 @@ redis.call('EXPIRE', KEYS[3], ARGV[4])
 return {'begun', ''}`
   },
   /**
-   * KEYS marker, cache, old cache; ARGV generation, buckets, width, then field, value per id.
-   * The cache read of a batch, when the run's shard and the cache's shard are one slot: -1 / -2
-   * (as tallyCommit) if the marker is not `open`, else as tallyCacheRead.
+   * KEYS marker, cache, old cache; ARGV generation, buckets, width, claim, the run's claim
+   * prefix, then field, value per id. The cache read of a batch, when the run's shard and the
+   * cache's shard are one slot: -1 / -2 (as tallyCommit) if the marker is not `open` (and
+   * nothing claimed), else as tallyCacheRead.
    */
   tallyRead: {
     numberOfKeys: 3,
@@ -151,10 +173,11 @@ end
 ${cacheRead(2)}`
   },
   /**
-   * KEYS cache, old cache; ARGV generation, buckets, width, then field, value per id.
-   * The cache shard's epoch followed by each id's cached value (nil for none). A shard whose
-   * recorded generation ('!') is behind the scope's missed an invalidation (Redis lost it): it is
-   * emptied and answers misses.
+   * KEYS cache, old cache; ARGV generation, buckets, width, claim, the run's claim prefix, then
+   * field, value per id. The cache shard's epoch followed by each id's cached value (nil for
+   * none), every id not found unchanged claimed (see cacheRead). A shard whose recorded
+   * generation ('!') is behind the scope's missed an invalidation (Redis lost it): it is emptied
+   * and answers misses.
    */
   tallyCacheRead: {
     numberOfKeys: 2,
@@ -239,13 +262,15 @@ return n`
   },
   /**
    * KEYS cache; ARGV epoch, most entries a bucket takes, then field, expected, value per id.
-   * Writes `value` in the field's bucket (under the shard's count now) if the entry is still what
-   * the batch read (`expected`, '' for none) or already `value`, else drops it (a concurrent
-   * writer: a miss is safe, a wrong value is not); either way the rest of the field's chain is
-   * emptied of it. A bucket that fills up has its entries moved to their buckets under the count
-   * (`rehome`), and while it stays full the shard's count doubles (up to MAX_BUCKETS): a scope
-   * that grows within a scan, a first load above all, keeps small buckets. Does nothing if the
-   * epoch moved since the batch read it: an invalidation happened in between.
+   * Writes `value` in the field's bucket (under the shard's count now) if the field's entry is
+   * still `expected`: the batch's claim (cacheRead) for an id it may have written, or the value
+   * it read for one it found unchanged. An empty `value` drops the entry (a claim the batch gives
+   * up). Any other entry is left as it is: another batch's claim, or its value. The field's entry
+   * is looked for along its chain, as in cacheRead. A bucket that fills up has its entries moved
+   * to their buckets under the count (`rehome`), and while it stays full the shard's count
+   * doubles (up to MAX_BUCKETS): a scope that grows within a scan, a first load above all, keeps
+   * small buckets. Does nothing if the epoch moved since the batch read it: an invalidation
+   * happened in between (its claims stay: misses, until the next run takes them over).
    */
   tallyFill: {
     numberOfKeys: 1,
@@ -255,6 +280,7 @@ local info = redis.call('HMGET', meta, '', 'n', 'lo')
 if info[1] ~= ARGV[1] then return 0 end
 local n, lo, most = tonumber(info[2]), tonumber(info[3]), tonumber(ARGV[2])
 ${below}
+local function claim (v) return string.sub(v, 1, 1) == 'c' end
 local function rehome (k)
   local key = meta .. ':' .. k
   local all = redis.call('HGETALL', key)
@@ -262,8 +288,14 @@ local function rehome (k)
   for j = 1, #all, 2 do
     local dest = meta .. ':' .. (tonumber(all[j]) % n)
     if dest ~= key then
-      if redis.call('HEXISTS', dest, all[j]) == 1 then
-        redis.call('HDEL', dest, all[j])
+      local there = redis.call('HGET', dest, all[j])
+      if there then
+        -- Two entries for one field (the scripts keep one): values are dropped, a claim kept,
+        -- two claims become the run's bare prefix (neither batch may fill it).
+        if claim(all[j + 1]) and claim(there) then
+          redis.call('HSET', dest, all[j], string.match(there, '^c[^:]*:'))
+        elseif claim(all[j + 1]) then redis.call('HSET', dest, all[j], all[j + 1])
+        elseif not claim(there) then redis.call('HDEL', dest, all[j]) end
         redis.call('HDEL', key, all[j])
         stay = stay - 1
       elseif redis.call('HLEN', dest) < most then
@@ -279,18 +311,31 @@ for i = 3, #ARGV, 3 do
   local f = ARGV[i]
   local k = tonumber(f) % n
   local key = meta .. ':' .. k
-  for _, old in ipairs(below(tonumber(f))) do redis.call('HDEL', old, f) end
-  local cur = redis.call('HGET', key, f) or ''
-  if cur == ARGV[i + 1] or cur == ARGV[i + 2] then
-    redis.call('HSET', key, f, ARGV[i + 2])
-    if redis.call('HLEN', key) >= most then
-      while rehome(k) >= most and n < ${MAX_BUCKETS} do
-        n = n * 2
-        redis.call('HSET', meta, 'n', n)
+  local cur = redis.call('HGET', key, f)
+  if not cur then
+    for _, old in ipairs(below(tonumber(f))) do
+      local got = redis.call('HGET', old, f)
+      if got then
+        redis.call('HDEL', old, f)
+        if not cur then
+          cur = got
+          redis.call('HSET', key, f, got)
+        end
       end
     end
-  else
-    redis.call('HDEL', key, f)
+  end
+  if cur == ARGV[i + 1] then
+    if ARGV[i + 2] == '' then
+      redis.call('HDEL', key, f)
+    else
+      redis.call('HSET', key, f, ARGV[i + 2])
+      if redis.call('HLEN', key) >= most then
+        while rehome(k) >= most and n < ${MAX_BUCKETS} do
+          n = n * 2
+          redis.call('HSET', meta, 'n', n)
+        end
+      end
+    end
   end
 end
 return 1`
@@ -401,9 +446,9 @@ declare module 'ioredis' {
   interface RedisCommander<Context> {
     tallyBegin(counters: string, batches: string, inflight: string, batchId: string, token: string, staleMs: number, ttl: number): Result<[BeginState, string], Context>
     tallyRead(marker: string, cache: string, oldCache: string, generation: number, buckets: number, width: number,
-      ...fieldValue: string[]): Result<number | Array<string | null>, Context>
+      claim: string, runClaim: string, ...fieldValue: string[]): Result<number | Array<string | null>, Context>
     tallyCacheRead(cache: string, oldCache: string, generation: number, buckets: number, width: number,
-      ...fieldValue: string[]): Result<Array<string | null>, Context>
+      claim: string, runClaim: string, ...fieldValue: string[]): Result<Array<string | null>, Context>
     tallyCommit(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number, Context>
     tallyCard(numberOfKeys: number, ...keys: string[]): Result<number, Context>
     tallyIsMember(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number[], Context>

@@ -11,6 +11,7 @@
  */
 import type { RunRow } from '../db/runs-repository.js'
 import { dropRunKeys, runStateKeys, seenKeys } from './run-keys.js'
+import { endAborted } from './runs.js'
 import type { ReconcileDeps } from './types.js'
 
 const PURGE_BATCH = 1000
@@ -38,7 +39,7 @@ async function renew (deps: ReconcileDeps, run: RunRow): Promise<void> {
 
 async function abandon (deps: ReconcileDeps, run: RunRow): Promise<boolean> {
   // Conditional: whoever moves it first (another instance's sweep, a completion, an abort) wins.
-  const aborted = await deps.runs.transition(run.id, [run.status], 'aborted')
+  const aborted = await endAborted(deps, run.id, [run.status])
   if (aborted === undefined) return false
   await dropRunKeys(deps, aborted)
   deps.log.warn({ runId: run.id, scope: run.scope, was: run.status }, 'abandoned run aborted by the sweeper')
