@@ -609,6 +609,8 @@ for (const bits of [64, TINY_DIGEST_BITS]) {
       ...redis.env,
       // Small scopes: the guard would refuse most completions; it has tests of its own.
       GUARD_MIN_BASELINE: '1000000',
+      // Each sequence is a scope of its own, and may end with its run still open.
+      MAX_OPEN_RUNS: '1000000',
       DEFAULT_SHARD_COUNT: '4',
       ID_DIGEST_BITS: String(bits),
       SEEN_SET_SIZE: '2',
