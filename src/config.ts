@@ -71,7 +71,10 @@ export const EnvSchema = Type.Object({
   GRAPHQL_MAX_COST: Type.Integer({ minimum: 1, default: 50000 }),
   GRAPHQL_MAX_FIELDS: Type.Integer({ minimum: 1, default: 2000, description: 'fields in a query, fragments expanded' }),
   GRAPHQL_TIMEOUT: Type.Integer({ minimum: 100, default: 5000, description: 'milliseconds a GraphQL SQL statement may run (statement_timeout)' }),
-  GRAPHQL_POOL_MAX: Type.Integer({ minimum: 1, default: 4, description: 'Postgres connections for GraphQL, apart from ingestion' })
+  GRAPHQL_POOL_MAX: Type.Integer({ minimum: 1, default: 4, description: 'Postgres connections for GraphQL, apart from ingestion' }),
+  GRAPHQL_WS_MAX_MESSAGE: Type.Integer({ minimum: 1024, default: 64 * 1024, description: 'bytes of one GraphQL WebSocket message; a larger one closes the socket (1009)' }),
+  GRAPHQL_WS_MAX_SUBSCRIPTIONS: Type.Integer({ minimum: 1, default: 20, description: 'subscriptions at once on one GraphQL WebSocket' }),
+  GRAPHQL_WS_MAX_SOCKETS_PER_KEY: Type.Integer({ minimum: 1, default: 20, description: 'GraphQL WebSockets one API key may hold open on one instance' })
 })
 
 /** The environment as read: the connection strings may still be missing (the server then embeds). */

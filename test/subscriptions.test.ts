@@ -4,13 +4,18 @@
  * scopes and tenants as queries.
  */
 import { once } from 'node:events'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import type { Client } from 'graphql-ws'
 import WebSocket from 'ws'
 import t from 'tap'
 import { parseKey } from '../src/auth/keys.js'
+import { INIT_TIMEOUT_MS } from '../src/graphql/ws-guard.js'
 import { adminKey, api, build, createKey, listenWs as listen, resource, subscribeRunCompleted as subscribe, testEnv, untilSubscribed, wsClient as client, waitFor, type RunCompletedEvent as Event } from './helper.js'
 
 const SCOPE = 'aws/live'
+setFlagsFromString('--expose_gc')
+const gc = runInNewContext('gc') as () => void
 
 t.test('a completion on one instance reaches subscribers on another, and only those allowed', async (t) => {
   const env = await testEnv(t)
@@ -54,7 +59,7 @@ t.test('a completion on one instance reaches subscribers on another, and only th
   t.same([viaPayload, viaHeader, elsewhere, stranger].flatMap((s) => s.errors), [])
 })
 
-t.test('subscriptions are refused without a key, to a scanner key, out of a key\'s scopes, and over the limits', async (t) => {
+t.test('sockets are closed without a key (4401) or with a refused one (4403); subscriptions are refused out of a key\'s scopes and over the limits', async (t) => {
   const app = await build(t)
   const url = await listen(app)
   const scanner = await createKey(app, { tenant: 'default', role: 'scanner' })
@@ -70,17 +75,19 @@ t.test('subscriptions are refused without a key, to a scanner key, out of a key\
   }
   const query = `subscription { runCompleted(scope: "${SCOPE}") { id } }`
 
+  // graphql-ws hands the subscriber the socket's close event.
+  const closedWith = (err: unknown) => ({ code: (err as { code?: number }).code, reason: String((err as { reason?: string }).reason) })
   const anonymous = await refusal(client(t, url, undefined), query)
-  t.match(JSON.stringify(anonymous.err), /UNAUTHORIZED/, 'no key: refused')
+  t.match(closedWith(anonymous.err), { code: 4401, reason: /Unauthorized/ }, 'no key: the socket is closed')
 
   const scanning = await refusal(client(t, url, scanner), query)
-  t.match(JSON.stringify(scanning.err), /FORBIDDEN/, 'scanner key: refused')
+  t.match(closedWith(scanning.err), { code: 4403, reason: /scanner key may not/ }, 'scanner key: the socket is closed')
 
   const outside = await refusal(client(t, url, narrow), query)
   t.match(JSON.stringify(outside.err), /FORBIDDEN/, 'scope outside the key\'s globs: refused')
 
   const wrongKey = await refusal(client(t, url, `${reader.slice(0, -4)}xxxx`), query)
-  t.match(JSON.stringify(wrongKey.err), /UNAUTHORIZED/, 'wrong secret: refused')
+  t.match(closedWith(wrongKey.err), { code: 4403, reason: /unknown or revoked/ }, 'wrong secret: the socket is closed')
 
   // The query limits apply to a subscription's selection as to a query's.
   const deep = await refusal(client(t, url, reader), `subscription { runCompleted(scope: "${SCOPE}") {
@@ -138,13 +145,141 @@ t.test('a subscription is priced with its variables', async (t) => {
   t.match(JSON.stringify(err), /QUERY_TOO_COSTLY/)
 })
 
+/** Until the subscription `id` on a bare socket hears events: probes of run 0 (which no key may read) arrive as errors. */
+async function untilHeard (app: Awaited<ReturnType<typeof build>>, ws: { messages: Array<{ type: string, id?: string }> }, id: string) {
+  for (const deadline = Date.now() + 10_000; !ws.messages.some((m) => m.id === id && m.type === 'next'); await new Promise((resolve) => setTimeout(resolve, 50))) {
+    if (Date.now() > deadline) throw new Error(`subscription ${id} not started within 10 s`)
+    app.events.emitter.emit({ topic: app.events.runCompletedTopic('default', SCOPE), payload: { runId: 0 } })
+  }
+}
+
+/** A bare graphql-transport-ws socket, open; terminated at teardown. */
+async function rawSocket (t: Parameters<typeof build>[0], url: string, headers: Record<string, string> = {}) {
+  const socket = new WebSocket(url, 'graphql-transport-ws', { headers })
+  t.teardown(() => socket.terminate())
+  const messages: Array<{ type: string, id?: string, payload?: any }> = []
+  socket.on('message', (data) => { messages.push(JSON.parse(String(data))) })
+  const closed = once(socket, 'close').then(([code, reason]) => ({ code: code as number, reason: String(reason) }))
+  await once(socket, 'open')
+  const send = (message: object) => { socket.send(JSON.stringify(message)) }
+  const init = (key?: string) => send({ type: 'connection_init', payload: key === undefined ? {} : { authorization: `Bearer ${key}` } })
+  /** Resolves with the first message received (from now on) that passes `test`. */
+  const next = (test: (m: { type: string, id?: string, payload?: any }) => boolean) => new Promise<{ type: string, id?: string, payload?: any }>((resolve) => {
+    const found = () => messages.find(test)
+    const look = () => {
+      const m = found()
+      if (m === undefined) return false
+      socket.off('message', look)
+      resolve(m)
+      return true
+    }
+    if (!look()) socket.on('message', look)
+  })
+  return { socket, messages, closed, send, init, next }
+}
+
 t.test('a second connection_init closes the socket (4429)', async (t) => {
   const app = await build(t)
-  const socket = new WebSocket(await listen(app), 'graphql-transport-ws')
-  t.teardown(() => socket.terminate())
-  await once(socket, 'open')
-  socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${adminKey(app)}` } }))
-  socket.send(JSON.stringify({ type: 'connection_init', payload: { authorization: `Bearer ${adminKey(app)}` } }))
-  const [code] = await once(socket, 'close') as [number]
-  t.equal(code, 4429)
+  const ws = await rawSocket(t, await listen(app))
+  ws.init(adminKey(app))
+  ws.init(adminKey(app))
+  t.equal((await ws.closed).code, 4429)
+})
+
+t.test('a socket costs nothing it has not got a key for: closed without connection_init in time, before it, without a key, with a refused key', async (t) => {
+  const app = await build(t)
+  const url = await listen(app)
+  const silent = await rawSocket(t, url)
+  const started = Date.now()
+  t.equal((await silent.closed).code, 4408, 'no connection_init: closed')
+  t.ok(Date.now() - started >= INIT_TIMEOUT_MS - 50, `after the init timeout (${Date.now() - started} ms)`)
+
+  const early = await rawSocket(t, url)
+  early.send({ type: 'subscribe', id: '1', payload: { query: `subscription { runCompleted(scope: "${SCOPE}") { id } }` } })
+  t.equal((await early.closed).code, 4401, 'a subscribe before connection_init: closed')
+
+  const keyless = await rawSocket(t, url)
+  keyless.init()
+  t.same(await keyless.closed, { code: 4401, reason: 'Unauthorized: send an API key, { authorization: "Bearer tally_…" }' }, 'connection_init without a key: closed')
+  t.same(keyless.messages, [], 'and never acknowledged')
+
+  const wrong = await rawSocket(t, url)
+  wrong.init(`${adminKey(app).slice(0, -4)}xxxx`)
+  t.equal((await wrong.closed).code, 4403, 'a refused key: closed')
+
+  const viaHeader = await rawSocket(t, url, { authorization: `Bearer ${adminKey(app)}` })
+  viaHeader.init()
+  t.equal((await viaHeader.next((m) => m.type === 'connection_ack')).type, 'connection_ack', 'the key of the upgrade request is enough')
+})
+
+t.test('a keyed socket is bounded: message size, document tokens, subscriptions at once, sockets per key; refused subscriptions are forgotten', async (t) => {
+  const app = await build(t, { GRAPHQL_WS_MAX_SUBSCRIPTIONS: '3', GRAPHQL_WS_MAX_SOCKETS_PER_KEY: '2' })
+  const url = await listen(app)
+  const reader = await createKey(app, { tenant: 'default', role: 'reader' })
+  const query = `subscription { runCompleted(scope: "${SCOPE}") { id } }`
+
+  const big = await rawSocket(t, url)
+  big.init(reader)
+  await big.next((m) => m.type === 'connection_ack')
+  big.send({ type: 'subscribe', id: '1', payload: { query: `subscription { ${'a '.repeat(40_000)}}` } })
+  t.equal((await big.closed).code, 1009, 'a message over GRAPHQL_WS_MAX_MESSAGE (64 KiB): closed')
+
+  const ws = await rawSocket(t, url)
+  ws.init(reader)
+  await ws.next((m) => m.type === 'connection_ack')
+  // 25,000 fields in 50 KB: under the size, over the tokens.
+  ws.send({ type: 'subscribe', id: 'many', payload: { query: `subscription { ${'a '.repeat(25_000)}}` } })
+  const tokens = await ws.next((m) => m.id === 'many')
+  t.match(tokens, { type: 'error', payload: [{ message: /Document contains more that 20000 tokens/, extensions: { code: 'GRAPHQL_PARSE_FAILED' } }] }, 'a document over 20,000 tokens is refused unparsed')
+
+  for (const id of ['s1', 's2', 's3']) ws.send({ type: 'subscribe', id, payload: { query } })
+  ws.send({ type: 'subscribe', id: 's4', payload: { query } })
+  t.match(await ws.next((m) => m.id === 's4'), { type: 'error', payload: [{ extensions: { code: 'TOO_MANY_SUBSCRIPTIONS' } }] }, 'a fourth subscription at once is refused')
+  ws.send({ type: 'complete', id: 's1' })
+  ws.send({ type: 'subscribe', id: 's5', payload: { query } })
+  await untilHeard(app, ws, 's5')
+  t.pass('one stopped, another may start')
+
+  // Refused subscriptions free their place: far more of them than the limit, then one that works.
+  const refusedMb = async (n: number) => {
+    for (let i = 0; i < n; i++) ws.send({ type: 'subscribe', id: `r${i}`, payload: { query: `subscription { runCompleted(scope: "gcp/${'x'.repeat(200)}-${i}") { id } }` } })
+    await ws.next((m) => m.id === `r${n - 1}`)
+  }
+  await refusedMb(200)
+  t.equal(ws.messages.filter((m) => m.id?.startsWith('r') && m.type === 'error').length, 200, '200 refusals')
+  ws.send({ type: 'complete', id: 's2' })
+  ws.send({ type: 'subscribe', id: 's6', payload: { query } })
+  await untilHeard(app, ws, 's6')
+  t.pass('and the socket still takes a subscription')
+
+  const second = await rawSocket(t, url)
+  second.init(reader)
+  await second.next((m) => m.type === 'connection_ack')
+  const third = await rawSocket(t, url)
+  third.init(reader)
+  t.match(await third.closed, { code: 4429, reason: /Too many WebSockets for this key/ }, 'a third socket of the key: closed')
+  second.socket.close()
+  await once(second.socket, 'close')
+  const fourth = await rawSocket(t, url)
+  fourth.init(reader)
+  t.equal((await fourth.next((m) => m.type === 'connection_ack')).type, 'connection_ack', 'a place freed by a closed socket')
+})
+
+t.test('refused subscriptions do not stay in the server\'s memory', async (t) => {
+  const app = await build(t)
+  const url = await listen(app)
+  const reader = await createKey(app, { tenant: 'default', role: 'reader', scopes: ['aws/*'] })
+  const ws = await rawSocket(t, url)
+  ws.init(reader)
+  await ws.next((m) => m.type === 'connection_ack')
+  // 200 refused subscriptions of 60 KB (out of the key's scopes): 12 MB if each were kept.
+  const heap = () => { gc(); return process.memoryUsage().heapUsed }
+  const before = heap()
+  for (let i = 0; i < 200; i++) {
+    ws.send({ type: 'subscribe', id: `r${i}`, payload: { query: `subscription { runCompleted(scope: "gcp/${i}") { id } } # ${String(i).repeat(30_000).slice(0, 60_000)}` } })
+    await ws.next((m) => m.id === `r${i}`)
+  }
+  const grown = heap() - before
+  t.equal(ws.messages.filter((m) => m.type === 'error').length, 200, '200 refusals')
+  t.ok(grown < 4_000_000, `the heap grew ${(grown / 1e6).toFixed(1)} MB`)
 })

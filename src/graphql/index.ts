@@ -10,12 +10,14 @@ import type { FastifyPluginAsync } from 'fastify'
 import {
   GraphQLError, GraphQLScalarType, Kind, specifiedRules, validate, valueFromASTUntyped, type DocumentNode, type GraphQLResolveInfo
 } from 'graphql'
+import fastifyWebsocket from '@fastify/websocket'
 import mercurius from 'mercurius'
 import { createDb } from '../db/client.js'
 import { createInventoryRepository } from '../db/inventory-repository.js'
 import { isStatementTimeout, isTallyError, isUnavailable } from '../errors.js'
 import graphiql, { graphiqlAssets } from './graphiql.js'
-import { checkShape, limitsRule } from './limits.js'
+import { checkShape, limitsRule, MAX_TOKENS } from './limits.js'
+import { guardSockets } from './ws-guard.js'
 import { DASHBOARDS } from '../plugins/auth.js'
 import { createResolvers, type GraphQLContext } from './resolvers.js'
 import { schema } from './schema.js'
@@ -40,12 +42,19 @@ const graphql: FastifyPluginAsync = async function (fastify) {
   }
   const { resolvers, loaders } = createResolvers(createInventoryRepository(createDb(fastify.db.readPool)),
     { runCompletedTopic: fastify.events.runCompletedTopic, priceSubscription })
-  const initialised = new WeakSet<object>()
   // GraphQL over HTTP: a `null` optional parameter means the same as none. Mercurius's body
   // schema refuses `extensions: null` (graphql/graphql-http#28, a MUST of the spec's audit).
   fastify.addHook('preValidation', async (request) => {
     const body = request.body as { extensions?: unknown } | null
     if (request.routeOptions.url === '/graphql' && request.method === 'POST' && body !== null && typeof body === 'object' && body.extensions === null) delete body.extensions
+  })
+  // The WebSocket server mercurius would register with 1 MB messages; it takes this one instead.
+  await fastify.register(fastifyWebsocket, { options: { maxPayload: config.GRAPHQL_WS_MAX_MESSAGE } })
+  guardSockets(fastify.websocketServer, {
+    maxSubscriptions: config.GRAPHQL_WS_MAX_SUBSCRIPTIONS,
+    maxSocketsPerKey: config.GRAPHQL_WS_MAX_SOCKETS_PER_KEY,
+    authenticate: (authorization) => fastify.authenticate(authorization, DASHBOARDS),
+    log: fastify.log
   })
   await fastify.register(mercurius, {
     schema,
@@ -56,7 +65,7 @@ const graphql: FastifyPluginAsync = async function (fastify) {
     cache: false,
     path: '/graphql',
     // Bounds parsing: a document of more tokens is refused before it is walked.
-    graphql: { parseOptions: { maxTokens: 20_000 } },
+    graphql: { parseOptions: { maxTokens: MAX_TOKENS } },
     context: (request, reply): Pick<GraphQLContext, 'access' | 'signal'> => {
       // A client that hangs up stops its query at the next resolver: `signal` says it left.
       const left = new AbortController()
@@ -67,35 +76,23 @@ const graphql: FastifyPluginAsync = async function (fastify) {
     validationRules: ({ variables, operationName }) => [limitsRule(limits, variables, operationName)],
     // graphql-ws (and the older subscriptions-transport-ws) on GET /graphql. The key comes with
     // the upgrade request's Authorization header, or (browsers cannot set one) in
-    // connection_init's payload as `authorization`; a subscription with neither is refused (UNAUTHORIZED).
+    // connection_init's payload as `authorization`. The guard (ws-guard.ts) has closed every
+    // socket without a good one before mercurius sees its connection_init, and bounds the rest.
     subscription: {
       emitter: fastify.events.emitter,
-      // Called at each connection_init. Mercurius starts a keep-alive timer for each one and
-      // never stops the earlier ones: a second init closes the socket, as graphql-ws says (4429).
+      // Called at the (one: the guard closes a socket sending another) connection_init.
       context: (socket, request) => {
-        if (initialised.has(socket)) {
-          socket.close(4429, 'Too many initialisation requests')
-          throw new Error('a second connection_init')
-        }
-        initialised.add(socket)
         const left = new AbortController()
         socket.once('close', () => left.abort())
         const { authorization } = request.headers
         return { access: request.auth, signal: left.signal, ...(request.auth === null ? {} : { recheck: () => fastify.authenticate(authorization, DASHBOARDS) }) }
       },
-      // A refused key is told on each subscription, with its code, as a query is: refusing the
-      // connection itself, mercurius sends a `connection_error` message, which is not in the
-      // graphql-ws protocol and which graphql-ws clients reject as an invalid message.
+      // The key of connection_init's payload, as the guard found it (from the key cache).
       onConnect: async ({ payload }) => {
         const authorization = (payload as { authorization?: unknown } | undefined)?.authorization
         if (typeof authorization !== 'string') return true
         const recheck = () => fastify.authenticate(authorization, DASHBOARDS)
-        try {
-          return { access: await recheck(), recheck }
-        } catch (err) {
-          if (!isTallyError(err)) throw err
-          return { access: null, refusal: err }
-        }
+        return { access: await recheck(), recheck }
       },
       keepAlive: 30_000
     },

@@ -27,6 +27,9 @@ import { getComplexity, simpleEstimator, type ComplexityEstimator } from 'graphq
 
 export const MAX_PAGE = 500
 
+/** Tokens a GraphQL document may hold: parsing stops there, over HTTP and over WebSocket alike. */
+export const MAX_TOKENS = 20_000
+
 /**
  * What a field that reads every matching row of a scope costs: as much as 100-row pages of 10
  * fields. Added once per occurrence, not multiplied by the page around it (a count is per

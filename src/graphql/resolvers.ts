@@ -3,7 +3,6 @@ import type { GraphQLResolveInfo } from 'graphql'
 import type { IResolvers, MercuriusContext, MercuriusLoaders } from 'mercurius'
 import { scopeRefusal, type Access } from '../auth/keys.js'
 import { badString } from '../reconcile/canonical.js'
-import type { TallyError } from '../errors.js'
 import { RUN_ID_TEXT } from '../routes/schemas.js'
 
 import mercurius from 'mercurius'
@@ -17,10 +16,8 @@ const { ErrorWithProps } = mercurius
 
 declare module 'mercurius' {
   interface MercuriusContext {
-    /** The caller's key: a reader or admin key (the route refuses others); null only on a WebSocket not yet given one. */
+    /** The caller's key: a reader or admin key (the route and the WebSocket guard refuse others). */
     access: Access | null
-    /** Why a WebSocket's key was refused (unknown, revoked, a scanner's). */
-    refusal?: TallyError
     /** A WebSocket's key checked again, before each event. */
     recheck?: () => Promise<Access>
     /** Aborted when the client hangs up: resolvers then stop before their query. */
@@ -43,9 +40,7 @@ function caller (context: GraphQLContext): { tenant: string, globs: string[] } {
  * gives a TallyError its code everywhere else).
  */
 function accessOf (context: GraphQLContext): Access {
-  // A WebSocket whose connection_init brought a key that was refused.
-  if (context.refusal !== undefined) throw new ErrorWithProps(context.refusal.message, { code: context.refusal.code.toUpperCase() }, context.refusal.statusCode)
-  // Only a WebSocket may come without a key, which its connection_init must then bring.
+  // Never: the auth hook and the WebSocket guard let nothing through without a key.
   if (context.access == null) throw new ErrorWithProps('Send an API key: Authorization: Bearer <key> (on a WebSocket, as `authorization` in connection_init\'s payload)', { code: 'UNAUTHORIZED' }, 401)
   return context.access
 }
