@@ -11,7 +11,7 @@ import t from 'tap'
 import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 import { logOptions } from '../src/log.js'
-import { adminKey, api, bearer, build, createKey, liveIds, resource, sqlClient, testEnv, type App } from './helper.js'
+import { adminKey, api, bearer, build, createKey, gql, liveIds, resource, sqlClient, testEnv, type App } from './helper.js'
 
 const PROBLEM = 'application/problem+json; charset=utf-8'
 const ids = (n: number, prefix = 'r') => Array.from({ length: n }, (_, i) => resource(`${prefix}-${String(i).padStart(5, '0')}`))
@@ -307,6 +307,12 @@ t.test('caps: open runs per tenant, shard count, body size, keys per resource, n
   const second = await admin.open('aws/b')
   t.equal(second.status, 201)
   t.match(await admin.open('aws/c'), { status: 429, body: { code: 'too_many_open_runs', detail: /has 2 runs in flight/ } })
+  for (let i = 0; i < 50; i++) t.equal((await admin.open(`aws/refused-${i}`)).status, 429)
+  const db = await sqlClient(t, app)
+  t.same((await db.query("select scope from scopes where tenant = 'default' order by scope")).rows.map((r: { scope: string }) => r.scope), ['aws/a', 'aws/b'],
+    'a refused open leaves no scope behind')
+  t.same((await gql(app, '{ scopes { edges { node { scope } } } }')).data.scopes.edges.map((e: { node: { scope: string } }) => e.node.scope).sort(), ['aws/a', 'aws/b'],
+    'nor does GraphQL list one')
   const other = api(app, await createKey(app, { tenant: 'acme', role: 'scanner' }))
   t.equal((await other.open('aws/c')).status, 201, "another tenant's runs are counted apart")
   await admin.abort(second.body.id)

@@ -76,18 +76,20 @@ export async function listRuns (deps: ReconcileDeps, filter: Parameters<Reconcil
  */
 export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promise<RunState> {
   const { tenant, scope } = input
-  const scopeRow = await deps.runs.ensureScope(tenant, scope, input.shardCount ?? deps.settings.defaultShardCount)
-  const shardCount = input.shardCount ?? scopeRow.shardCount
-  // Sets sized for the scope as it stands (a first scan: one per shard; the next follows its size).
-  const seenSets = setsFor(Math.max(scopeRow.baselineSeen, scopeRow.resourceCount), shardCount, deps.settings.seenSetSize)
   for (let attempt = 0; ; attempt++) {
     try {
+      // Everything in one transaction: an open refused (too many runs, Redis unavailable) leaves
+      // no trace, not even the scope's row.
       const run = await deps.transaction(async (tx) => {
         const inFlight = await deps.runs.lockAndCountInFlight(tenant, tx)
         if (inFlight >= deps.settings.maxOpenRuns) {
           throw new TallyError('too_many_open_runs',
             `Tenant ${tenant} has ${inFlight} runs in flight, the most this server allows (MAX_OPEN_RUNS); complete or abort one first`)
         }
+        const scopeRow = await deps.runs.ensureScope(tenant, scope, input.shardCount ?? deps.settings.defaultShardCount, tx)
+        const shardCount = input.shardCount ?? scopeRow.shardCount
+        // Sets sized for the scope as it stands (a first scan: one per shard; the next follows its size).
+        const seenSets = setsFor(Math.max(scopeRow.baselineSeen, scopeRow.resourceCount), shardCount, deps.settings.seenSetSize)
         const row = await deps.runs.insertRun({
           tenant,
           scope,
@@ -108,7 +110,7 @@ export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promis
         }
         return row
       })
-      deps.log.info({ runId: run.id, scope, shardCount, seenSets }, 'run opened')
+      deps.log.info({ runId: run.id, scope, shardCount: run.shardCount, seenSets: run.seenSets }, 'run opened')
       return stateOf(deps, run)
     } catch (err) {
       if (!isOpenRunConflict(err)) throw err
