@@ -61,11 +61,17 @@ const UNAVAILABLE_MESSAGES = [
   'None of startup nodes is available' // ioredis Cluster
 ]
 
-type Cause = { code?: unknown, name?: unknown, message?: unknown, cause?: unknown }
+type Cause = { code?: unknown, name?: unknown, message?: unknown, cause?: unknown, previousErrors?: unknown }
 
-/** The error and its `cause`s, five deep: drizzle wraps pg errors. */
+/**
+ * The error and its `cause`s, five deep (drizzle wraps pg errors), and the errors a Redis
+ * transaction was discarded for (ioredis's EXECABORT carries them as `previousErrors`).
+ */
 function * causes (err: unknown): Generator<Cause> {
-  for (let e = err as Cause | undefined, depth = 0; e !== undefined && e !== null && depth < 5; e = e.cause as Cause | undefined, depth++) yield e
+  for (let e = err as Cause | undefined, depth = 0; e !== undefined && e !== null && depth < 5; e = e.cause as Cause | undefined, depth++) {
+    yield e
+    if (Array.isArray(e.previousErrors)) yield * (e.previousErrors as Cause[])
+  }
 }
 
 /** True when Postgres cancelled the statement (SQLSTATE 57014: statement_timeout). */
@@ -88,8 +94,10 @@ export function isUnavailable (err: unknown): boolean {
     const message = typeof e.message === 'string' ? e.message : ''
     if (UNAVAILABLE_MESSAGES.some((m) => message.includes(m))) return true
     // Redis Cluster moving or failing over: a redirection ioredis gave up on, a slot in
-    // migration, no primary for a slot, a node still loading or demoted to replica.
-    if (/^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN|NOREPLICAS|MASTERDOWN|LOADING|READONLY) /.test(message)) return true
+    // migration, no primary for a slot, a node still loading or demoted to replica. Redis
+    // refusing writes: full (OOM, under noeviction), failing to persist (MISCONF), or busy with
+    // a script that ran too long (BUSY).
+    if (/^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN|NOREPLICAS|MASTERDOWN|LOADING|READONLY|OOM|MISCONF|BUSY) /.test(message)) return true
   }
   return false
 }

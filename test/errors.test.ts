@@ -1,6 +1,6 @@
 /** Every error code of the contract, as problem+json, and bad input changes nothing. */
 import t from 'tap'
-import { api, bearer, build, redisClient, resource, sqlClient, testEnv } from './helper.js'
+import { api, bearer, build, liveIds, redisClient, resource, rowVersions, sqlClient, testEnv } from './helper.js'
 import { startRedis } from './redis-server.js'
 import getPort from 'get-port'
 import { buildApp } from '../src/app.js'
@@ -193,6 +193,10 @@ t.test('Redis down: 503 unavailable with Retry-After, no internals, and readyz s
   const ready = await tally.call('GET', '/readyz')
   t.match(ready, { status: 503, body: { code: 'unavailable' } })
   t.match((await tally.call('GET', '/healthz')).body, { status: 'ok' })
+  const started = Date.now()
+  t.match(await tally.call('POST', '/graphql', { query: '{ scopes { edges { node { scope } } } }' }),
+    { status: 200, body: { data: { scopes: { edges: [{ node: { scope: 'aws/outage' } }] } } } }, 'reads of Postgres go on')
+  t.comment(`a GraphQL read with Redis down: ${Date.now() - started} ms`)
 
   // Redis comes back (empty: its state is lost): ready again, and the run says so.
   await redis.start()
@@ -201,6 +205,48 @@ t.test('Redis down: 503 unavailable with Retry-After, no internals, and readyz s
   }
   t.equal((await tally.call('GET', '/readyz')).status, 200, 'ready again')
   t.match((await tally.ingest(opened.body.id, [resource('a')])).body, { status: 409, code: 'run_state_lost' })
+})
+
+t.test('a full Redis (noeviction): writes 503 with Retry-After and change nothing, reads go on, readyz says so; freed, everything goes on', async (t) => {
+  const redis = await startRedis(t)
+  const app = await build(t, { REDIS_URL: redis.url, RATE_LIMIT_MAX: '1000' })
+  const tally = api(app)
+  const db = await sqlClient(t, app)
+  const scope = 'aws/full-redis'
+  await tally.scan(scope, [resource('a'), resource('b')])
+  const run = (await tally.open(scope)).body.id as number
+  // Another client's 2 MB, then maxmemory set 1 MB below what Redis holds: full, whatever its
+  // buffers do meanwhile (at the edge, a Redis is full one moment and not the next).
+  const filler = redisClient(t, redis.url)
+  for (let i = 0; i < 200; i++) await filler.set(`junk:${i}`, 'x'.repeat(10_000))
+  const used = Number(/used_memory:(\d+)/.exec(await filler.info('memory'))![1])
+  await filler.config('SET', 'maxmemory', String(used - 1_000_000))
+  const before = await rowVersions(db, scope)
+  const writes = {
+    batch: () => tally.ingest(run, [resource('a', { name: 'changed' }), resource('c')], { batchId: 'one' }),
+    complete: () => tally.complete(run),
+    open: () => tally.open('aws/another-scope')
+  }
+  for (const [what, call] of Object.entries(writes)) {
+    const res = await call()
+    t.match(res, { status: 503, headers: { 'retry-after': '1' }, body: { code: 'unavailable' } }, `${what}: 503 unavailable, Retry-After`)
+  }
+  t.same(await rowVersions(db, scope), before, 'no row written')
+  t.same((await db.query('select scope, status from runs order by id')).rows, [{ scope, status: 'completed' }, { scope, status: 'open' }], 'no run opened or finished')
+  // Reads: the rate limit cannot count them (its INCR is a write) and lets them through.
+  t.match(await tally.call('GET', '/runs'), { status: 200, body: { items: [{ id: run, status: 'open' }, { status: 'completed' }] } }, 'GET /runs')
+  t.match(await tally.get(run), { status: 200, body: { id: run, stats: { seen: 0 } } }, 'GET /runs/:id, its live counts read from Redis')
+  t.match(await tally.call('POST', '/graphql', { query: '{ scopes { edges { node { scope resourceCount } } } }' }),
+    { status: 200, body: { data: { scopes: { edges: [{ node: { scope, resourceCount: 2 } }] } } } }, 'GraphQL')
+  t.match(await tally.call('GET', '/readyz'), { status: 503, body: { code: 'unavailable', detail: /^Redis refuses writes: OOM/ } }, 'unready while full')
+
+  // Memory freed (the other client's keys deleted): the same requests, retried, go through.
+  await filler.unlink(...await filler.keys('junk:*'))
+  t.equal((await tally.call('GET', '/readyz')).status, 200, 'ready again once freed')
+  t.match((await writes.batch()).body, { received: 2, created: 1, updated: 1 }, 'the batch, retried')
+  t.match((await writes.complete()).body, { status: 'completed', stats: { seen: 2, deleted: 1 } }, 'the completion, retried')
+  t.equal((await writes.open()).status, 201, 'the open, retried')
+  t.same(await liveIds(db, scope), ['a', 'c'])
 })
 
 t.test('Postgres unreachable: 503 unavailable, and readyz says so', async (t) => {

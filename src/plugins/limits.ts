@@ -34,6 +34,9 @@ export default fp(async function limits (fastify) {
     max: config.RATE_LIMIT_MAX,
     timeWindow: config.RATE_LIMIT_WINDOW * 1000,
     redis: fastify.redis,
+    // A Redis that cannot count (down, full, read-only) lets requests through uncounted: reads
+    // of Postgres keep working, and whatever needs Redis answers 503 by itself.
+    skipOnError: true,
     nameSpace: `${config.REDIS_KEY_PREFIX}ratelimit:`,
     // Auth ran first (a global onRequest hook); public routes have no key and no limit.
     allowList: (request) => request.auth === null,

@@ -4,9 +4,11 @@
  * scripts defined on it. A Redis that may evict keys is refused at start.
  */
 import fastifyRedis from '@fastify/redis'
+import calculateSlot from 'cluster-key-slot'
 import fp from 'fastify-plugin'
 import { Cluster, Redis } from 'ioredis'
 import { clusterNodes, natMap, type Config } from '../config.js'
+import { isUnavailable } from '../errors.js'
 import { defineScripts } from '../reconcile/scripts.js'
 
 export type RedisClient = Redis | Cluster
@@ -65,6 +67,37 @@ export async function evictionPolicy (client: RedisClient): Promise<string> {
 export function evictionMessage (policy: string): string {
   return `Redis evicts keys under memory pressure (maxmemory-policy ${policy}), which would silently drop ` +
     "the ids of a run's sets; Tally needs maxmemory-policy noeviction (redis.conf, or CONFIG SET maxmemory-policy noeviction)"
+}
+
+/**
+ * A key for each primary, in a slot it serves: `<prefix>{ready:<i>}` for the first i that lands
+ * there. One key for a single Redis.
+ */
+function probeKeys (client: RedisClient, prefix: string): string[] {
+  if (!(client instanceof Cluster)) return [`${prefix}ready`]
+  const owners = new Set(client.nodes('master').map((node) => `${node.options.host}:${node.options.port}`))
+  const keys: string[] = []
+  for (let i = 0; owners.size > 0 && i < 100_000; i++) {
+    const key = `${prefix}{ready:${i}}`
+    const owner = client.slots[calculateSlot(key)]?.[0]
+    if (owner !== undefined && owners.delete(owner)) keys.push(key)
+  }
+  return keys
+}
+
+/**
+ * Why Redis refuses writes now, or undefined: a key of ten seconds written on every primary. A
+ * Redis that answers reads may still refuse every write Tally makes: full (OOM, as
+ * noeviction must be), read-only (a replica), failing to persist (MISCONF).
+ */
+export async function writeProblem (client: RedisClient, prefix: string): Promise<string | undefined> {
+  try {
+    await Promise.all(probeKeys(client, prefix).map((key) => client.set(key, '1', 'PX', 10_000)))
+    return undefined
+  } catch (err) {
+    if (!isUnavailable(err)) throw err
+    return `Redis refuses writes: ${(err as Error).message}`
+  }
 }
 
 /** Why the Redis cannot serve every key now (a cluster with slots no primary serves), or undefined. */

@@ -313,13 +313,22 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
   }
   if (run.status === 'aborted') throw new TallyError('run_not_open', `Run ${id} was aborted`)
   const layout = requireLayout(run)
+  // A completion is activity: the sweeper must not take this run for abandoned.
+  const touch = () => deps.redis.hset(deps.keys.counters(id), 'touched', Date.now())
   if (run.status === 'open') {
     // One caller wins the move; a loser (or a retry after a crash) resumes a completing run.
-    run = await deps.runs.transition(id, ['open'], 'completing') ?? await requireRun(deps, id)
-    if (run.status !== 'completing') return completeRun(deps, id, opts)
+    const moved = await deps.runs.transition(id, ['open'], 'completing')
+    if (moved === undefined) return completeRun(deps, id, opts)
+    run = moved
+    // Nothing of the run has changed in Redis yet: if Redis refuses this first write (down, full),
+    // the run is left open, as the 503 says.
+    await touch().catch(async (err: unknown) => {
+      await deps.runs.transition(id, ['completing'], 'open')
+      throw err
+    })
+  } else {
+    await touch()
   }
-  // A completion is activity: the sweeper must not take this run for abandoned.
-  await deps.redis.hset(deps.keys.counters(id), 'touched', Date.now())
 
   // No new batch may begin, and the ones that began are waited for: an acknowledged batch is
   // in the stats. Then every marker says `closing`, or the state is lost.

@@ -1,10 +1,10 @@
 /**
  * Liveness (the process answers) and readiness (Postgres and Redis answer too, Redis will not
- * evict keys, and a Redis Cluster serves every slot).
+ * evict keys and takes writes, and a Redis Cluster serves every slot).
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TallyError } from '../errors.js'
-import { clusterProblem, evictionMessage, evictionPolicy } from '../plugins/redis.js'
+import { clusterProblem, evictionMessage, evictionPolicy, writeProblem } from '../plugins/redis.js'
 import { HealthSchema, problems } from './schemas.js'
 
 const READY_TIMEOUT_MS = 2000
@@ -26,9 +26,11 @@ const health: FastifyPluginAsyncTypebox = async function (fastify) {
   }, async (request) => {
     let policy: string
     let cluster: string | undefined
+    let writes: string | undefined
     try {
-      [, policy, cluster] = await withTimeout(Promise.all([
-        fastify.pg.query('select 1'), evictionPolicy(fastify.redis), clusterProblem(fastify.redis)
+      [, policy, cluster, writes] = await withTimeout(Promise.all([
+        fastify.pg.query('select 1'), evictionPolicy(fastify.redis), clusterProblem(fastify.redis),
+        writeProblem(fastify.redis, fastify.config.REDIS_KEY_PREFIX)
       ]), READY_TIMEOUT_MS)
     } catch (err) {
       request.log.warn({ err }, 'not ready')
@@ -41,6 +43,10 @@ const health: FastifyPluginAsyncTypebox = async function (fastify) {
     if (cluster !== undefined) {
       request.log.warn({ cluster }, 'not ready')
       throw new TallyError('unavailable', cluster)
+    }
+    if (writes !== undefined) {
+      request.log.warn({ writes }, 'not ready')
+      throw new TallyError('unavailable', writes)
     }
     return { status: 'ok' as const }
   })
