@@ -15,6 +15,7 @@ import metricsPlugin, { metricsRoutes } from './plugins/metrics.js'
 import { logOptions } from './log.js'
 import openapiPlugin from './plugins/openapi.js'
 import problemsPlugin from './plugins/problems.js'
+import jsonBodyPlugin from './plugins/json-body.js'
 import validationPlugin from './plugins/validation.js'
 import reconcilePlugin from './plugins/reconcile.js'
 import redisPlugin from './plugins/redis.js'
@@ -58,6 +59,7 @@ export async function buildApp (config: Config, logger?: FastifyBaseLogger) {
     await app.register(eventsPlugin)
     await app.register(reconcilePlugin)
     await app.register(problemsPlugin)
+    await app.register(jsonBodyPlugin)
     await app.register(limitsPlugin)
     await app.register(validationPlugin)
     for (const schema of sharedSchemas) app.addSchema(schema)

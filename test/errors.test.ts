@@ -70,6 +70,49 @@ t.test('bad input is a 400/413/415 problem and changes nothing', async (t) => {
   t.equal((await raw(deep(31))).statusCode, 200, 'attributes 32 levels deep are fine')
 })
 
+t.test('numbers JSON.parse would alter are refused with their place; bytes that are not UTF-8 are refused; nothing is written', async (t) => {
+  const app = await build(t)
+  const db = await sqlClient(t, app)
+  const tally = api(app)
+  const runId = (await tally.open('aws/numbers')).body.id as number
+  const send = (payload: string | Buffer, contentType = 'application/json') =>
+    app.inject({ method: 'POST', url: `/runs/${runId}/resources`, payload, headers: { ...bearer(app), 'content-type': contentType } })
+  const batch = (attributes: string) => `{"resources": [{"id": "ok", "type": "t"}, {"id": "n", "type": "t", "attributes": ${attributes}}]}`
+  const altered: Array<[string, string, string]> = [
+    ['{"big": 12345678901234567890}', '/resources/1/attributes/big', '12345678901234567890 would be stored as 12345678901234567000'],
+    ['{"ids": [1, 9007199254740993]}', '/resources/1/attributes/ids/1', '9007199254740993 would be stored as 9007199254740992'],
+    ['{"a": {"b/c": 0.10000000000000000001}}', '/resources/1/attributes/a/b~1c', '0.10000000000000000001 would be stored as 0.1'],
+    ['{"tiny": 1e-400}', '/resources/1/attributes/tiny', '1e-400 would be stored as 0'],
+    ['{"huge": 1e309}', '/resources/1/attributes/huge', '1e309 would be stored as null']
+  ]
+  for (const [attributes, path, what] of altered) {
+    const res = await send(batch(attributes))
+    t.equal(res.statusCode, 400, `${attributes}: 400`)
+    t.match(res.json(), { code: 'validation_failed', detail: `body${path} must be a number JSON can keep: ${what} (send it as a string)`, errors: [{ path }] }, `${attributes}: the place and the number`)
+  }
+  const lines = await send(`{"id":"m","type":"t"}\n{"id":"n","type":"t","attributes":{"big":12345678901234567890}}`, 'application/x-ndjson')
+  t.match(lines.json(), { status: 400, detail: 'line 2: /attributes/big must be a number JSON can keep: 12345678901234567890 would be stored as 12345678901234567000 (send it as a string)' }, 'NDJSON too')
+
+  // Latin-1 bytes where UTF-8 belongs: "café" and "cafè" would both be read as caf\uFFFD.
+  const latin1 = (ids: string[]) => Buffer.concat([Buffer.from('{"resources": ['), ...ids.flatMap((id, i) => [
+    Buffer.from(`${i === 0 ? '' : ','}{"id": "`), Buffer.from(id, 'latin1'), Buffer.from('", "type": "t"}')]), Buffer.from(']}')])
+  const notUtf8 = await send(latin1(['caf\u00e9', 'caf\u00e8']))
+  t.match(notUtf8, { statusCode: 400 })
+  t.match(notUtf8.json(), { code: 'validation_failed', detail: 'The body is not valid UTF-8: send JSON as UTF-8 text' }, 'a JSON body that is not UTF-8')
+  const lineBytes = Buffer.concat([Buffer.from('{"id":"a","type":"t"}\n{"id":"caf'), Buffer.from([0xe9]), Buffer.from('","type":"t"}\n{"id":"caf'), Buffer.from([0xe8]), Buffer.from('","type":"t"}')])
+  t.match((await send(lineBytes, 'application/x-ndjson')).json(), { status: 400, detail: 'line 2 is not valid UTF-8: send NDJSON as UTF-8 text' }, 'an NDJSON line that is not UTF-8')
+  const graphql = await app.inject({ method: 'POST', url: '/graphql', headers: { ...bearer(app), 'content-type': 'application/json' },
+    payload: Buffer.concat([Buffer.from('{"query": "{ scopes { edges { cursor } } } #'), Buffer.from([0xff]), Buffer.from('"}')]) })
+  t.equal(graphql.statusCode, 400, 'any JSON body: GraphQL too')
+  t.equal((await db.query('select count(*)::int as n from resources')).rows[0].n, 0, 'nothing was written')
+
+  // Numbers JSON keeps, however written, are fine and stored as the same numbers.
+  const kept = '{"int": 9007199254740991, "neg": -12345678901234567000, "long": 1.0000000000000000000, "point": 0.1000000000000000000, "exp": 1e2, "small": 5e-324, "zero": -0.0e-999, "text": "12345678901234567890.5"}'
+  t.match((await send(batch(kept))).json(), { received: 2, created: 2 }, 'numbers JSON keeps are taken')
+  const { rows } = await db.query("select attributes from resources where id = 'n'")
+  t.same(rows[0].attributes, { int: 9007199254740991, neg: -12345678901234567000, long: 1, point: 0.1, exp: 100, small: 5e-324, zero: 0, text: '12345678901234567890.5' })
+})
+
 t.test('validation errors a person can act on: the field named, patterns in words, every error listed (bounded)', async (t) => {
   const app = await build(t)
   const tally = api(app)

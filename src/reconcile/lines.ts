@@ -6,6 +6,7 @@
  * read straight from the bytes when the line begins `{"id":"` and the id holds no escape;
  * other lines are parsed first, and simply never recognised.
  */
+import { isUtf8 } from 'node:buffer'
 import { TallyError } from '../errors.js'
 
 const PREFIX = Buffer.from('{"id":"')
@@ -36,11 +37,18 @@ function content (buffer: Buffer, start: number, end: number): Buffer | undefine
 /**
  * The lines of a stream, `size` at a time (blank lines skipped). The stream is read only as
  * the caller asks for the next lot, so a large body flows at the speed it is ingested. A line
- * longer than `maxLine` bytes is refused (413).
+ * longer than `maxLine` bytes is refused (413), one that is not UTF-8 too (400: its bytes would
+ * be decoded as U+FFFD, and two ids differing only there would be one).
  */
 export async function * lineBatches (stream: AsyncIterable<Buffer>, size: number, maxLine: number): AsyncGenerator<Buffer[]> {
   let rest: Buffer = Buffer.alloc(0)
   let batch: Buffer[] = []
+  let lines = 0
+  const take = (line: Buffer) => {
+    lines++
+    if (!isUtf8(line)) throw new TallyError('validation_failed', `line ${lines} is not valid UTF-8: send NDJSON as UTF-8 text`)
+    batch.push(line)
+  }
   for await (const chunk of stream) {
     const buffer = rest.length === 0 ? chunk : Buffer.concat([rest, chunk])
     let start = 0
@@ -49,7 +57,7 @@ export async function * lineBatches (stream: AsyncIterable<Buffer>, size: number
       start = nl + 1
       if (line === undefined) continue
       if (line.length > maxLine) throw tooLong(maxLine)
-      batch.push(line)
+      take(line)
       if (batch.length === size) {
         yield batch
         batch = []
@@ -59,6 +67,6 @@ export async function * lineBatches (stream: AsyncIterable<Buffer>, size: number
     if (rest.length > maxLine) throw tooLong(maxLine)
   }
   const last = content(rest, 0, rest.length)
-  if (last !== undefined) batch.push(last)
+  if (last !== undefined) take(last)
   if (batch.length > 0) yield batch
 }

@@ -9,6 +9,8 @@ import type { BatchResult, ResourceIn, RunState } from '../reconcile/index.js'
 import { lineBatches } from '../reconcile/lines.js'
 import { NDJSON } from '../plugins/validation.js'
 import { describe } from '../plugins/problems.js'
+import { utf8Parser } from '../plugins/json-body.js'
+import { findAlteredNumber } from '../reconcile/numbers.js'
 import { Type } from '@sinclair/typebox'
 import {
   BatchResultSchema, CompleteBodySchema, CreateRunBodySchema, IngestBodySchema, IngestHeadersSchema, ListRunsQuerySchema,
@@ -45,9 +47,18 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   const scan = { auth: SCANNERS }
 
   // JSON.parse without secure-json-parse's two scans of the whole text for `__proto__` and
-  // `constructor`: the value checks below refuse those keys in the walk they make anyway.
+  // `constructor`: the value checks below refuse those keys in the walk they make anyway. A
+  // number JSON.parse would read as another is refused with its place (reconcile/numbers.ts).
+  const parseJson = fastify.getDefaultJsonParser('ignore', 'ignore')
   fastify.removeContentTypeParser('application/json')
-  fastify.addContentTypeParser('application/json', { parseAs: 'string' }, fastify.getDefaultJsonParser('ignore', 'ignore'))
+  fastify.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Parser((request, text, done) => {
+    parseJson(request, text, (err, value) => {
+      if (err !== null) return done(err, undefined)
+      const altered = findAlteredNumber(text)
+      if (altered !== undefined) return done(new TallyError('validation_failed', `body${altered.path} ${altered.message}`, { errors: [altered] }), undefined)
+      done(null, value)
+    })
+  }))
   // NDJSON is not parsed here: the ingest route reads it as a stream, a lot of lines at a time.
   fastify.addContentTypeParser(NDJSON, (_request, payload, done) => { done(null, payload) })
 
@@ -198,12 +209,15 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   /** A resource of an NDJSON body, parsed and checked as a JSON body's resources are; a 400 if it is not one. */
   function parseLine (line: Buffer, index: number): ResourceIn {
     const where = `line ${index + 1}`
+    const text = line.toString('utf8') // UTF-8: lineBatches checked it
     let value: unknown
     try {
-      value = JSON.parse(line.toString('utf8'))
+      value = JSON.parse(text)
     } catch {
       throw new TallyError('validation_failed', `${where} is not JSON`)
     }
+    const altered = findAlteredNumber(text)
+    if (altered !== undefined) throw new TallyError('validation_failed', `${where}: ${altered.path} ${altered.message}`, { errors: [altered] })
     if (typeof value !== 'object' || value === null || Array.isArray(value)) {
       throw new TallyError('validation_failed', `${where} must be a JSON object, a resource`)
     }
