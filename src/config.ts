@@ -55,6 +55,7 @@ export const EnvSchema = Type.Object({
   MAX_RESOURCE_KEYS: Type.Integer({ minimum: 1, default: 10000, description: 'object keys and array items in one resource (tags and attributes, at any depth)' }),
   REQUEST_TIMEOUT: Type.Integer({ minimum: 0, default: 30, description: 'seconds to receive a whole request, body included; 0: no limit' }),
   AUTH_CACHE_TTL: Type.Integer({ minimum: 0, default: 5, description: 'seconds an API key lookup is cached: a revoked key works at most this long' }),
+  AUTH_FAILURE_LIMIT: Type.Integer({ minimum: 0, default: 60, description: 'refused API keys per client address per RATE_LIMIT_WINDOW before the address gets 429 without a lookup (per instance); 0: no limit' }),
   RATE_LIMIT_MAX: Type.Integer({ minimum: 0, default: 1200, description: 'requests per key per RATE_LIMIT_WINDOW, counted in Redis across instances; 0: no limit' }),
   RATE_LIMIT_WINDOW: Type.Integer({ minimum: 1, default: 60, description: 'seconds' }),
   GUARD_MIN_BASELINE: Type.Integer({ minimum: 0, default: 100 }),

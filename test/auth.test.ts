@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { pino } from 'pino'
 import t from 'tap'
 import { buildApp } from '../src/app.js'
+import { generateKey } from '../src/auth/keys.js'
 import { loadConfig } from '../src/config.js'
 import { logOptions } from '../src/log.js'
 import { adminKey, api, bearer, build, createKey, gql, liveIds, resource, sqlClient, testEnv, type App } from './helper.js'
@@ -279,6 +280,46 @@ t.test('rate limits per key hold across two instances; public routes are not lim
   const gql = await two.inject({ method: 'POST', url: '/graphql', headers: bearer(two, key), payload: { query: '{ scopes { edges { cursor } } }' } })
   t.match(gql, { statusCode: 429 })
   t.match(gql.json(), { errors: [{ extensions: { code: 'RATE_LIMITED' } }] }, 'GraphQL says so in its own shape')
+})
+
+t.test('made-up key ids: an address refused AUTH_FAILURE_LIMIT times gets 429 without a lookup; misses never push real keys out; 2 lookups at a time', async (t) => {
+  const app = await build(t, { AUTH_FAILURE_LIMIT: '20', AUTH_CACHE_TTL: '300' })
+  const reader = await createKey(app, { tenant: 'default', role: 'reader' })
+  const keys = app.db.keys
+  const byId = keys.byId
+  const lookups = { done: 0, running: 0, most: 0 }
+  keys.byId = async (id: string) => {
+    lookups.done++
+    lookups.running++
+    lookups.most = Math.max(lookups.most, lookups.running)
+    try {
+      return await byId.call(keys, id)
+    } finally {
+      lookups.running--
+    }
+  }
+  const madeUp = () => generateKey({ tenant: 'default', role: 'admin', createdBy: 'test' }).key
+  const get = (key: string, remoteAddress = '10.0.0.1') => app.inject({ url: '/runs', headers: bearer(app, key), remoteAddress })
+
+  t.equal((await get(reader)).statusCode, 200)
+  t.equal(lookups.done, 1, 'one lookup for the real key, cached since')
+  const flood = []
+  for (let i = 0; i < 25; i++) flood.push(await get(madeUp()))
+  t.same(flood.map((r) => r.statusCode), [...Array(20).fill(401), ...Array(5).fill(429)], '20 refusals from the address, then 429')
+  t.match(flood[24]!.json(), { code: 'rate_limited', detail: /20 refused API keys from this address in 60 s/ })
+  t.ok(Number(flood[24]!.headers['retry-after']) > 0, 'with Retry-After')
+  t.equal(lookups.done, 21, 'and no lookup for the last 5')
+  t.equal((await get(reader)).statusCode, 200, 'a cached key still works from that address')
+  t.equal((await get(madeUp(), '10.0.0.2')).statusCode, 401, 'another address is refused as usual')
+
+  // 10,050 made-up ids (more than the cache holds) from as many addresses, 200 at a time.
+  for (let i = 0; i < 10_050; i += 200) {
+    await Promise.all(Array.from({ length: 200 }, (_, j) => get(madeUp(), `10.1.${Math.floor((i + j) / 250)}.${(i + j) % 250}`)))
+  }
+  t.ok(lookups.most <= 2, `at most 2 lookups at a time (${lookups.most}), whatever the flood: ingestion keeps the rest of the pool`)
+  const before = lookups.done
+  t.equal((await get(reader, '10.0.0.3')).statusCode, 200)
+  t.equal(lookups.done, before, 'the real key is still cached: the misses did not push it out')
 })
 
 t.test('a revoked key stops working on every instance within AUTH_CACHE_TTL', async (t) => {

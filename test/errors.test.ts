@@ -90,7 +90,7 @@ t.test('numbers JSON.parse would alter are refused with their place; bytes that 
     t.equal(res.statusCode, 400, `${attributes}: 400`)
     t.match(res.json(), { code: 'validation_failed', detail: `body${path} must be a number JSON can keep: ${what} (send it as a string)`, errors: [{ path }] }, `${attributes}: the place and the number`)
   }
-  const lines = await send(`{"id":"m","type":"t"}\n{"id":"n","type":"t","attributes":{"big":12345678901234567890}}`, 'application/x-ndjson')
+  const lines = await send('{"id":"m","type":"t"}\n{"id":"n","type":"t","attributes":{"big":12345678901234567890}}', 'application/x-ndjson')
   t.match(lines.json(), { status: 400, detail: 'line 2: /attributes/big must be a number JSON can keep: 12345678901234567890 would be stored as 12345678901234567000 (send it as a string)' }, 'NDJSON too')
 
   // Latin-1 bytes where UTF-8 belongs: "café" and "cafè" would both be read as caf\uFFFD.
@@ -101,8 +101,12 @@ t.test('numbers JSON.parse would alter are refused with their place; bytes that 
   t.match(notUtf8.json(), { code: 'validation_failed', detail: 'The body is not valid UTF-8: send JSON as UTF-8 text' }, 'a JSON body that is not UTF-8')
   const lineBytes = Buffer.concat([Buffer.from('{"id":"a","type":"t"}\n{"id":"caf'), Buffer.from([0xe9]), Buffer.from('","type":"t"}\n{"id":"caf'), Buffer.from([0xe8]), Buffer.from('","type":"t"}')])
   t.match((await send(lineBytes, 'application/x-ndjson')).json(), { status: 400, detail: 'line 2 is not valid UTF-8: send NDJSON as UTF-8 text' }, 'an NDJSON line that is not UTF-8')
-  const graphql = await app.inject({ method: 'POST', url: '/graphql', headers: { ...bearer(app), 'content-type': 'application/json' },
-    payload: Buffer.concat([Buffer.from('{"query": "{ scopes { edges { cursor } } } #'), Buffer.from([0xff]), Buffer.from('"}')]) })
+  const graphql = await app.inject({
+    method: 'POST',
+    url: '/graphql',
+    headers: { ...bearer(app), 'content-type': 'application/json' },
+    payload: Buffer.concat([Buffer.from('{"query": "{ scopes { edges { cursor } } } #'), Buffer.from([0xff]), Buffer.from('"}')])
+  })
   t.equal(graphql.statusCode, 400, 'any JSON body: GraphQL too')
   t.equal((await db.query('select count(*)::int as n from resources')).rows[0].n, 0, 'nothing was written')
 

@@ -70,8 +70,10 @@ export async function testEnv (t: Tap): Promise<TestEnv> {
     REDIS_URL,
     REDIS_KEY_PREFIX: prefix,
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
-    // Most tests make many requests with one key; test/auth.test.ts turns the limit on.
-    RATE_LIMIT_MAX: '0'
+    // Most tests make many requests with one key, and many with bad keys from one address;
+    // test/auth.test.ts turns the limits on.
+    RATE_LIMIT_MAX: '0',
+    AUTH_FAILURE_LIMIT: '0'
   }
 }
 

@@ -53,7 +53,7 @@ const graphql: FastifyPluginAsync = async function (fastify) {
   guardSockets(fastify.websocketServer, {
     maxSubscriptions: config.GRAPHQL_WS_MAX_SUBSCRIPTIONS,
     maxSocketsPerKey: config.GRAPHQL_WS_MAX_SOCKETS_PER_KEY,
-    authenticate: (authorization) => fastify.authenticate(authorization, DASHBOARDS),
+    authenticate: (authorization, address) => fastify.authenticate(authorization, DASHBOARDS, address),
     log: fastify.log
   })
   await fastify.register(mercurius, {

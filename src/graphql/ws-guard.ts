@@ -7,8 +7,8 @@
  *
  * - `connection_init` must come within INIT_TIMEOUT_MS (else 4408) and carry a key, in its payload
  *   (`authorization`) or in the upgrade request's `Authorization` header (else 4401). The key is
- *   checked here, before mercurius sees the message: refused, 4403; a dependency down, 1013 (try
- *   again later); one key holds at most `maxSocketsPerKey` sockets on this instance (else 4429).
+ *   checked here, before mercurius sees the message: refused, 4403; too many refused from the
+ *   address, 4429; a dependency down, 1013 (try again later); one key holds at most `maxSocketsPerKey` sockets on this instance (else 4429).
  *   Anything but a ping sent before that is 4401, as graphql-ws's own server does; a second init 4429.
  * - `subscribe` (`start` in the older protocol): a document of more than MAX_TOKENS tokens is
  *   refused with an error for its id, unparsed by mercurius; at most `maxSubscriptions` at once
@@ -33,8 +33,8 @@ export const INIT_TIMEOUT_MS = 3000
 export interface GuardOptions {
   maxSubscriptions: number
   maxSocketsPerKey: number
-  /** The access of an `Authorization` value; throws a TallyError when refused. */
-  authenticate: (authorization: string) => Promise<Access>
+  /** The access of an `Authorization` value sent from `address`; throws a TallyError when refused. */
+  authenticate: (authorization: string, address: string | undefined) => Promise<Access>
   log: FastifyBaseLogger
 }
 
@@ -103,7 +103,7 @@ function guard (socket: WebSocket, request: IncomingMessage, options: GuardOptio
     const authorization = typeof fromPayload === 'string' ? fromPayload : request.headers.authorization
     if (authorization === undefined) return close(4401, 'Unauthorized: send an API key, { authorization: "Bearer tally_…" }')
     state = 'checking'
-    options.authenticate(authorization).then((access) => {
+    options.authenticate(authorization, request.socket.remoteAddress).then((access) => {
       if (state === 'closed') return
       const held = socketsByKey.get(access.keyId) ?? 0
       if (held >= options.maxSocketsPerKey) return close(4429, `Too many WebSockets for this key (${options.maxSocketsPerKey})`)
@@ -114,6 +114,7 @@ function guard (socket: WebSocket, request: IncomingMessage, options: GuardOptio
       deliver('message', ...args)
       for (const next of queued.splice(0)) socket.emit('message', ...next)
     }, (err: unknown) => {
+      if (isTallyError(err) && err.code === 'rate_limited') return close(4429, err.message.slice(0, 120))
       if (isTallyError(err)) return close(4403, `Forbidden: ${err.message}`.slice(0, 120))
       if (isUnavailable(err)) return close(1013, 'Try again later')
       options.log.error({ err }, 'graphql-ws: key check failed')

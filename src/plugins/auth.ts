@@ -5,12 +5,17 @@
  * open. The key is checked in `onRequest`, before a byte of the body is read: a caller
  * without a key cannot make the server buffer or parse anything.
  *
- * Keys are looked up by id and cached for AUTH_CACHE_TTL seconds (misses too), so a revoked
- * key stops working on every instance within that time, and a request costs no query.
+ * Keys are looked up by id and cached for AUTH_CACHE_TTL seconds (misses too, apart: a flood of
+ * made-up ids cannot push real keys out), so a revoked key stops working on every instance
+ * within that time, and a request costs no query. Made-up ids would each cost a query: at most
+ * KEY_LOOKUPS run at once (the rest wait; ingestion keeps the rest of the pool), and an address
+ * whose keys were refused AUTH_FAILURE_LIMIT times in RATE_LIMIT_WINDOW seconds gets 429 instead
+ * of any further lookup until the window ends (a key in the cache still works from there).
  */
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { LRUCache } from 'lru-cache'
+import pLimit from 'p-limit'
 import { parseKey, scopeRefusal, secretMatches, type Access, type Role } from '../auth/keys.js'
 import type { KeyRow } from '../db/keys-repository.js'
 import { TallyError } from '../errors.js'
@@ -30,9 +35,12 @@ declare module 'fastify' {
      * The access of an `Authorization` value (`Bearer tally_…`) whose role `policy` allows, for
      * callers outside a request's hooks (a WebSocket's connection_init); throws a TallyError.
      */
-    authenticate: (authorization: string | undefined, policy: readonly Role[]) => Promise<Access>
+    authenticate: (authorization: string | undefined, policy: readonly Role[], address?: string) => Promise<Access>
   }
 }
+
+/** Key lookups (misses of the cache) running at once on the pool ingestion uses. */
+const KEY_LOOKUPS = 2
 
 export const READERS: readonly Role[] = ['scanner', 'reader', 'admin']
 export const SCANNERS: readonly Role[] = ['scanner', 'admin']
@@ -77,19 +85,44 @@ export default fp(async function auth (fastify) {
   const { keys } = fastify.db
   fastify.decorateRequest('auth', null)
 
-  const cache = new LRUCache<string, KeyRow | false>({
+  const { AUTH_CACHE_TTL, AUTH_FAILURE_LIMIT, RATE_LIMIT_WINDOW } = fastify.config
+  const lookups = pLimit(KEY_LOOKUPS)
+  const ttl = AUTH_CACHE_TTL * 1000
+  // Ids no key has, apart from the keys: misses never evict a key.
+  const unknown = new LRUCache<string, true>({ max: 10_000, ttl: Math.max(ttl, 1) })
+  const known = new LRUCache<string, KeyRow>({
     max: 10_000,
-    ttl: fastify.config.AUTH_CACHE_TTL * 1000,
-    fetchMethod: async (id) => (await keys.byId(id)) ?? false
+    ttl: Math.max(ttl, 1),
+    // Concurrent lookups of one id share one query.
+    fetchMethod: async (id) => {
+      const row = await lookups(() => keys.byId(id))
+      if (row === undefined) unknown.set(id, true)
+      return row
+    }
   })
+  const cached = (id: string): KeyRow | false | undefined => ttl === 0 ? undefined : known.get(id) ?? (unknown.has(id) ? false : undefined)
+  const lookup = async (id: string): Promise<KeyRow | undefined> => ttl === 0 ? lookups(() => keys.byId(id)) : known.fetch(id)
+  // Refused keys per client address, counted from the first in a window of RATE_LIMIT_WINDOW.
+  const failures = new LRUCache<string, number>({ max: 100_000, ttl: RATE_LIMIT_WINDOW * 1000, noUpdateTTL: true })
 
-  async function authenticate (header: string | undefined, reply?: FastifyReply): Promise<Access> {
+  async function authenticate (header: string | undefined, reply?: FastifyReply, address?: string): Promise<Access> {
     if (header === undefined) throw unauthorized(reply, 'Send an API key: Authorization: Bearer <key>', false)
     const [scheme, token] = header.split(' ', 2)
     const parsed = scheme?.toLowerCase() === 'bearer' && token !== undefined ? parseKey(token.trim()) : undefined
     if (parsed === undefined) throw unauthorized(reply, 'The Authorization header does not hold a Tally API key (Bearer tally_…)', true)
-    const row = cache.ttl > 0 ? await cache.fetch(parsed.id) : (await keys.byId(parsed.id)) ?? false
-    if (row === undefined || row === false || row.revokedAt !== null || !secretMatches(parsed.secret, row.secretHash)) {
+    const failed = address === undefined ? 0 : failures.get(address) ?? 0
+    let row = cached(parsed.id)
+    if (row === undefined) {
+      // A lookup: refused first to an address whose keys were refused too often.
+      if (AUTH_FAILURE_LIMIT > 0 && failed >= AUTH_FAILURE_LIMIT) {
+        const retry = Math.max(1, Math.ceil(failures.getRemainingTTL(address!) / 1000))
+        reply?.header('retry-after', String(retry))
+        throw new TallyError('rate_limited', `${failed} refused API keys from this address in ${RATE_LIMIT_WINDOW} s (AUTH_FAILURE_LIMIT); retry in ${retry} s`)
+      }
+      row = await lookup(parsed.id) ?? false
+    }
+    if (row === false || row.revokedAt !== null || !secretMatches(parsed.secret, row.secretHash)) {
+      if (address !== undefined) failures.set(address, failed + 1)
       throw unauthorized(reply, 'The API key is unknown or revoked', true)
     }
     return { keyId: row.id, tenant: row.tenant, role: row.role, scopes: row.scopes }
@@ -105,8 +138,8 @@ export default fp(async function auth (fastify) {
     else config.auth = ['admin']
   })
 
-  fastify.decorate('authenticate', async (authorization: string | undefined, policy: readonly Role[]) => {
-    const access = await authenticate(authorization)
+  fastify.decorate('authenticate', async (authorization: string | undefined, policy: readonly Role[], address?: string) => {
+    const access = await authenticate(authorization, undefined, address)
     requireRole(access, policy, 'GraphQL subscriptions')
     return access
   })
@@ -119,7 +152,7 @@ export default fp(async function auth (fastify) {
     // connection_init message, checked there (graphql/index.ts) before any subscription.
     // Node marks the requests it handed over as upgrades (`upgrade` event); headers alone do not.
     if (request.headers.authorization === undefined && request.routeOptions.url === '/graphql' && (request.raw as { upgrade?: boolean }).upgrade === true) return
-    const access = await authenticate(request.headers.authorization, reply)
+    const access = await authenticate(request.headers.authorization, reply, request.ip)
     requireRole(access, policy, `${request.method} ${request.routeOptions.url}`)
     request.auth = access
   })
