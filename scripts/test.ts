@@ -5,7 +5,7 @@
  * go to tap (`npm test -- test/complete.test.ts`).
  */
 import { spawn } from 'node:child_process'
-import { startEmbeddedPostgres, startEmbeddedRedis, type Service } from '../src/embedded.js'
+import { lockDataDir, startEmbeddedPostgres, startEmbeddedRedis, type Service } from '../src/embedded.js'
 
 const DATA_DIR = '.data/test'
 const log = {
@@ -16,6 +16,10 @@ const log = {
 const services: Service[] = []
 const env = { ...process.env }
 try {
+  const embedsPostgres = env.TEST_PG_ADMIN_URL === undefined && env.DATABASE_URL === undefined
+  const embedsRedis = env.TEST_REDIS_URL === undefined && env.REDIS_URL === undefined
+  // Another `npm test` on this checkout uses the same embedded services: one at a time.
+  if (embedsPostgres || embedsRedis) await lockDataDir(DATA_DIR)
   if (env.TEST_PG_ADMIN_URL === undefined) {
     if (env.DATABASE_URL !== undefined) env.TEST_PG_ADMIN_URL = env.DATABASE_URL
     else {

