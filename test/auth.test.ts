@@ -184,8 +184,13 @@ t.test('destructive actions are logged with the key id; error log lines stay sho
   t.ok(longest < 64 * 1024, `the longest log line is ${longest} bytes (the batch was ${JSON.stringify(big).length})`)
 })
 
-/** Max /healthz latency over HTTP while `fn` runs, and `fn`'s own time. */
-async function underLoad<T> (base: string, fn: () => Promise<T>): Promise<{ result: T, ms: number, healthzMaxMs: number }> {
+/**
+ * Max /healthz latency over HTTP while `fn` runs, `fn`'s own time, and the CPU time this process
+ * (the server, the test, its client) spent meanwhile. Wall times are reported; the CPU time is
+ * what is asserted: it is what a bomb costs the server, and it does not grow when other
+ * processes load the machine (the event loop cannot have been held longer than it).
+ */
+async function underLoad<T> (base: string, fn: () => Promise<T>): Promise<{ result: T, ms: number, cpuMs: number, healthzMaxMs: number }> {
   const state = { stop: false }
   let healthzMaxMs = 0
   const pinger = (async () => {
@@ -198,14 +203,16 @@ async function underLoad<T> (base: string, fn: () => Promise<T>): Promise<{ resu
     }
   })()
   const started = performance.now()
+  const cpu = process.cpuUsage()
   const result = await fn()
   const ms = performance.now() - started
+  const used = process.cpuUsage(cpu)
   state.stop = true
   await pinger
-  return { result, ms, healthzMaxMs }
+  return { result, ms, cpuMs: (used.user + used.system) / 1000, healthzMaxMs }
 }
 
-t.test('GraphQL bombs are refused within a second while /healthz keeps answering', async (t) => {
+t.test('GraphQL bombs are refused for little CPU while /healthz keeps answering', async (t) => {
   const app = await build(t, { GRAPHQL_TIMEOUT: '300' })
   await api(app).scan('aws/bombed', ids(3000))
   const base = await app.listen({ port: 0, host: '127.0.0.1' })
@@ -240,11 +247,11 @@ t.test('GraphQL bombs are refused within a second while /healthz keeps answering
   ]
   t.ok(Buffer.byteLength(chain) < 1100, `the chain is ${Buffer.byteLength(chain)} bytes`)
   for (const [what, send, code] of bombs) {
-    const { result, ms, healthzMaxMs } = await underLoad(base, send)
+    const { result, ms, cpuMs, healthzMaxMs } = await underLoad(base, send)
     t.equal(result.body.errors?.[0]?.extensions?.code, code, `${what}: ${code}`)
     t.notOk(result.body.data?.a0, `${what}: no data`)
-    t.ok(ms < 1000, `${what}: answered in ${Math.round(ms)} ms`)
-    t.ok(healthzMaxMs < 500, `${what}: /healthz answered within ${Math.round(healthzMaxMs)} ms meanwhile`)
+    // Unbounded, the fragment chain alone held the event loop for 8 s.
+    t.ok(cpuMs < 500, `${what}: ${Math.round(cpuMs)} ms of CPU (answered in ${Math.round(ms)} ms, /healthz within ${Math.round(healthzMaxMs)} ms meanwhile)`)
   }
 
   // A statement that runs too long stops at GRAPHQL_TIMEOUT (here: one waiting on a lock).
@@ -252,8 +259,8 @@ t.test('GraphQL bombs are refused within a second while /healthz keeps answering
   await db.query('begin; lock table resources in access exclusive mode')
   const { result, ms } = await underLoad(base, () => post('{ summary(scope: "aws/bombed") { total } }'))
   await db.query('rollback')
-  t.equal(result.body.errors?.[0]?.extensions?.code, 'QUERY_TIMEOUT', 'stopped by the statement timeout')
-  t.ok(ms < 1000, `in ${Math.round(ms)} ms`)
+  // The lock is held until the answer came: only the timeout could end the statement.
+  t.equal(result.body.errors?.[0]?.extensions?.code, 'QUERY_TIMEOUT', `stopped by the statement timeout (in ${Math.round(ms)} ms)`)
   t.match(await post('{ summary(scope: "aws/bombed") { total } }'), { status: 200, body: { data: { summary: { total: 3000 } } } }, 'and the next query runs')
 })
 
@@ -329,16 +336,14 @@ t.test('a revoked key stops working on every instance within AUTH_CACHE_TTL', as
   const key = await createKey(one, { tenant: 'default', role: 'reader' })
   for (const app of [one, two]) t.equal((await app.inject({ url: '/runs', headers: bearer(app, key) })).statusCode, 200, 'cached on both')
   await one.db.keys.revoke(key.split('_')[1]!)
-  const revokedAt = Date.now()
+  const revokedAt = performance.now()
+  // Both cached the key before the revocation: their entries end within AUTH_CACHE_TTL (1 s) of
+  // it. A request after that, however late the machine lets it run, is refused.
+  await sleep(1000 - (performance.now() - revokedAt) + 20)
   for (const [name, app] of [['one', one], ['two', two]] as const) {
-    let status = 200
-    while (status === 200 && Date.now() - revokedAt < 5000) {
-      status = (await app.inject({ url: '/runs', headers: bearer(app, key) })).statusCode
-      if (status === 200) await sleep(50)
-    }
-    t.equal(status, 401, `instance ${name}: refused ${Date.now() - revokedAt} ms after the revocation`)
+    t.equal((await app.inject({ url: '/runs', headers: bearer(app, key) })).statusCode, 401,
+      `instance ${name}: refused ${Math.round(performance.now() - revokedAt)} ms after the revocation`)
   }
-  t.ok(Date.now() - revokedAt < 2500, 'within about a second')
 })
 
 t.test('caps: open runs per tenant, shard count, body size, keys per resource, numbers, run ids, HTML headers', async (t) => {

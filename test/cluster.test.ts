@@ -36,7 +36,7 @@ async function postAll (tally: ReturnType<typeof api>, runId: number, resources:
       const res = await tally.ingest(runId, resources.slice(i, i + batch), { batchId: `b${i}` })
       answers.push({ status: res.status, at: Date.now() })
       if (res.status === 200) break
-      if (res.status !== 503 || attempt === 50) throw new Error(`batch ${i}: ${res.status} ${JSON.stringify(res.body)}`)
+      if (res.status !== 503 || attempt === 600) throw new Error(`batch ${i}: ${res.status} ${JSON.stringify(res.body)}`)
       await sleep(100)
     }
   }
@@ -142,7 +142,7 @@ t.test('a 3 + 3 cluster', async (t) => {
 
     // The markers survived (written long before); the last batch's ids did not.
     let done = await tally.complete(runId)
-    for (let i = 0; done.status === 503 && i < 100; i++) {
+    for (let i = 0; done.status === 503 && i < 600; i++) {
       await sleep(100)
       done = await tally.complete(runId)
     }
@@ -167,7 +167,14 @@ t.test('a 3 + 3 cluster', async (t) => {
     const second = first.slice(200)
     const opened = await tally.open(scope)
     await postAll(tally, opened.body.id, second, 500)
-    await sleep(200) // the replicas have it all: this failover loses nothing
+    // The replicas have it all (each one's offset has reached its primary's): this failover loses nothing.
+    await waitFor(t, 'the replicas caught up', async () => {
+      const offsets = await Promise.all((await cluster.nodes()).map(async (n) =>
+        ({ n, info: await cluster.cli(n.port, 'info', 'replication') })))
+      const offset = (info: string, field: string) => Number(new RegExp(`${field}:(\\d+)`).exec(info)?.[1] ?? -1)
+      return offsets.filter(({ n }) => n.role !== 'master').every(({ n, info }) =>
+        offset(info, 'slave_repl_offset') >= offset(offsets.find((p) => p.n.id === n.primaryId)!.info, 'master_repl_offset'))
+    })
 
     const nodes = await cluster.nodes()
     const primary = nodes.find((n) => n.role === 'master' && nodes.some((r) => r.primaryId === n.id))!
@@ -176,7 +183,7 @@ t.test('a 3 + 3 cluster', async (t) => {
     await cluster.kill(primary.port)
     let done = await completing
     const answers = [done.status]
-    for (const deadline = Date.now() + 30_000; done.status === 503 && Date.now() < deadline; answers.push(done.status)) {
+    for (const deadline = Date.now() + 60_000; done.status === 503 && Date.now() < deadline; answers.push(done.status)) {
       await sleep(200)
       done = await tally.complete(opened.body.id)
     }

@@ -19,9 +19,9 @@ const resources = (list: string[], version = 0) => list.map((id) => resource(id,
 
 interface Reply { status: number, body: any }
 
-/** Repeats a call while it answers 503 (the documented "retry" answer), for up to 20 s. */
+/** Repeats a call while it answers 503 (the documented "retry" answer), for up to 60 s. */
 async function retrying (call: () => Promise<Reply>): Promise<Reply> {
-  for (const deadline = Date.now() + 20_000; ; await sleep(20)) {
+  for (const deadline = Date.now() + 60_000; ; await sleep(20)) {
     const res = await call()
     if (res.status !== 503 || Date.now() > deadline) return res
   }

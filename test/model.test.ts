@@ -99,7 +99,7 @@ interface Real {
 const count = (r: Real, what: string) => { r.tally[what] = (r.tally[what] ?? 0) + 1 }
 
 async function call (r: Real, method: 'GET' | 'POST', url: string, payload?: object, key = r.key): Promise<Reply> {
-  for (const deadline = Date.now() + 20_000; ; await sleep(20)) {
+  for (const deadline = Date.now() + 60_000; ; await sleep(20)) {
     const res = await r.app.inject({ method, url, headers: { authorization: `Bearer ${key}` }, ...(payload === undefined ? {} : { payload }) })
     if (res.statusCode !== 503 || Date.now() > deadline) return { status: res.statusCode, body: res.json() }
   }
@@ -198,7 +198,7 @@ function applyBatch (m: Model, picks: Pick[], done: { sets: boolean, acknowledge
 /** A batch as NDJSON, one resource a line (the id first, so an identical line is recognised unparsed). */
 async function sendLines (r: Real, runId: number, picks: Pick[], batchId: string): Promise<Reply> {
   const payload = body(picks).map((b) => JSON.stringify(b)).join('\n')
-  for (const deadline = Date.now() + 20_000; ; await sleep(20)) {
+  for (const deadline = Date.now() + 60_000; ; await sleep(20)) {
     const res = await r.app.inject({
       method: 'POST',
       url: `/runs/${runId}/resources`,

@@ -147,8 +147,8 @@ t.test('a subscription is priced with its variables', async (t) => {
 
 /** Until the subscription `id` on a bare socket hears events: probes of run 0 (which no key may read) arrive as errors. */
 async function untilHeard (app: Awaited<ReturnType<typeof build>>, ws: { messages: Array<{ type: string, id?: string }> }, id: string) {
-  for (const deadline = Date.now() + 10_000; !ws.messages.some((m) => m.id === id && m.type === 'next'); await new Promise((resolve) => setTimeout(resolve, 50))) {
-    if (Date.now() > deadline) throw new Error(`subscription ${id} not started within 10 s`)
+  for (const deadline = Date.now() + 60_000; !ws.messages.some((m) => m.id === id && m.type === 'next'); await new Promise((resolve) => setTimeout(resolve, 50))) {
+    if (Date.now() > deadline) throw new Error(`subscription ${id} not started within 60 s`)
     app.events.emitter.emit({ topic: app.events.runCompletedTopic('default', SCOPE), payload: { runId: 0 } })
   }
 }
@@ -189,10 +189,12 @@ t.test('a second connection_init closes the socket (4429)', async (t) => {
 t.test('a socket costs nothing it has not got a key for: closed without connection_init in time, before it, without a key, with a refused key', async (t) => {
   const app = await build(t)
   const url = await listen(app)
-  const silent = await rawSocket(t, url)
+  // Timed from before the socket exists: the server's timer starts after that, so a correct
+  // server closes it no sooner than INIT_TIMEOUT_MS from here, however loaded the machine is.
   const started = Date.now()
+  const silent = await rawSocket(t, url)
   t.equal((await silent.closed).code, 4408, 'no connection_init: closed')
-  t.ok(Date.now() - started >= INIT_TIMEOUT_MS - 50, `after the init timeout (${Date.now() - started} ms)`)
+  t.ok(Date.now() - started >= INIT_TIMEOUT_MS, `after the init timeout (${Date.now() - started} ms)`)
 
   const early = await rawSocket(t, url)
   early.send({ type: 'subscribe', id: '1', payload: { query: `subscription { runCompleted(scope: "${SCOPE}") { id } }` } })

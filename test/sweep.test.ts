@@ -82,10 +82,8 @@ t.test('soft-deleted rows older than DELETED_RETENTION are purged by the timer',
   await tally.scan('aws/purge', estate(3))
   t.same((await db.query('select id from resources where deleted_at is not null order by id')).rows, [{ id: 's-3' }, { id: 's-4' }])
   await db.query("update resources set deleted_at = now() - interval '2 hours' where id = 's-3'")
-  for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(100)) {
-    const { rows } = await db.query("select count(*)::int as n from resources where id = 's-3'")
-    if (rows[0].n === 0) break
-  }
+  await waitFor(t, 'a timed sweep purged the old deletion', async () =>
+    (await db.query("select count(*)::int as n from resources where id = 's-3'")).rows[0].n === 0)
   t.same((await db.query('select id from resources order by id')).rows.map((r) => r.id), ['s-0', 's-1', 's-2', 's-4'],
     'the old deletion is purged, the recent one kept')
 })
@@ -119,7 +117,7 @@ t.test('the purge skips rows another instance holds instead of waiting for them'
   t.teardown(() => holder.end())
   await holder.query('begin')
   await holder.query("select 1 from resources where id = 's-5' for update")
-  const swept = await Promise.race([app.reconcile.sweep(), sleep(10_000).then(() => 'still waiting' as const)])
+  const swept = await Promise.race([app.reconcile.sweep(), sleep(60_000).then(() => 'still waiting' as const)])
   t.not(swept, 'still waiting', 'the sweep did not wait for the held row')
   t.match(swept, { purged: 3 })
   await holder.query('commit')
