@@ -5,7 +5,8 @@
  */
 import t from 'tap'
 import type { Redis } from 'ioredis'
-import { api, build, cacheBucketKeys, cacheEntry, liveIds, testEnv, redisClient, resource, rowVersions, sqlClient, type App, type ResourceBody } from './helper.js'
+import pg from 'pg'
+import { api, build, cacheBucketKeys, cacheEntry, liveIds, testEnv, redisClient, resource, rowVersions, sqlClient, waitFor, type App, type ResourceBody } from './helper.js'
 
 const estate = (n: number): ResourceBody[] => Array.from({ length: n }, (_, i) =>
   resource(`arn:aws:ec2:eu-west-1:1:instance/i-${String(i).padStart(4, '0')}`, { attributes: { n: i } }))
@@ -162,4 +163,46 @@ t.test('the cache of earlier versions (one hash of id → content hash per shard
   t.match((await tally.scan(scope, resources)).stats, { created: 100 })
   t.equal(await redis.exists(...legacy), 0, 'the old cache is gone')
   t.match((await tally.scan(scope, resources)).stats, { unchanged: 100 })
+})
+
+t.test('two batches of one run with one id: the one that read Postgres before the other wrote cannot fill the cache, even when the writer dies', async (t) => {
+  const app = await build(t)
+  const db = await sqlClient(t, app)
+  const tally = api(app)
+  const scope = 'aws/twin-batches'
+  const x = (state: string) => resource('X', { attributes: { state } })
+  await tally.scan(scope, [x('running')])
+  const run = (await tally.open(scope)).body.id as number
+  const waiting = async (query: string) => (await db.query(`select pid from pg_stat_activity
+    where datname = current_database() and wait_event_type = 'Lock' and query like $1`, [query])).rows.map((r: { pid: number }) => r.pid)
+
+  // A reports X stopped: it claims X in the cache and waits for X's row to write it.
+  const rowLock = new pg.Client({ connectionString: app.config.DATABASE_URL })
+  await rowLock.connect()
+  t.teardown(() => rowLock.end())
+  await rowLock.query('begin')
+  await rowLock.query("select 1 from resources where scope = $1 and id = 'X' for update", [scope])
+  const a = tally.ingest(run, [x('stopped')])
+  await waitFor(t, "A's write waits for X's row", async () => (await waiting('%with fence as%')).length === 1)
+  // B reports X running, as Postgres still has it: unchanged, and acknowledged; its fill must not
+  // land, as A may be writing (it holds the field's claim).
+  t.match((await tally.ingest(run, [x('running')])).body, { unchanged: 1 })
+  // A writes, then dies before its fill: its witness waits, and its connection is cut.
+  const acks = new pg.Client({ connectionString: app.config.DATABASE_URL })
+  await acks.connect()
+  t.teardown(() => acks.end())
+  await acks.query('begin')
+  await acks.query('lock table run_acks in share mode')
+  await rowLock.query('commit')
+  await waitFor(t, 'A wrote, and waits for its witness', async () => (await waiting('insert into "run_acks"%')).length === 1)
+  await db.query('select pg_terminate_backend(pid) from unnest($1::int[]) as pid', [await waiting('insert into "run_acks"%')])
+  t.equal((await a).status, 503, 'A died after its write')
+  await acks.query('rollback')
+  t.equal((await db.query("select attributes->>'state' as s from resources where id = 'X'")).rows[0].s, 'stopped', 'Postgres holds what A wrote')
+  t.equal((await tally.abort(run)).status, 200)
+
+  // The next scan reports X running: Postgres says stopped, so that is a change.
+  const next = await tally.scan(scope, [x('running')])
+  t.match(next.stats, { updated: 1, unchanged: 0 }, 'the next scan writes X back')
+  t.equal((await db.query("select attributes->>'state' as s from resources where id = 'X'")).rows[0].s, 'running')
 })

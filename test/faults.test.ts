@@ -18,6 +18,7 @@ const ids = (n: number, from = 0) => Array.from({ length: n }, (_, i) => `f-${St
 const resources = (list: string[], version = 0) => list.map((id) => resource(id, { attributes: { v: version } }))
 
 interface Reply { status: number, body: any }
+type Tap = Parameters<typeof waitFor>[0] & { equal: (...args: any[]) => unknown, same: (...args: any[]) => unknown, ok: (...args: any[]) => unknown }
 
 /** Repeats a call while it answers 503 (the documented "retry" answer), for up to 60 s. */
 async function retrying (call: () => Promise<Reply>): Promise<Reply> {
@@ -295,7 +296,7 @@ t.test('batches that die after their write, before the cache learns it: the next
     return { status: res.status, body: await res.json() }
   }
   const fleet = (state: string) => ids(4000).map((id) => resource(id, { attributes: { state } }))
-  const scan = async (scope: string, list: ReturnType<typeof fleet>) => {
+  const scan = async (t: Tap, scope: string, list: ReturnType<typeof fleet>) => {
     const run = (await http('/runs', { scope })).body.id as number
     const answers = []
     for (let i = 0; i < list.length; i += 1000) answers.push((await http(`/runs/${run}/resources`, { resources: list.slice(i, i + 1000) })).body)
@@ -313,8 +314,8 @@ t.test('batches that die after their write, before the cache learns it: the next
    * which write their rows and then wait for the witness insert (the test holds a lock on
    * run_acks) until `die` ends them; run 2 is aborted; scan 3 reports them running again.
    */
-  const scenario = async (scope: string, die: () => Promise<void>) => {
-    await scan(scope, fleet('running'))
+  const scenario = async (t: Tap, scope: string, die: () => Promise<void>) => {
+    await scan(t, scope, fleet('running'))
     const run = (await http('/runs', { scope })).body.id as number
     const blocker = new pg.Client({ connectionString: env.DATABASE_URL })
     await blocker.connect()
@@ -331,19 +332,19 @@ t.test('batches that die after their write, before the cache learns it: the next
     const answered = await Promise.all(batches)
     t.ok(answered.every((a) => a.status !== 200), `no batch acknowledged (${answered.map((a) => a.status).join(', ')})`)
     t.equal((await retrying(() => http(`/runs/${run}/abort`))).status, 200, 'run 2 aborted')
-    const rescan = await scan(scope, fleet('running'))
+    const rescan = await scan(t, scope, fleet('running'))
     t.same(rescan.map((a) => [a.updated, a.unchanged]), [[1000, 0], [1000, 0], [1000, 0], [1000, 0]], 'scan 3 finds every instance changed back')
     t.same(await states(scope), [{ state: 'running', n: 4000 }], 'and writes it')
-    t.same((await scan(scope, fleet('running'))).map((a) => a.unchanged), [1000, 1000, 1000, 1000], 'scan 4: unchanged')
+    t.same((await scan(t, scope, fleet('running'))).map((a) => a.unchanged), [1000, 1000, 1000, 1000], 'scan 4: unchanged')
   }
 
-  await t.test('their Postgres connections terminated: 503, and nothing of theirs is taken for the truth', async () => {
-    await scenario('aws/died-after-write-503', async () => {
+  await t.test('their Postgres connections terminated: 503, and nothing of theirs is taken for the truth', async (t) => {
+    await scenario(t, 'aws/died-after-write-503', async () => {
       await db.query('select pg_terminate_backend(pid) from unnest($1::int[]) as pid', [await waiting()])
     })
   })
-  await t.test('the server process SIGKILLed, and started again', async () => {
-    await scenario('aws/died-after-write-killed', async () => {
+  await t.test('the server process SIGKILLed, and started again', async (t) => {
+    await scenario(t, 'aws/died-after-write-killed', async () => {
       await server.current.kill('SIGKILL')
       server.current = await startServer(t, env)
     })

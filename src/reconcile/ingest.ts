@@ -14,7 +14,7 @@
  *    script per shard: an id joins a set only once its content is in Postgres, and the counts
  *    always agree with the sets. The script adds the batch's token to the shard's acks set, and
  *    Postgres witnesses it (run_acks) before the batch is answered.
- * 5. The claimed entries are filled with what Postgres holds (see tallyFill); the batch is
+ * 5. The fields the batch still claims get what Postgres holds (see tallyFill); the batch is
  *    recorded and unregistered.
  * A batch that fails anywhere is unregistered and leaves nothing a completion counts as applied;
  * rows it wrote before failing carry the run's id, and the run's completion finds them by it.
@@ -139,7 +139,7 @@ function dedupe (resources: ResourceIn[]): Map<string, ResourceIn> {
   return byId
 }
 
-/** What a run's claims on cache entries begin with (scripts.ts cacheRead); alone, a claim nobody may fill. */
+/** What a run's claims on cache fields begin with (scripts.ts cacheRead); alone, a claim nobody may fill. */
 const runClaim = (runId: number) => `c${runId}:`
 /** A batch's claim: its run's, and 64 bits of its token. */
 const claimOf = (runId: number, token: string) => `${runClaim(runId)}${token.replaceAll('-', '').slice(0, 16)}`
@@ -455,16 +455,16 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
   // the token missing from a shard's acks set and deletes nothing.
   await deps.runs.recordAck(run.id, batch.token, [...bySet.keys()])
 
-  // 5. The cache learns what Postgres holds, where the entry still holds this batch's claim: every
-  // id it did not find unchanged in the cache. A claim it has nothing to fill with is given up
+  // 5. The cache learns what Postgres holds, for each field this batch still claims: every id it
+  // did not find unchanged in the cache. A claim it has nothing to fill with is given up
   // (its writes are done).
   await Promise.all([...byCache].map(([shard, group]) => {
     const fills = group.flatMap((i) => {
       if (i.cached === i.value) return []
-      return [i.slot.field, claim, i.fill === '' ? '' : i.fill === i.hash ? i.value : cacheValue(i.digest, i.fill)]
+      return [i.slot.field, i.fill === '' ? '' : i.fill === i.hash ? i.value : cacheValue(i.digest, i.fill)]
     })
     if (fills.length === 0) return undefined
-    return redis.tallyFill(keys.cache(run, shard), epochs.get(shard)!, 2 * deps.settings.cacheBucketSize, ...fills)
+    return redis.tallyFill(keys.cache(run, shard), epochs.get(shard)!, 2 * deps.settings.cacheBucketSize, claim, ...fills)
   }))
 
   const counts = { created: 0, updated: 0, unchanged: 0 }

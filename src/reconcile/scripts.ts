@@ -55,9 +55,10 @@ local have = tonumber(info[1]) or 0
 local n = math.max(tonumber(ARGV[2]), tonumber(info[3]) or 0)
 local lo = tonumber(info[4]) or n
 local known = info[2] and info[5] == ARGV[3]
+local claims = meta .. ':claims'
 local function empty (gen)
   for b = 0, n - 1 do redis.call('UNLINK', meta .. ':' .. b) end
-  redis.call('UNLINK', KEYS[${k + 1}])
+  redis.call('UNLINK', KEYS[${k + 1}], claims)
   if not info[2] then
     local t = redis.call('TIME')
     redis.call('HSET', meta, '', t[1] .. string.format('%06d', tonumber(t[2])))
@@ -73,21 +74,21 @@ ${below}`
 /**
  * The cache read: ARGV[1] the scope's cache generation, ARGV[4] the batch's claim
  * (`c<run>:<token>`), ARGV[5] its run's claim prefix (`c<run>:`), then per id its field and the
- * value it would have if unchanged. Returns the epoch, then each id's value (false for none or a
- * claim). A shard behind that generation, or never seen, or of another member width, is emptied
+ * value it would have if unchanged. Returns the epoch, then each id's cached value (false for
+ * none). A shard behind that generation, or never seen, or of another member width, is emptied
  * first; one ahead of it (a reader with an old generation) answers misses and claims nothing.
  *
- * An id whose entry is not its value (a miss, a different value, a claim) may be written to
- * Postgres by this batch: its entry becomes the batch's **claim**, so that until the batch's
- * fill replaces it with what Postgres then holds, the id is a miss for everyone, and only that
- * fill may replace it (tallyFill). A batch that dies between its write and its fill leaves its
- * claim: never a stale value. A claim of another batch of the same run is not taken over (that
- * batch may still be writing): it becomes the run's bare prefix, which nobody's fill replaces. A
- * claim of another run is taken over: only one run of a scope is in flight, and a run that left
- * flight has no write under way (resources writeChanged: the run row's lock).
+ * An id whose value is not the one it would have unchanged may be written to Postgres by this
+ * batch: its value is dropped and the batch **claims** the field (in the shard's `claims` hash,
+ * so buckets hold values only), so that until the batch's fill (tallyFill) the id is a miss for
+ * everyone, and only that fill gives it a value again. A batch that dies between its write and
+ * its fill leaves its claim: never a stale value. A claim of another batch of the same run is
+ * not taken over (that batch may still be writing): it becomes the run's bare prefix, which no
+ * fill takes. A claim of another run is taken over: only one run of a scope is in flight, and a
+ * run that left flight has no write under way (resources writeChanged: the run row's lock).
  *
- * The field's entry is looked for in its bucket, then along the rest of its chain (emptied of
- * it): an entry found lower down moves to the bucket.
+ * The field's value is looked for in its bucket, then along the rest of its chain (emptied of
+ * it): one found lower down and still right moves to the bucket.
  */
 const cacheRead = (k: number) => `${cacheShard(k)}
 local gen = tonumber(ARGV[1])
@@ -114,13 +115,16 @@ for i = 6, #ARGV, 2 do
   end
   if val == v then
     if moved then redis.call('HSET', key, f, val) end
-    out[#out + 1] = val
   else
-    local claim = mine
-    if val and val ~= mine and string.sub(val, 1, #run) == run then claim = run end
-    redis.call('HSET', key, f, claim)
-    if val and string.sub(val, 1, 1) ~= 'c' then out[#out + 1] = val else out[#out + 1] = false end
+    if val and not moved then redis.call('HDEL', key, f) end
+    local held = redis.call('HGET', claims, f)
+    if held and held ~= mine and string.sub(held, 1, #run) == run then
+      redis.call('HSET', claims, f, run)
+    else
+      redis.call('HSET', claims, f, mine)
+    end
   end
+  out[#out + 1] = val or false
 end
 return out`
 
@@ -261,16 +265,16 @@ for k = 1, #KEYS do n = n + redis.call('SCARD', KEYS[k]) end
 return n`
   },
   /**
-   * KEYS cache; ARGV epoch, most entries a bucket takes, then field, expected, value per id.
-   * Writes `value` in the field's bucket (under the shard's count now) if the field's entry is
-   * still `expected`: the batch's claim (cacheRead) for an id it may have written, or the value
-   * it read for one it found unchanged. An empty `value` drops the entry (a claim the batch gives
-   * up). Any other entry is left as it is: another batch's claim, or its value. The field's entry
-   * is looked for along its chain, as in cacheRead. A bucket that fills up has its entries moved
-   * to their buckets under the count (`rehome`), and while it stays full the shard's count
-   * doubles (up to MAX_BUCKETS): a scope that grows within a scan, a first load above all, keeps
-   * small buckets. Does nothing if the epoch moved since the batch read it: an invalidation
-   * happened in between (its claims stay: misses, until the next run takes them over).
+   * KEYS cache; ARGV epoch, most entries a bucket takes, the batch's claim, then field, value per
+   * id the batch claimed (cacheRead). Where the field's claim is still the batch's, it goes, and
+   * `value` (what Postgres holds after the batch's writes) is written in the field's bucket under
+   * the shard's count now (the rest of the field's chain emptied of it); an empty `value` only
+   * gives the claim up. A field claimed by another batch, or by nobody any more, is left as it is.
+   * A bucket that fills up has its entries moved to their buckets under the count (`rehome`), and
+   * while it stays full the shard's count doubles (up to MAX_BUCKETS): a scope that grows within
+   * a scan, a first load above all, keeps small buckets. Does nothing if the epoch moved since the
+   * batch read it: an invalidation happened in between (its claims stay: misses, until the next
+   * run takes them over).
    */
   tallyFill: {
     numberOfKeys: 1,
@@ -278,9 +282,9 @@ return n`
 local meta = KEYS[1]
 local info = redis.call('HMGET', meta, '', 'n', 'lo')
 if info[1] ~= ARGV[1] then return 0 end
-local n, lo, most = tonumber(info[2]), tonumber(info[3]), tonumber(ARGV[2])
+local n, lo, most, mine = tonumber(info[2]), tonumber(info[3]), tonumber(ARGV[2]), ARGV[3]
+local claims = meta .. ':claims'
 ${below}
-local function claim (v) return string.sub(v, 1, 1) == 'c' end
 local function rehome (k)
   local key = meta .. ':' .. k
   local all = redis.call('HGETALL', key)
@@ -288,14 +292,8 @@ local function rehome (k)
   for j = 1, #all, 2 do
     local dest = meta .. ':' .. (tonumber(all[j]) % n)
     if dest ~= key then
-      local there = redis.call('HGET', dest, all[j])
-      if there then
-        -- Two entries for one field (the scripts keep one): values are dropped, a claim kept,
-        -- two claims become the run's bare prefix (neither batch may fill it).
-        if claim(all[j + 1]) and claim(there) then
-          redis.call('HSET', dest, all[j], string.match(there, '^c[^:]*:'))
-        elseif claim(all[j + 1]) then redis.call('HSET', dest, all[j], all[j + 1])
-        elseif not claim(there) then redis.call('HDEL', dest, all[j]) end
+      if redis.call('HEXISTS', dest, all[j]) == 1 then
+        redis.call('HDEL', dest, all[j])
         redis.call('HDEL', key, all[j])
         stay = stay - 1
       elseif redis.call('HLEN', dest) < most then
@@ -307,28 +305,15 @@ local function rehome (k)
   end
   return stay
 end
-for i = 3, #ARGV, 3 do
-  local f = ARGV[i]
-  local k = tonumber(f) % n
-  local key = meta .. ':' .. k
-  local cur = redis.call('HGET', key, f)
-  if not cur then
-    for _, old in ipairs(below(tonumber(f))) do
-      local got = redis.call('HGET', old, f)
-      if got then
-        redis.call('HDEL', old, f)
-        if not cur then
-          cur = got
-          redis.call('HSET', key, f, got)
-        end
-      end
-    end
-  end
-  if cur == ARGV[i + 1] then
-    if ARGV[i + 2] == '' then
-      redis.call('HDEL', key, f)
-    else
-      redis.call('HSET', key, f, ARGV[i + 2])
+for i = 4, #ARGV, 2 do
+  local f, value = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', claims, f) == mine then
+    redis.call('HDEL', claims, f)
+    if value ~= '' then
+      local k = tonumber(f) % n
+      local key = meta .. ':' .. k
+      for _, old in ipairs(below(tonumber(f))) do redis.call('HDEL', old, f) end
+      redis.call('HSET', key, f, value)
       if redis.call('HLEN', key) >= most then
         while rehome(k) >= most and n < ${MAX_BUCKETS} do
           n = n * 2
@@ -342,7 +327,7 @@ return 1`
   },
   /**
    * KEYS cache, old cache; ARGV generation ('' for none), buckets, width, then the ids' fields:
-   * forgets the ids (in every bucket of their chains) and bumps the epoch, so fills prepared
+   * forgets the ids (in every bucket of their chains, and their claims) and bumps the epoch, so fills prepared
    * earlier are dropped; with a generation, records it as the one this shard is invalidated for
    * (never lowering it). A shard never seen, or of another member width, is emptied instead.
    */
@@ -354,6 +339,7 @@ if not known then return empty(math.max(have, gen)) end
 for i = 4, #ARGV do
   local f = ARGV[i]
   redis.call('HDEL', meta .. ':' .. (tonumber(f) % n), f)
+  redis.call('HDEL', claims, f)
   for _, old in ipairs(below(tonumber(f))) do redis.call('HDEL', old, f) end
 end
 if have < gen then redis.call('HSET', meta, '!', gen) end
@@ -453,7 +439,7 @@ declare module 'ioredis' {
     tallyCard(numberOfKeys: number, ...keys: string[]): Result<number, Context>
     tallyIsMember(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number[], Context>
     tallyDiff(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<string[], Context>
-    tallyFill(cache: string, epoch: string, most: number, ...fieldExpectedValue: string[]): Result<number, Context>
+    tallyFill(cache: string, epoch: string, most: number, claim: string, ...fieldValue: string[]): Result<number, Context>
     tallyInvalidate(cache: string, oldCache: string, generation: number | '', buckets: number, width: number,
       ...fields: string[]): Result<number | string, Context>
     tallyDone(batches: string, counters: string, inflight: string, batchId: string, token: string, result: string, ttl: number): Result<['revoked' | 'replay' | 'done', string], Context>
