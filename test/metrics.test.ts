@@ -1,6 +1,10 @@
 /** GET /metrics: Prometheus text, for reader and admin keys, whose counters agree with the runs' stats. */
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import t from 'tap'
-import { api, bearer, build, createKey, resource } from './helper.js'
+import { buildApp } from '../src/app.js'
+import { loadConfig } from '../src/config.js'
+import { api, bearer, build, createKey, resource, testEnv } from './helper.js'
 
 /** The value of one series, `name{labels}` exactly as exposed (labels in prom-client's order). */
 function value (text: string, series: string): number {
@@ -75,4 +79,23 @@ t.test('metrics after scans equal the runs\' stats', async (t) => {
   const refused = await app.inject({ url: '/metrics', headers: bearer(app, other) })
   t.equal(refused.statusCode, 403, "another tenant's admin key does not")
   t.match(refused.json().detail, /METRICS_TENANT/)
+})
+
+t.test('an app built and closed leaves nothing behind: the process series are collected once a process', async (t) => {
+  setFlagsFromString('--expose_gc')
+  const gc = runInNewContext('gc') as () => void
+  const env = await testEnv(t)
+  const cycle = async () => {
+    const app = await buildApp(loadConfig(env))
+    await app.ready()
+    await app.inject({ url: '/healthz' })
+    await app.close()
+  }
+  await cycle()
+  const heap = () => { gc(); gc(); return process.memoryUsage().heapUsed }
+  const before = heap()
+  for (let i = 0; i < 10; i++) await cycle()
+  const perApp = (heap() - before) / 10
+  // With a registry of default metrics per app, each app stayed reachable (2.2 MB, more since).
+  t.ok(perApp < 1_000_000, `${(perApp / 1e6).toFixed(2)} MB kept per app`)
 })

@@ -103,7 +103,7 @@ export default fp(async function auth (fastify) {
   const cached = (id: string): KeyRow | false | undefined => ttl === 0 ? undefined : known.get(id) ?? (unknown.has(id) ? false : undefined)
   const lookup = async (id: string): Promise<KeyRow | undefined> => ttl === 0 ? lookups(() => keys.byId(id)) : known.fetch(id)
   // Refused keys per client address, counted from the first in a window of RATE_LIMIT_WINDOW.
-  const failures = new LRUCache<string, number>({ max: 100_000, ttl: RATE_LIMIT_WINDOW * 1000, noUpdateTTL: true })
+  const failures = new LRUCache<string, number>({ max: 10_000, ttl: RATE_LIMIT_WINDOW * 1000, noUpdateTTL: true })
 
   async function authenticate (header: string | undefined, reply?: FastifyReply, address?: string): Promise<Access> {
     if (header === undefined) throw unauthorized(reply, 'Send an API key: Authorization: Bearer <key>', false)
@@ -122,7 +122,7 @@ export default fp(async function auth (fastify) {
       row = await lookup(parsed.id) ?? false
     }
     if (row === false || row.revokedAt !== null || !secretMatches(parsed.secret, row.secretHash)) {
-      if (address !== undefined) failures.set(address, failed + 1)
+      if (address !== undefined) failures.set(address, (failures.get(address) ?? 0) + 1)
       throw unauthorized(reply, 'The API key is unknown or revoked', true)
     }
     return { keyId: row.id, tenant: row.tenant, role: row.role, scopes: row.scopes }
