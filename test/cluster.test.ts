@@ -71,7 +71,7 @@ t.test('a 3 + 3 cluster', async (t) => {
     const feed = subscribeRunCompleted(wsClient(t, await listenWs(b.app), adminKey(b.app)), 'aws/cluster-live')
     await untilSubscribed(b.app, [feed])
     const done = await a.tally.scan('aws/cluster-live', estate(10))
-    await waitFor(t, 'the completion event', async () => feed.events.length === 1, 10_000)
+    await waitFor(t, 'the completion event', async () => feed.events.length === 1)
     t.equal(feed.events[0]?.data?.runCompleted.id, String(done.id))
     t.same(feed.errors, [])
   })

@@ -266,11 +266,14 @@ export function wsClient (t: Tap, url: string, key: string | undefined, via: 'pa
 
 export interface RunCompletedEvent { data?: { runCompleted: { id: string, scope: string, status: string, stats: { created: number, deleted: number } } } | null, errors?: Array<{ message: string, extensions?: { code?: string } }> }
 
-/** Subscribes; `events` and `errors` fill as they come. */
+/** The answer to a probe of untilSubscribed: an event of run 0, which no key may read. */
+const isProbe = (e: RunCompletedEvent) => e.errors?.[0]?.message === 'Run 0 is not readable with this key'
+
+/** Subscribes; `events` and `errors` fill as they come (the answers to untilSubscribed's probes apart, in `probes`). */
 export function subscribeRunCompleted (c: Client, scope: string, query = `subscription { runCompleted(scope: "${scope}") { id scope status stats { created deleted } } }`) {
-  const feed = { scope, events: [] as RunCompletedEvent[], errors: [] as unknown[] }
+  const feed = { scope, events: [] as RunCompletedEvent[], probes: [] as RunCompletedEvent[], errors: [] as unknown[] }
   c.subscribe({ query }, {
-    next: (e) => { feed.events.push(e as RunCompletedEvent) },
+    next: (e) => { (isProbe(e as RunCompletedEvent) ? feed.probes : feed.events).push(e as RunCompletedEvent) },
     error: (err) => { feed.errors.push(err) },
     complete: () => {}
   })
@@ -280,17 +283,16 @@ export function subscribeRunCompleted (c: Client, scope: string, query = `subscr
 /**
  * Waits until each subscriber hears events of its scope (graphql-ws says nothing when a
  * subscription starts), by publishing probes through `app`'s emitter: events of run 0, which no
- * key may read, so each arrives as an error. Then forgets the probes.
+ * key may read, so each arrives as an error, kept apart from the feed's events (a probe still in
+ * flight may arrive later, however late).
  */
 export async function untilSubscribed (app: App, feeds: Array<ReturnType<typeof subscribeRunCompleted> & { tenant?: string }>): Promise<void> {
-  for (const deadline = Date.now() + 60_000; feeds.some((f) => f.events.length === 0); await sleep(50)) {
+  for (const deadline = Date.now() + 60_000; feeds.some((f) => f.probes.length === 0); await sleep(50)) {
     if (Date.now() > deadline) throw new Error('subscriptions not started within 60 s')
-    for (const f of feeds.filter((f) => f.events.length === 0)) {
+    for (const f of feeds.filter((f) => f.probes.length === 0)) {
       app.events.emitter.emit({ topic: app.events.runCompletedTopic(f.tenant ?? 'default', f.scope), payload: { runId: 0 } })
     }
   }
-  await sleep(100) // a probe still in flight
-  for (const f of feeds) f.events.length = 0
 }
 
 /** Live resource ids of a scope, sorted. */

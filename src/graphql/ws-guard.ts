@@ -5,7 +5,7 @@
  * (its `emit('message')` is wrapped as the socket is accepted, before mercurius listens), with
  * graphql-ws's close codes:
  *
- * - `connection_init` must come within INIT_TIMEOUT_MS (else 4408) and carry a key, in its payload
+ * - `connection_init` must come within INIT_TIMEOUT_MS of the upgrade (else 4408) and carry a key, in its payload
  *   (`authorization`) or in the upgrade request's `Authorization` header (else 4401). The key is
  *   checked here, before mercurius sees the message: refused, 4403; too many refused from the
  *   address, 4429; a dependency down, 1013 (try again later); one key holds at most `maxSocketsPerKey` sockets on this instance (else 4429).
@@ -102,6 +102,8 @@ function guard (socket: WebSocket, request: IncomingMessage, options: GuardOptio
     const fromPayload = message.payload?.authorization
     const authorization = typeof fromPayload === 'string' ? fromPayload : request.headers.authorization
     if (authorization === undefined) return close(4401, 'Unauthorized: send an API key, { authorization: "Bearer tally_…" }')
+    // The client did its part in time; the check takes what Postgres takes.
+    clearTimeout(timer)
     state = 'checking'
     options.authenticate(authorization, request.socket.remoteAddress).then((access) => {
       if (state === 'closed') return
@@ -109,7 +111,6 @@ function guard (socket: WebSocket, request: IncomingMessage, options: GuardOptio
       if (held >= options.maxSocketsPerKey) return close(4429, `Too many WebSockets for this key (${options.maxSocketsPerKey})`)
       socketsByKey.set(access.keyId, held + 1)
       keyId = access.keyId
-      clearTimeout(timer)
       state = 'ready'
       deliver('message', ...args)
       for (const next of queued.splice(0)) socket.emit('message', ...next)
