@@ -117,7 +117,7 @@ t.test('the purge skips rows another instance holds instead of waiting for them'
   t.teardown(() => holder.end())
   await holder.query('begin')
   await holder.query("select 1 from resources where id = 's-5' for update")
-  const swept = await Promise.race([app.reconcile.sweep(), sleep(60_000).then(() => 'still waiting' as const)])
+  const swept = await Promise.race([app.reconcile.sweep(), sleep(60_000, undefined, { ref: false }).then(() => 'still waiting' as const)])
   t.not(swept, 'still waiting', 'the sweep did not wait for the held row')
   t.match(swept, { purged: 3 })
   await holder.query('commit')
