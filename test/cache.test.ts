@@ -40,7 +40,8 @@ t.test('a wrong cache entry is repaired and costs no write, no lock, no WAL', as
 
   // Repaired: every entry holds the row's hash again.
   const { rows } = await db.query("select id, encode(content_hash, 'hex') as h from resources where scope = $1", [scope])
-  const entries = await Promise.all(rows.map((r: { id: string, h: string }) => cacheEntry(app, redis, scope, r.id, r.h)))
+  const sent = new Map(resources.map((r) => [r.id, r]))
+  const entries = await Promise.all(rows.map((r: { id: string, h: string }) => cacheEntry(app, redis, scope, r.id, r.h, sent.get(r.id))))
   t.equal(entries.length, 200)
   t.same(entries.filter((e) => e.cached !== e.expected), [], 'the cache equals Postgres again')
   t.match((await tally.scan(scope, resources, { batch: 50 })).stats, { unchanged: 200 })
@@ -140,7 +141,8 @@ t.test('a grown scope moves its cache into more buckets, and deleted ones are fo
   t.same(await Promise.all(shardKeys.map((k) => redis.hget(k, 'n'))), ['32', '32', '32', '32'], 'every cache shard grew to 32 buckets')
   t.ok((await cacheBucketKeys(app, redis, scope)).length > 100, 'entries moved to their buckets')
   const { rows } = await db.query("select id, encode(content_hash, 'hex') as h from resources where scope = $1 and deleted_at is null", [scope])
-  const entries = await Promise.all(rows.map((r: { id: string, h: string }) => cacheEntry(app, redis, scope, r.id, r.h)))
+  const sent = new Map(resources.map((r) => [r.id, r]))
+  const entries = await Promise.all(rows.map((r: { id: string, h: string }) => cacheEntry(app, redis, scope, r.id, r.h, sent.get(r.id))))
   t.same(entries.filter((e) => e.cached !== e.expected), [], 'every live row is cached where a read looks first')
 
   // The ten come back: their deletion reached them in the first buckets, so they are created

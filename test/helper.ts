@@ -16,7 +16,7 @@ import { generateKey, type Role } from '../src/auth/keys.js'
 import { loadConfig } from '../src/config.js'
 import { createKeys } from '../src/reconcile/keys.js'
 import { idDigest, place } from '../src/reconcile/members.js'
-import { cacheSlot, cacheValue } from '../src/reconcile/cache.js'
+import { cacheSlot, cacheValue, lineValue } from '../src/reconcile/cache.js'
 import { layoutOf } from '../src/reconcile/run-keys.js'
 
 type Tap = {
@@ -324,7 +324,11 @@ export async function cacheBucketKeys (app: App, redis: Redis, scope = '*'): Pro
  * What the cache holds for an id of a scope, in the bucket a read looks in first (null for
  * nothing), and what it would hold for the content hash Postgres has for it.
  */
-export async function cacheEntry (app: App, redis: Redis, scope: string, id: string, hash: string): Promise<{ cached: string | null, expected: string }> {
+/**
+ * What the cache holds for an id, and what it should hold: the value of its content's hash, or
+ * for a resource last `sent` in a JSON batch (or an NDJSON line) the value of its bytes as sent.
+ */
+export async function cacheEntry (app: App, redis: Redis, scope: string, id: string, hash: string, sent?: object): Promise<{ cached: string | null, expected: string }> {
   const scopeRow = (await app.db.runs.getScope('default', scope))!
   const digest = idDigest(id)
   const slot = cacheSlot(id, digest, { shards: scopeRow.cacheShardCount, buckets: 1, bits: app.config.ID_DIGEST_BITS })
@@ -332,5 +336,6 @@ export async function cacheEntry (app: App, redis: Redis, scope: string, id: str
   const buckets = Number(await redis.hget(shard, 'n') ?? '1')
   const field = Number(slot.field)
   const bucket = ((field % buckets) + buckets) % buckets
-  return { cached: await redis.hget(`${shard}:${bucket}`, slot.field), expected: cacheValue(digest, hash) }
+  const expected = sent === undefined ? cacheValue(digest, hash) : lineValue(digest, Buffer.from(JSON.stringify(sent)))
+  return { cached: await redis.hget(`${shard}:${bucket}`, slot.field), expected }
 }

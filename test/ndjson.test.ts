@@ -37,15 +37,26 @@ async function scanLines (app: App, scope: string, payload: string) {
   return { sent, done: done.body }
 }
 
-t.test('identical lines are recognised without parsing; changed, reordered and JSON-sent ones are compared by content', async (t) => {
+/** Sends resources as a JSON body that is not split into spans (a key written with an escape): read whole, as objects. */
+async function scanWhole (app: App, scope: string, resources: object[]) {
+  const tally = api(app)
+  const run = (await tally.open(scope)).body.id as number
+  const payload = JSON.stringify({ resources }).replace('"resources"', '"\\u0072esources"')
+  const sent = await app.inject({ method: 'POST', url: `/runs/${run}/resources`, headers: { ...bearer(app), 'content-type': 'application/json' }, payload })
+  const done = await tally.complete(run)
+  return { sent: { status: sent.statusCode, body: sent.json() }, done: done.body }
+}
+
+t.test('identical lines are recognised without parsing; changed, reordered and whole-JSON-sent ones are compared by content', async (t) => {
   const app = await build(t)
   const db = await sqlClient(t, app)
   const checks = countChecks(app)
   const scope = 'aws/ndjson'
   const resources = estate(300)
 
-  // First sent as JSON batches: the cache holds the contents' values.
-  await api(app).scan(scope, resources)
+  // First sent as a JSON body read whole: the cache holds the contents' values.
+  const first = await scanWhole(app, scope, resources)
+  t.match(first.sent, { status: 200, body: { created: 300 } })
   const before = await rowVersions(db, scope)
 
   // The same resources as lines: parsed once (the cache knows no line yet), all unchanged.
@@ -76,6 +87,51 @@ t.test('identical lines are recognised without parsing; changed, reordered and J
   const after = await rowVersions(db, scope)
   t.equal([...after].filter(([id, v]) => before.get(id) !== v).length, 12, 'written: the 10 renamed, the new one, the deleted one')
   t.equal((await liveIds(db, scope)).length, 300)
+})
+
+t.test('a JSON batch is split into its resources: identical bytes recognised unparsed, as lines are', async (t) => {
+  const app = await build(t)
+  const db = await sqlClient(t, app)
+  const checks = countChecks(app)
+  const scope = 'aws/json-spans'
+  const resources = estate(300)
+  const tally = api(app)
+
+  t.match(await tally.scan(scope, resources), { stats: { created: 300 } })
+  t.equal(checks.n, 300, 'a first load: every resource parsed and checked')
+  const before = await rowVersions(db, scope)
+
+  // The same body again: none parsed, nothing written.
+  checks.n = 0
+  t.match(await tally.scan(scope, resources), { stats: { seen: 300, unchanged: 300 } })
+  t.equal(checks.n, 0, 'no resource parsed or checked')
+  t.same(await rowVersions(db, scope), before)
+
+  // The same bytes as NDJSON lines: recognised too.
+  t.match((await scanLines(app, scope, ndjson(resources))).sent.body, { unchanged: 300 })
+  t.equal(checks.n, 0, 'no line parsed or checked')
+
+  // Pretty-printed: other bytes, so parsed once and compared by content; then recognised.
+  for (const parsed of [300, 0]) {
+    checks.n = 0
+    const run = (await tally.open(scope)).body.id as number
+    const res = await app.inject({ method: 'POST', url: `/runs/${run}/resources`, headers: { ...bearer(app), 'content-type': 'application/json' }, payload: JSON.stringify({ batchId: 'pretty', resources }, null, 2) })
+    t.match(res.json(), { received: 300, created: 0, updated: 0, unchanged: 300 })
+    t.match((await tally.complete(run)).body, { stats: { seen: 300, deleted: 0 } })
+    t.equal(checks.n, parsed, `${parsed} parsed`)
+  }
+  t.same(await rowVersions(db, scope), before, 'no row written or locked by any of these scans')
+
+  // Ten renamed, ten with the id last (parsed, compared by content), a bad one refused as a whole body is.
+  checks.n = 0
+  const next = resources.map((r, i) => i < 10 ? { ...r, name: 'renamed' } : i < 20 ? Object.fromEntries(Object.entries(r).reverse()) as ResourceBody : r)
+  const run = (await tally.open(scope)).body.id as number
+  const bad = await tally.ingest(run, [...next.slice(0, 150), { ...next[150]!, colour: 'red' } as unknown as ResourceBody, ...next.slice(151)])
+  t.match(bad, { status: 400, body: { code: 'validation_failed', detail: 'body /resources/150: unknown field "colour"' } })
+  t.match((await tally.ingest(run, next)).body, { received: 300, updated: 10, unchanged: 290 })
+  t.match((await tally.complete(run)).body, { stats: { seen: 300, updated: 10, deleted: 0 } })
+  const after = await rowVersions(db, scope)
+  t.equal([...after].filter(([id, v]) => before.get(id) !== v).length, 10, 'written: the 10 renamed')
 })
 
 t.test('a body far larger than BODY_LIMIT streams through, a lot of MAX_BATCH lines at a time', async (t) => {

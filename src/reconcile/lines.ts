@@ -1,28 +1,44 @@
 /**
- * NDJSON batches: one resource per line. A scanner that sends the same bytes for an unchanged
- * resource on every scan lets Tally recognise the line without parsing or checking it: the
- * cache (cache.ts) then holds the line's own value (XXH64 of its bytes, seeded with the id
- * digest) instead of the canonical content's. That needs the id before any parsing, so it is
- * read straight from the bytes when the line begins `{"id":"` and the id holds no escape;
- * other lines are parsed first, and simply never recognised.
+ * NDJSON batches: one resource per line (a JSON body's resources are split into such byte spans
+ * too, spans.ts). A scanner that sends the same bytes for an unchanged resource on every scan
+ * lets Tally recognise them without parsing or checking them: the cache (cache.ts) then holds
+ * the bytes' own value (XXH64 of them, seeded with the id digest) instead of the canonical
+ * content's. That needs the id before any parsing, so it is read straight from the bytes when
+ * they begin `{"id":"` (whitespace allowed around the key and the colon) and the id holds no
+ * escape; other resources are parsed first, and recognised by their content's hash only.
  */
 import { isUtf8 } from 'node:buffer'
 import { TallyError } from '../errors.js'
 
-const PREFIX = Buffer.from('{"id":"')
 const QUOTE = 0x22
 const BACKSLASH = 0x5c
 const NEWLINE = 0x0a
 const RETURN = 0x0d
+const OPEN = 0x7b
+const COLON = 0x3a
+const ID_KEY = Buffer.from('"id"')
 
-/** The id of a line that begins `{"id":"<id without escapes>"`, or undefined. */
+const space = (b: number | undefined) => b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d
+function skipSpace (line: Buffer, i: number): number {
+  while (space(line[i])) i++
+  return i
+}
+
+/** The id of a resource's bytes that begin `{"id":"<id without escapes>"` (whitespace allowed between), or undefined. */
 export function leadingId (line: Buffer): string | undefined {
-  if (line.length < PREFIX.length + 2 || PREFIX.compare(line, 0, PREFIX.length) !== 0) return undefined
-  const end = line.indexOf(QUOTE, PREFIX.length)
-  if (end <= PREFIX.length) return undefined
-  const escape = line.indexOf(BACKSLASH, PREFIX.length)
+  if (line[0] !== OPEN) return undefined
+  let i = skipSpace(line, 1)
+  if (ID_KEY.compare(line, i, i + ID_KEY.length) !== 0) return undefined
+  i = skipSpace(line, i + ID_KEY.length)
+  if (line[i] !== COLON) return undefined
+  i = skipSpace(line, i + 1)
+  if (line[i] !== QUOTE) return undefined
+  const start = i + 1
+  const end = line.indexOf(QUOTE, start)
+  if (end <= start) return undefined
+  const escape = line.indexOf(BACKSLASH, start)
   if (escape !== -1 && escape < end) return undefined
-  return line.toString('utf8', PREFIX.length, end)
+  return line.toString('utf8', start, end)
 }
 
 const tooLong = (maxLine: number) => new TallyError('batch_too_large', `A line holds at most ${maxLine} bytes (BODY_LIMIT)`)

@@ -1,9 +1,12 @@
 /** The REST surface of scan runs: thin handlers that validate, call the reconciler and shape the reply. */
-import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyPluginAsyncTypebox, TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { TallyError } from '../errors.js'
 import { accessOf, logDestructive, READERS, requireAdmin, requireScope, SCANNERS } from '../plugins/auth.js'
 import { Readable } from 'node:stream'
 import { findBadResource, findBadValue, findOversize } from './resource-values.js'
+import { splitBatch, SplitBatch } from '../reconcile/spans.js'
+import { isUtf8 } from 'node:buffer'
+import type { FastifyRequest } from 'fastify'
 import type { Access } from '../auth/keys.js'
 import type { BatchResult, ResourceIn, RunState } from '../reconcile/index.js'
 import { lineBatches } from '../reconcile/lines.js'
@@ -13,7 +16,7 @@ import { utf8Parser } from '../plugins/json-body.js'
 import { findAlteredNumber } from '../reconcile/numbers.js'
 import { Type } from '@sinclair/typebox'
 import {
-  BatchResultSchema, CompleteBodySchema, CreateRunBodySchema, IngestBodySchema, IngestHeadersSchema, ListRunsQuerySchema,
+  BatchIdSchema, BatchResultSchema, CompleteBodySchema, CreateRunBodySchema, IngestBodySchema, IngestHeadersSchema, ListRunsQuerySchema,
   NdjsonBodySchema, problems, RUN_ID_TEXT, RunListSchema, RunParamsSchema, RunSchema, type IngestBody, type Run
 } from './schemas.js'
 
@@ -50,15 +53,16 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   // `constructor`: the value checks below refuse those keys in the walk they make anyway. A
   // number JSON.parse would read as another is refused with its place (reconcile/numbers.ts).
   const parseJson = fastify.getDefaultJsonParser('ignore', 'ignore')
-  fastify.removeContentTypeParser('application/json')
-  fastify.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Parser((request, text, done) => {
+  const parseBody = utf8Parser((request, text, done) => {
     parseJson(request, text, (err, value) => {
       if (err !== null) return done(err, undefined)
       const altered = findAlteredNumber(text)
       if (altered !== undefined) return done(new TallyError('validation_failed', `body${altered.path} ${altered.message}`, { errors: [altered] }), undefined)
       done(null, value)
     })
-  }))
+  })
+  fastify.removeContentTypeParser('application/json')
+  fastify.addContentTypeParser('application/json', { parseAs: 'buffer' }, parseBody)
   // NDJSON is not parsed here: the ingest route reads it as a stream, a lot of lines at a time.
   fastify.addContentTypeParser(NDJSON, (_request, payload, done) => { done(null, payload) })
 
@@ -73,7 +77,9 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
   // Before schema validation: Ajv would walk every key of an 800k-key attributes object (1 s)
   // before the count refused it.
   fastify.addHook('preValidation', async (request) => {
-    if (request.body instanceof Readable) return // NDJSON: checked line by line (parseLine)
+    if (request.body instanceof Readable) return // NDJSON: checked line by line (parseResource)
+    // A JSON batch split into its resources' bytes: checked resource by resource as they are read.
+    if (request.body instanceof SplitBatch) return tooLarge(request.body.spans)
     // A batch over MAX_BATCH is refused before anything walks it: 5M empty resources in a 15 MB
     // body held the event loop for 100 s in the walk and validation, against 1.5 s to parse.
     if (request.routeOptions.url === '/runs/:id/resources') tooLarge((request.body as { resources?: unknown } | null)?.resources)
@@ -150,27 +156,6 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     config: read
   }, async (request) => runView(await reconcile.getRun(request.params.id, accessOf(request))))
 
-  fastify.post('/runs/:id/resources', {
-    schema: {
-      tags,
-      operationId: 'ingestBatch',
-      summary: 'Ingest a batch of resources into an open run',
-      params: RunParamsSchema,
-      security,
-      headers: IngestHeadersSchema,
-      body: { content: { 'application/json': { schema: IngestBodySchema }, [NDJSON]: { schema: NdjsonBodySchema } } },
-      response: { 200: Type.Ref(BatchResultSchema), ...problems(400, 401, 403, 404, 409, 413, 415, 422, 429) }
-    },
-    config: scan
-  }, async (request) => {
-    const end = fastify.metrics.batchSeconds.startTimer()
-    try {
-      return await ingest(request.params.id, request.body, request.headers['idempotency-key'], accessOf(request))
-    } finally {
-      end()
-    }
-  })
-
   /** A batch of more than MAX_BATCH resources is refused whole (413). */
   function tooLarge (resources: unknown) {
     const max = config.MAX_BATCH
@@ -190,26 +175,65 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     metrics.resources.inc({ outcome: 'unchanged' }, result.unchanged)
   }
 
-  async function ingest (runId: number, body: unknown, headerId: string | undefined, access: Access): Promise<BatchResult> {
+  async function ingest (request: FastifyRequest, runId: number, body: unknown, headerId: string | undefined, access: Access): Promise<BatchResult> {
     if (body instanceof Readable) return ingestLines(runId, body, headerId, access)
+    if (body instanceof SplitBatch) return ingestSplit(request, runId, body, headerId, access)
     // Validated by its media type's schema: a request with none (no body) is not.
     if (typeof body !== 'object' || body === null) {
       throw new TallyError('validation_failed', 'body must be a JSON object { resources }, or NDJSON (one resource per line)')
     }
     // Its size was checked before the value walk (the preValidation hook above).
     const { resources, batchId: bodyId } = body as IngestBody
-    if (bodyId !== undefined && headerId !== undefined && bodyId !== headerId) {
-      throw new TallyError('validation_failed', 'batchId and the Idempotency-Key header differ; send one, or the same in both')
-    }
-    const result = await reconcile.ingestBatch(runId, resources, bodyId ?? headerId, access)
+    const result = await reconcile.ingestBatch(runId, resources, batchIdOf(bodyId, headerId), access)
     countBatch(result)
     return result
   }
 
-  /** A resource of an NDJSON body, parsed and checked as a JSON body's resources are; a 400 if it is not one. */
-  function parseLine (line: Buffer, index: number): ResourceIn {
-    const where = `line ${index + 1}`
-    const text = line.toString('utf8') // UTF-8: lineBatches checked it
+  function batchIdOf (bodyId: string | undefined, headerId: string | undefined): string | undefined {
+    if (bodyId !== undefined && headerId !== undefined && bodyId !== headerId) {
+      throw new TallyError('validation_failed', 'batchId and the Idempotency-Key header differ; send one, or the same in both')
+    }
+    return bodyId ?? headerId
+  }
+
+  /**
+   * A JSON batch split into its resources' bytes: ingested as a lot of lines are, so the cache
+   * recognises unchanged resources from their bytes and only the rest are parsed and checked.
+   * Should one of those be refused, the body is refused as a whole body is (`refusalOf`): the
+   * same problem, wherever its resources sit.
+   */
+  async function ingestSplit (request: FastifyRequest, runId: number, batch: SplitBatch, headerId: string | undefined, access: Access): Promise<BatchResult> {
+    if (batch.batchId !== undefined && !request.compileValidationSchema(BatchIdSchema)(batch.batchId)) throw refusalOf(request, batch)
+    const parse = (span: Buffer, index: number) => {
+      try {
+        return parseResource(span, `body /resources/${index}`)
+      } catch (err) {
+        if (!(err instanceof TallyError)) throw err
+        throw refusalOf(request, batch) ?? err
+      }
+    }
+    const result = await reconcile.ingestLines(runId, { lines: batch.spans, first: 0, parse }, batchIdOf(batch.batchId, headerId), access)
+    countBatch(result)
+    return result
+  }
+
+  /** What refuses a split body when it is read whole, as a body that is not split is: parsed, walked, then validated. */
+  function refusalOf (request: FastifyRequest, batch: SplitBatch): Error | undefined {
+    let refusal: Error | undefined
+    let value: unknown
+    parseBody(request, batch.body, (err, parsed) => { refusal = err ?? undefined; value = parsed })
+    if (refusal !== undefined) return refusal
+    const bad = findBadValue(value, config.MAX_RESOURCE_KEYS) ?? findOversize(value)
+    if (bad !== undefined) return new TallyError('validation_failed', `body${bad.path} ${bad.message}`, { errors: [bad] })
+    const validate = request.compileValidationSchema(IngestBodySchema, 'body')
+    if (validate(value)) return undefined
+    // As Fastify reports a body its schema refuses (plugins/problems.ts describes it).
+    return Object.assign(new Error('body is not a batch'), { statusCode: 400, validation: validate.errors, validationContext: 'body' })
+  }
+
+  /** A resource of an NDJSON line or a split JSON body, parsed and checked as a JSON body's resources are; a 400 if it is not one. */
+  function parseResource (bytes: Buffer, where: string): ResourceIn {
+    const text = bytes.toString('utf8') // UTF-8: lineBatches and the JSON parser checked it
     let value: unknown
     try {
       value = JSON.parse(text)
@@ -230,6 +254,8 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     }
     return value as ResourceIn
   }
+
+  const parseLine = (line: Buffer, index: number) => parseResource(line, `line ${index + 1}`)
 
   /**
    * An NDJSON body: read MAX_BATCH lines at a time, each lot ingested as a batch before the next
@@ -257,6 +283,39 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     if (total.received === 0) throw new TallyError('validation_failed', 'The body holds no resource: send one JSON object per line')
     return total
   }
+
+  // The ingest route's JSON bodies are split into their resources' bytes where they can be
+  // (reconcile/spans.ts): a resource the cache recognises from its bytes is never parsed.
+  await fastify.register(async function ingestRoute (context) {
+    const scope = context.withTypeProvider<TypeBoxTypeProvider>()
+    scope.removeContentTypeParser('application/json')
+    scope.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body: Buffer, done) => {
+      const split = isUtf8(body) ? splitBatch(body) : undefined
+      if (split !== undefined) return done(null, split)
+      parseBody(request, body, done)
+    })
+
+    scope.post('/runs/:id/resources', {
+      schema: {
+        tags,
+        operationId: 'ingestBatch',
+        summary: 'Ingest a batch of resources into an open run',
+        params: RunParamsSchema,
+        security,
+        headers: IngestHeadersSchema,
+        body: { content: { 'application/json': { schema: IngestBodySchema }, [NDJSON]: { schema: NdjsonBodySchema } } },
+        response: { 200: Type.Ref(BatchResultSchema), ...problems(400, 401, 403, 404, 409, 413, 415, 422, 429) }
+      },
+      config: scan
+    }, async (request) => {
+      const end = fastify.metrics.batchSeconds.startTimer()
+      try {
+        return await ingest(request, request.params.id, request.body, request.headers['idempotency-key'], accessOf(request))
+      } finally {
+        end()
+      }
+    })
+  })
 
   fastify.post('/runs/:id/complete', {
     schema: {

@@ -103,7 +103,7 @@ export const ResourceSchema = Type.Object({
   attributes: Type.Optional(Type.Record(Type.String(), Type.Unknown()))
 }, { $id: 'Resource', additionalProperties: false })
 
-const BatchIdSchema = Type.String({
+export const BatchIdSchema = Type.String({
   minLength: 1,
   maxLength: 128,
   pattern: BATCH_ID_PATTERN,
