@@ -10,12 +10,13 @@
  *    the same script: until this batch's fill, the id is a miss for everyone (scripts.ts cacheRead).
  *    Misses and wrong entries are settled against Postgres.
  * 3. The write: only rows whose content differs, and only while the run is open (see writeChanged).
- * 4. `tallyCommit` adds the ids to the run's seen sets and counts them, each id once, in the same
+ * 4. `tallyApply` adds the ids to the run's seen sets and counts them, each id once, in the same
  *    script per shard: an id joins a set only once its content is in Postgres, and the counts
  *    always agree with the sets. The script adds the batch's token to the shard's acks set, and
- *    Postgres witnesses it (run_acks) before the batch is answered.
- * 5. The fields the batch still claims get what Postgres holds (see tallyFill); the batch is
- *    recorded and unregistered.
+ *    Postgres witnesses it (run_acks) before the batch is answered. The same script gives the
+ *    fields the batch still claims what Postgres holds (the cache fill: the shard's cache keys
+ *    share its hash tag).
+ * 5. The batch is recorded and unregistered.
  * A batch that fails anywhere is unregistered and leaves nothing a completion counts as applied;
  * rows it wrote before failing carry the run's id, and the run's completion finds them by it.
  * One that dies between its write and its fill leaves claims in the cache, never a stale value.
@@ -435,18 +436,28 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
     }
   }
 
-  // 4. Into the run's sets and counts: one script per shard, each set's members created first,
-  // then updated, then unchanged.
+  // 4. Into the run's sets and counts, and the cache learns what Postgres holds: one script per
+  // shard-slot (tallyApply), each set's members created first, then updated, then unchanged.
+  // The fills: every field the batch still claims (each id it did not find unchanged in the
+  // cache); a claim it has nothing to fill with is given up (its writes are done).
   const bySet = groupPlaced([...items.values()].map((item) => [item, item.placed] as const))
-  const replies = await Promise.all([...bySet].map(([shard, sets]) => {
+  const fillsOf = new Map([...byCache].map(([shard, group]) => [shard, group.flatMap((i) => {
+    if (i.cached === i.value) return []
+    return [i.slot.field, i.fill === '' ? '' : i.fill === i.hash ? i.value : cacheValue(i.digest, i.fill)]
+  })]))
+  const slots = new Set([...bySet.keys(), ...[...fillsOf].filter(([, fills]) => fills.length > 0).map(([shard]) => shard)])
+  const replies = await Promise.all([...slots].map((shard) => {
+    const sets = bySet.get(shard) ?? new Map<number, Map<string, Item[]>>()
     const setKeys = [...sets.keys()].map((set) => keys.seen(run, shard, run.id, set))
     const args = [...sets.values()].flatMap((members) => {
       const k: Record<Kind, string[]> = { created: [], updated: [], unchanged: [] }
       for (const [member, same] of members) for (const item of same) k[item.kind].push(member)
       return [k.created.length, k.updated.length, k.unchanged.length, ...k.created, ...k.updated, ...k.unchanged]
     })
-    return redis.tallyCommit(3 + setKeys.length, keys.marker(run, shard, run.id), keys.counts(run, shard, run.id),
-      keys.acks(run, shard, run.id), ...setKeys, deps.settings.runTtl, batch.token, ...args)
+    const fills = fillsOf.get(shard) ?? []
+    return redis.tallyApply(4 + setKeys.length, keys.marker(run, shard, run.id), keys.counts(run, shard, run.id),
+      keys.acks(run, shard, run.id), keys.cache(run, shard), ...setKeys, deps.settings.runTtl, batch.token,
+      epochs.get(shard) ?? '', 2 * deps.settings.cacheBucketSize, claim, fills.length, ...fills, ...args)
   }))
   const refused = replies.filter((r) => r !== 1)
   if (refused.length > 0) throw await refusal(deps, run, refused.includes(MARKER_MISSING))
@@ -454,18 +465,6 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
   // writes (a failover, a restart from a file missing its last second), the completion finds
   // the token missing from a shard's acks set and deletes nothing.
   await deps.runs.recordAck(run.id, batch.token, [...bySet.keys()])
-
-  // 5. The cache learns what Postgres holds, for each field this batch still claims: every id it
-  // did not find unchanged in the cache. A claim it has nothing to fill with is given up
-  // (its writes are done).
-  await Promise.all([...byCache].map(([shard, group]) => {
-    const fills = group.flatMap((i) => {
-      if (i.cached === i.value) return []
-      return [i.slot.field, i.fill === '' ? '' : i.fill === i.hash ? i.value : cacheValue(i.digest, i.fill)]
-    })
-    if (fills.length === 0) return undefined
-    return redis.tallyFill(keys.cache(run, shard), epochs.get(shard)!, 2 * deps.settings.cacheBucketSize, claim, ...fills)
-  }))
 
   const counts = { created: 0, updated: 0, unchanged: 0 }
   for (const item of items.values()) counts[item.kind]++

@@ -4,8 +4,8 @@
  *
  * A batch goes through them in this order: `tallyBegin` (run slot: the run still takes
  * batches; claim the batch id; register the batch as in flight), `tallyRead` (scope-shard
- * slots: the markers are there; the cached hashes), its write to Postgres, `tallyCommit` (scope-shard slots: add the ids
- * to the seen sets and count them), `tallyFill` (cache), `tallyDone` (run slot: record and
+ * slots: the markers are there; the cached hashes), its write to Postgres, `tallyApply` (scope-shard slots: add the ids
+ * to the seen sets and count them, and fill the cache), `tallyDone` (run slot: record and
  * unregister). A completion runs `tallyClose` (run slot: take no new batch; wait until the
  * registered ones are done) before it seals the markers with `tallyMarker` and reads anything.
  *
@@ -80,7 +80,7 @@ ${below}`
  *
  * An id whose value is not the one it would have unchanged may be written to Postgres by this
  * batch: its value is dropped and the batch **claims** the field (in the shard's `claims` hash,
- * so buckets hold values only), so that until the batch's fill (tallyFill) the id is a miss for
+ * so buckets hold values only), so that until the batch's fill (tallyApply) the id is a miss for
  * everyone, and only that fill gives it a value again. A batch that dies between its write and
  * its fill leaves its claim: never a stale value. A claim of another batch of the same run is
  * not taken over (that batch may still be writing): it becomes the run's bare prefix, which no
@@ -128,6 +128,102 @@ for i = 6, #ARGV, 2 do
 end
 return out`
 
+/**
+ * Adds members to a shard's seen sets and counts them, each member once, under its kind; adds
+ * the batch's token to the shard's acks set. KEYS[1..3] marker, counts, acks; KEYS[first..] the
+ * seen sets; ARGV[1] ttl, ARGV[2] token, from ARGV[at] for each set in order: nCreated,
+ * nUpdated, nUnchanged and that many members. -1 (sealed) / -2 (missing) having added nothing
+ * unless the marker says `open`, else 1.
+ */
+const commit = `
+local function commit (first, at)
+  local m = redis.call('GET', KEYS[1])
+  if m ~= 'open' then
+    if m then return -1 end
+    return -2
+  end
+  local c, u, n = 0, 0, 0
+  local i = at
+  for k = first, #KEYS do
+    local nc, nu = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    local total = nc + nu + tonumber(ARGV[i + 2])
+    i = i + 3
+    for j = 0, total - 1 do
+      if redis.call('SADD', KEYS[k], ARGV[i + j]) == 1 then
+        if j < nc then c = c + 1 elseif j < nc + nu then u = u + 1 else n = n + 1 end
+      end
+    end
+    i = i + total
+    redis.call('EXPIRE', KEYS[k], ARGV[1])
+  end
+  if c > 0 then redis.call('HINCRBY', KEYS[2], 'created', c) end
+  if u > 0 then redis.call('HINCRBY', KEYS[2], 'updated', u) end
+  if n > 0 then redis.call('HINCRBY', KEYS[2], 'unchanged', n) end
+  redis.call('SADD', KEYS[3], ARGV[2])
+  for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ARGV[1]) end
+  return 1
+end`
+
+/**
+ * The cache fill of a batch: fill(meta, epoch, most, claim, from, to) with ARGV[from..to] field,
+ * value per id the batch claimed (cacheRead). Where the field's claim is still the batch's, it
+ * goes, and `value` (what Postgres holds after the batch's writes) is written in the field's
+ * bucket under the shard's count now (the rest of the field's chain emptied of it); an empty
+ * `value` only gives the claim up. A field claimed by another batch, or by nobody any more, is
+ * left as it is. A bucket that fills up has its entries moved to their buckets under the count
+ * (`rehome`), and while it stays full the shard's count doubles (up to MAX_BUCKETS): a scope that
+ * grows within a scan, a first load above all, keeps small buckets. Does nothing (0) if the epoch
+ * moved since the batch read it: an invalidation happened in between (its claims stay: misses,
+ * until the next run takes them over).
+ */
+const fill = `
+local function fill (meta, epoch, most, mine, from, to)
+local info = redis.call('HMGET', meta, '', 'n', 'lo')
+if info[1] ~= epoch then return 0 end
+local n, lo = tonumber(info[2]), tonumber(info[3])
+local claims = meta .. ':claims'
+${below}
+local function rehome (k)
+  local key = meta .. ':' .. k
+  local all = redis.call('HGETALL', key)
+  local stay = #all / 2
+  for j = 1, #all, 2 do
+    local dest = meta .. ':' .. (tonumber(all[j]) % n)
+    if dest ~= key then
+      if redis.call('HEXISTS', dest, all[j]) == 1 then
+        redis.call('HDEL', dest, all[j])
+        redis.call('HDEL', key, all[j])
+        stay = stay - 1
+      elseif redis.call('HLEN', dest) < most then
+        redis.call('HSET', dest, all[j], all[j + 1])
+        redis.call('HDEL', key, all[j])
+        stay = stay - 1
+      end
+    end
+  end
+  return stay
+end
+for i = from, to, 2 do
+  local f, value = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', claims, f) == mine then
+    redis.call('HDEL', claims, f)
+    if value ~= '' then
+      local k = tonumber(f) % n
+      local key = meta .. ':' .. k
+      for _, old in ipairs(below(tonumber(f))) do redis.call('HDEL', old, f) end
+      redis.call('HSET', key, f, value)
+      if redis.call('HLEN', key) >= most then
+        while rehome(k) >= most and n < ${MAX_BUCKETS} do
+          n = n * 2
+          redis.call('HSET', meta, 'n', n)
+        end
+      end
+    end
+  end
+end
+return 1
+end`
+
 const commands = {
   /**
    * KEYS counters, batches, inflight; ARGV batchId ('' for none), token, staleMs, ttl.
@@ -163,7 +259,7 @@ return {'begun', ''}`
   /**
    * KEYS marker, cache, old cache; ARGV generation, buckets, width, claim, the run's claim
    * prefix, then field, value per id. The cache read of a batch, when the run's shard and the
-   * cache's shard are one slot: -1 / -2 (as tallyCommit) if the marker is not `open` (and
+   * cache's shard are one slot: -1 / -2 (as tallyApply) if the marker is not `open` (and
    * nothing claimed), else as tallyCacheRead.
    */
   tallyRead: {
@@ -195,34 +291,6 @@ ${cacheRead(2)}`
    * add the batch's token to the acks set. Returns 1, or -1 (sealed) / -2 (missing: the run's
    * state is lost) having added nothing.
    */
-  tallyCommit: {
-    lua: `
-local m = redis.call('GET', KEYS[1])
-if m ~= 'open' then
-  if m then return -1 end
-  return -2
-end
-local c, u, n = 0, 0, 0
-local i = 3
-for k = 4, #KEYS do
-  local nc, nu = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  local total = nc + nu + tonumber(ARGV[i + 2])
-  i = i + 3
-  for j = 0, total - 1 do
-    if redis.call('SADD', KEYS[k], ARGV[i + j]) == 1 then
-      if j < nc then c = c + 1 elseif j < nc + nu then u = u + 1 else n = n + 1 end
-    end
-  end
-  i = i + total
-  redis.call('EXPIRE', KEYS[k], ARGV[1])
-end
-if c > 0 then redis.call('HINCRBY', KEYS[2], 'created', c) end
-if u > 0 then redis.call('HINCRBY', KEYS[2], 'updated', u) end
-if n > 0 then redis.call('HINCRBY', KEYS[2], 'unchanged', n) end
-redis.call('SADD', KEYS[3], ARGV[2])
-for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ARGV[1]) end
-return 1`
-  },
   /**
    * KEYS seen sets of one shard; ARGV for each of them in order: n and n members. 1 or 0 for
    * each member, in order: is it in its set?
@@ -276,53 +344,24 @@ return n`
    * batch read it: an invalidation happened in between (its claims stay: misses, until the next
    * run takes them over).
    */
-  tallyFill: {
-    numberOfKeys: 1,
-    lua: `
-local meta = KEYS[1]
-local info = redis.call('HMGET', meta, '', 'n', 'lo')
-if info[1] ~= ARGV[1] then return 0 end
-local n, lo, most, mine = tonumber(info[2]), tonumber(info[3]), tonumber(ARGV[2]), ARGV[3]
-local claims = meta .. ':claims'
-${below}
-local function rehome (k)
-  local key = meta .. ':' .. k
-  local all = redis.call('HGETALL', key)
-  local stay = #all / 2
-  for j = 1, #all, 2 do
-    local dest = meta .. ':' .. (tonumber(all[j]) % n)
-    if dest ~= key then
-      if redis.call('HEXISTS', dest, all[j]) == 1 then
-        redis.call('HDEL', dest, all[j])
-        redis.call('HDEL', key, all[j])
-        stay = stay - 1
-      elseif redis.call('HLEN', dest) < most then
-        redis.call('HSET', dest, all[j], all[j + 1])
-        redis.call('HDEL', key, all[j])
-        stay = stay - 1
-      end
-    end
-  end
-  return stay
+  /**
+   * A batch's writes into one shard-slot, once its content is in Postgres: KEYS marker, counts,
+   * acks, cache, then the shard's seen sets; ARGV ttl, token, epoch, most, claim, f (how many
+   * ARGV the fills take), the fills (field, value per id, as `fill`), then the sets' sections
+   * (as `commit`). With sets, their members are committed first (an id joins a set only once its
+   * content is in Postgres); should the marker refuse (-1 sealed, -2 missing), nothing is filled
+   * either. Then the cache fill. One call instead of a commit and a fill: both keys share the
+   * shard's hash tag.
+   */
+  tallyApply: {
+    lua: `${commit}
+${fill}
+local f = tonumber(ARGV[6])
+if #KEYS > 4 then
+  local ok = commit(5, 7 + f)
+  if ok ~= 1 then return ok end
 end
-for i = 4, #ARGV, 2 do
-  local f, value = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', claims, f) == mine then
-    redis.call('HDEL', claims, f)
-    if value ~= '' then
-      local k = tonumber(f) % n
-      local key = meta .. ':' .. k
-      for _, old in ipairs(below(tonumber(f))) do redis.call('HDEL', old, f) end
-      redis.call('HSET', key, f, value)
-      if redis.call('HLEN', key) >= most then
-        while rehome(k) >= most and n < ${MAX_BUCKETS} do
-          n = n * 2
-          redis.call('HSET', meta, 'n', n)
-        end
-      end
-    end
-  end
-end
+if f > 0 then fill(KEYS[4], ARGV[3], tonumber(ARGV[4]), ARGV[5], 7, 6 + f) end
 return 1`
   },
   /**
@@ -435,11 +474,10 @@ declare module 'ioredis' {
       claim: string, runClaim: string, ...fieldValue: string[]): Result<number | Array<string | null>, Context>
     tallyCacheRead(cache: string, oldCache: string, generation: number, buckets: number, width: number,
       claim: string, runClaim: string, ...fieldValue: string[]): Result<Array<string | null>, Context>
-    tallyCommit(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number, Context>
+    tallyApply(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number, Context>
     tallyCard(numberOfKeys: number, ...keys: string[]): Result<number, Context>
     tallyIsMember(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number[], Context>
     tallyDiff(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<string[], Context>
-    tallyFill(cache: string, epoch: string, most: number, claim: string, ...fieldValue: string[]): Result<number, Context>
     tallyInvalidate(cache: string, oldCache: string, generation: number | '', buckets: number, width: number,
       ...fields: string[]): Result<number | string, Context>
     tallyDone(batches: string, counters: string, inflight: string, batchId: string, token: string, result: string, ttl: number): Result<['revoked' | 'replay' | 'done', string], Context>
