@@ -12,6 +12,9 @@
  *   --ndjson: Tally's batches as NDJSON (one resource per line), the naive design's as JSON
  *   --naive-indexes: the naive table gets the indexes a dashboard needs (type, region, recency,
  *     tags), so both designs pay index upkeep for every row they write
+ *   --reorder: a scanner whose key order changes on every scan (the resource's keys, its tags' and
+ *     its attributes' rotated by the scan number): no resource is sent byte for byte as before,
+ *     so Tally parses each one and compares contents (its fallback path)
  */
 import getPort from 'get-port'
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -47,7 +50,8 @@ const { values: opt } = parseArgs({
     instances: { type: 'string', default: '1' },
     cluster: { type: 'boolean', default: false },
     ndjson: { type: 'boolean', default: false },
-    'naive-indexes': { type: 'boolean', default: false }
+    'naive-indexes': { type: 'boolean', default: false },
+    reorder: { type: 'boolean', default: false }
   }
 })
 const [changed, added, vanished] = opt.churn.split(',').map(Number)
@@ -106,6 +110,8 @@ export interface ScanResult {
   postgresCpuSec: number | null
   /** Redis's CPU for the scan (the naive design's is the idle server's). */
   redisCpuSec: number
+  /** Server, Postgres and Redis CPU per resource of the scan, µs (what the design costs to run); null if Postgres is not local. */
+  totalCpuUsPerResource: number | null
   stats: unknown
 }
 
@@ -178,12 +184,20 @@ async function usage (server: Server) {
 /** With --ndjson, Tally's batches are NDJSON. */
 const ndjsonFor = (design: Design) => opt.ndjson && design === 'tally'
 
-function batchBodies (scan: Scan, ndjson: boolean): Buffer[] {
+/** An object with its keys rotated by `n` places (the same content, other bytes). */
+function rotated<T extends object> (value: T, n: number): T {
+  const entries = Object.entries(value)
+  const k = n % Math.max(1, entries.length)
+  return Object.fromEntries([...entries.slice(k), ...entries.slice(0, k)]) as T
+}
+
+function batchBodies (scan: Scan, scanNo: number, ndjson: boolean): Buffer[] {
   const bodies: Buffer[] = []
   for (let i = 0; i < scan.indices.length; i += config.batch) {
     const resources = []
     for (let k = i; k < Math.min(i + config.batch, scan.indices.length); k++) {
-      resources.push(makeResource(config.seed, ACCOUNT, scan.indices[k]!, scan.versions[k]!))
+      const r = makeResource(config.seed, ACCOUNT, scan.indices[k]!, scan.versions[k]!)
+      resources.push(opt.reorder ? rotated({ ...r, tags: rotated(r.tags, scanNo), attributes: rotated(r.attributes, scanNo) }, scanNo) : r)
     }
     bodies.push(Buffer.from(ndjson ? resources.map((r) => JSON.stringify(r)).join('\n') : JSON.stringify({ resources })))
   }
@@ -260,6 +274,7 @@ async function runScan (server: Server, db: pg.Client, redis: Redis | Cluster, s
     serverCpuUsPerResource: Math.round((p1.cpuSec - p0.cpuSec) * 1e6 / scan.indices.length * 10) / 10,
     postgresCpuSec: pg0 === null || pg1 === null ? null : Math.round((pg1 - pg0) * 100) / 100,
     redisCpuSec: Math.round((r1 - r0) * 100) / 100,
+    totalCpuUsPerResource: pg0 === null || pg1 === null ? null : Math.round((p1.cpuSec - p0.cpuSec + pg1 - pg0 + r1 - r0) * 1e6 / scan.indices.length * 10) / 10,
     stats: done.json.stats
   }
 }
@@ -273,7 +288,8 @@ function steady (scans: ScanResult[]) {
     rowsWritten: sum((r) => r.rowsWritten),
     walBytes: sum((r) => r.walBytes),
     postgresCpuSec: s.some((r) => r.postgresCpuSec === null) ? 0 : sum((r) => r.postgresCpuSec ?? 0),
-    serverCpuUsPerResource: sum((r) => r.serverCpuSec) * 1e6 / Math.max(1, sum((r) => r.resources))
+    serverCpuUsPerResource: sum((r) => r.serverCpuSec) * 1e6 / Math.max(1, sum((r) => r.resources)),
+    totalCpuUsPerResource: s.some((r) => r.totalCpuUsPerResource === null) ? 0 : sum((r) => r.totalCpuUsPerResource! * r.resources) / Math.max(1, sum((r) => r.resources))
   }
 }
 
@@ -286,7 +302,8 @@ function printTable (results: Record<Design, ScanResult[]>) {
     ['ins', (r) => r.rowsInserted], ['upd', (r) => r.rowsUpdated], ['del', (r) => r.rowsDeleted],
     ['WAL MB', (r) => (r.walBytes / 1e6).toFixed(1)], ['xids', (r) => r.xids], ['dead', (r) => r.deadTuples],
     ['redis B/res', (r) => r.redisBytesPerResource ?? '-'], ['during', (r) => r.redisBytesDuringScan ?? '-'], ['rss MB', (r) => r.serverRssMb], ['cpu s', (r) => r.serverCpuSec],
-    ['cpu µs/res', (r) => r.serverCpuUsPerResource], ['pg cpu s', (r) => r.postgresCpuSec ?? '-'], ['redis cpu s', (r) => r.redisCpuSec]
+    ['cpu µs/res', (r) => r.serverCpuUsPerResource], ['pg cpu s', (r) => r.postgresCpuSec ?? '-'], ['redis cpu s', (r) => r.redisCpuSec],
+    ['total µs/res', (r) => r.totalCpuUsPerResource ?? '-']
   ]
   for (const design of Object.keys(results) as Design[]) {
     console.log(`\n${design}`)
@@ -333,7 +350,7 @@ try {
     const bodies = new Map<boolean, Buffer[]>()
     for (const server of servers) {
       const ndjson = ndjsonFor(server.design)
-      if (!bodies.has(ndjson)) bodies.set(ndjson, batchBodies(scan, ndjson))
+      if (!bodies.has(ndjson)) bodies.set(ndjson, batchBodies(scan, k, ndjson))
       const r = await runScan(server, db, redis, k, scan, bodies.get(ndjson)!, redisBase)
       results[server.design].push(r)
       console.error(`${server.design} scan ${k}: ${r.resourcesPerSec} resources/s, ${r.rowsWritten} rows written, ${(r.walBytes / 1e6).toFixed(1)} MB WAL`)
@@ -360,12 +377,14 @@ const ratios = t !== undefined && n !== undefined
       resourcesPerSec: ratio(t.resourcesPerSec, n.resourcesPerSec),
       postgresCpu: ratio(n.postgresCpuSec, t.postgresCpuSec),
       serverCpuPerResource: ratio(n.serverCpuUsPerResource, t.serverCpuUsPerResource),
+      totalCpuPerResource: ratio(n.totalCpuUsPerResource, t.totalCpuUsPerResource),
       firstScanResourcesPerSec: ratio(results.tally[0]!.resourcesPerSec, results.naive[0]!.resourcesPerSec)
     }
   : null
 if (ratios !== null) {
   console.log(`\nsteady state (scans 2–${config.scans}): naive/tally rows written ${ratios.rowsWritten}×, WAL ${ratios.walBytes}×, ` +
-    `Postgres CPU ${ratios.postgresCpu ?? '-'}×, server CPU per resource ${ratios.serverCpuPerResource}×; tally/naive resources/s ${ratios.resourcesPerSec}×` +
+    `Postgres CPU ${ratios.postgresCpu ?? '-'}×, server CPU per resource ${ratios.serverCpuPerResource}×, ` +
+    `total CPU per resource (server + Postgres + Redis) ${ratios.totalCpuPerResource ?? '-'}×; tally/naive resources/s ${ratios.resourcesPerSec}×` +
     `\nfirst scan: tally/naive resources/s ${ratios.firstScanResourcesPerSec}×`)
 }
 const machine = {
@@ -387,7 +406,7 @@ const machine = {
     return /redis_version:(\S+)/.exec(info)?.[1] ?? 'unknown'
   })()
 }
-const { designs: _designs, ...configOut } = { ...config, cluster: opt.cluster ?? false, ndjson: opt.ndjson ?? false, naiveIndexes: opt['naive-indexes'] ?? false }
+const { designs: _designs, ...configOut } = { ...config, cluster: opt.cluster ?? false, ndjson: opt.ndjson ?? false, naiveIndexes: opt['naive-indexes'] ?? false, reorder: opt.reorder ?? false }
 if (opt.json !== undefined) {
   await writeFile(opt.json, JSON.stringify({ config: { ...configOut, only: opt.only ?? null }, machine, tally: results.tally ?? [], naive: results.naive ?? [], ratios }, null, 2))
 }
