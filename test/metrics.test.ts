@@ -63,7 +63,9 @@ t.test('metrics after scans equal the runs\' stats', async (t) => {
   t.equal(value(text, 'tally_run_state_lost_total'), 0)
   t.equal(value(text, 'tally_runs_open'), 1, 'the guarded run stays open')
   t.ok(value(text, 'tally_batch_duration_seconds_count') >= 9)
-  t.ok(value(text, 'tally_redis_command_duration_seconds_count{command="evalsha"}') > 0, 'Redis calls timed')
+  for (const step of ['begin', 'read', 'postgres', 'apply', 'witness', 'done']) {
+    t.ok(value(text, `tally_batch_step_duration_seconds_count{step="${step}"}`) > 0, `batch step ${step} timed`)
+  }
   t.ok(value(text, 'tally_postgres_query_duration_seconds_count{pool="main"}') > 0, 'Postgres statements timed')
   t.ok(value(text, 'tally_postgres_query_duration_seconds_count{pool="graphql"}') > 0, 'on both pools (drizzle over pool.query included)')
   t.ok(value(text, 'process_cpu_seconds_total') > 0, 'process defaults')

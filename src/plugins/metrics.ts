@@ -5,13 +5,12 @@
  *
  * Every series is `tally_`-prefixed but the process defaults (`process_cpu_seconds_total`,
  * `nodejs_heap_size_used_bytes`, …). Labels are bounded sets (outcomes, statuses, problem
- * codes, Redis command names, the two Postgres pools): no scope, run or resource id. Each app
+ * codes, batch steps, the two Postgres pools): no scope, run or resource id. Each app
  * has a registry of its own, so several apps in one process (the tests) count apart.
  */
 import fp from 'fastify-plugin'
 import type pg from 'pg'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { Redis, Cluster } from 'ioredis'
 import { TallyError, type ProblemCode } from '../errors.js'
 import { accessOf } from './auth.js'
 
@@ -31,7 +30,7 @@ function createMetrics (register: Registry) {
     guardTrips: new Counter({ ...of, name: 'tally_guard_trips_total', help: 'Completions the mass-deletion guard refused' }),
     stateLost: new Counter({ ...of, name: 'tally_run_state_lost_total', help: "Requests refused because a run's Redis state was lost (run_state_lost)" }),
     problems: new Counter({ ...of, name: 'tally_problems_total', help: 'Problem responses (4xx and 5xx), by code', labelNames: ['code'] as const }),
-    redisSeconds: new Histogram({ ...of, name: 'tally_redis_command_duration_seconds', help: 'Redis command latency as the server sees it', labelNames: ['command'] as const, buckets: BUCKETS }),
+    batchStepSeconds: new Histogram({ ...of, name: 'tally_batch_step_duration_seconds', help: 'Time of each step of an applied batch: begin, read (the cache, every shard at once), postgres, apply (sets and cache fill, every shard at once), witness, done', labelNames: ['step'] as const, buckets: BUCKETS }),
     postgresSeconds: new Histogram({ ...of, name: 'tally_postgres_query_duration_seconds', help: 'Postgres statement latency as the server sees it', labelNames: ['pool'] as const, buckets: BUCKETS })
   }
 }
@@ -65,26 +64,6 @@ function timePool (pool: pg.Pool, histogram: Metrics['postgresSeconds'], name: s
 }
 
 /**
- * Times every command the client sends, scripts included (EVALSHA), by lower-case name, once:
- * ioredis sends a command through `sendCommand` again when it replays its offline queue after
- * a reconnect or a failover.
- */
-function timeRedis (redis: Redis | Cluster, histogram: Metrics['redisSeconds']) {
-  const timed = new WeakSet<object>()
-  // Every argument passes through: a Cluster's sendCommand takes the node to send to as well.
-  const send = redis.sendCommand.bind(redis) as (...args: unknown[]) => unknown
-  redis.sendCommand = ((...args: unknown[]) => {
-    const command = args[0] as { name: string, promise: Promise<unknown> }
-    if (!timed.has(command)) {
-      timed.add(command)
-      const end = histogram.startTimer({ command: command.name })
-      command.promise.then(() => end(), () => end())
-    }
-    return send(...args)
-  }) as typeof redis.sendCommand
-}
-
-/**
  * The process's own series (CPU, memory, event loop lag, GC), collected once per process:
  * prom-client's default metrics cannot be stopped (a GC observer and an event-loop histogram
  * that hold their registry for good, prometheus/client_js#494 and #500), so a registry per app
@@ -105,7 +84,6 @@ export default fp(async function metrics (fastify) {
   const m = createMetrics(register)
   timePool(fastify.pg.pool, m.postgresSeconds, 'main')
   timePool(fastify.db.readPool, m.postgresSeconds, 'graphql')
-  timeRedis(fastify.redis, m.redisSeconds)
   register.registerMetric(new Gauge({
     registers: [],
     name: 'tally_runs_open',

@@ -23,6 +23,7 @@ export default fp(async function reconcile (fastify) {
       fastify.metrics.deleted.inc(run.deleted)
       if (run.status === 'completed') fastify.events.publishRunCompleted(run)
     },
+    onBatchStep: (step, seconds) => fastify.metrics.batchStepSeconds.observe({ step }, seconds),
     settings: {
       runTtl: config.RUN_TTL,
       defaultShardCount: config.DEFAULT_SHARD_COUNT,

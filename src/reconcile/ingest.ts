@@ -35,7 +35,7 @@ import { BATCH_STALE_MS } from './run-keys.js'
 import { checkAccess, requireLayout, requireRun } from './runs.js'
 import type { Access } from '../auth/keys.js'
 import { MARKER_MISSING } from './scripts.js'
-import type { BatchResult, ReconcileDeps, ResourceIn } from './types.js'
+import type { BatchResult, BatchStep, ReconcileDeps, ResourceIn } from './types.js'
 
 type Kind = 'created' | 'updated' | 'unchanged'
 
@@ -276,7 +276,7 @@ export function createIngest (deps: ReconcileDeps) {
       const context = await runFor(deps, runCache, runId, access)
       const items = itemsFor(context)
       const batch = { id: batchId ?? '', fingerprint: batchId === undefined ? '' : fingerprintOf(items), token: randomUUID() }
-      const replayed = await begin(deps, context.run, batch)
+      const replayed = await timed(deps, 'begin', begin(deps, context.run, batch))
       if (replayed !== undefined) return replayed
       try {
         return await apply(deps, context, items, received, batch, parse)
@@ -298,6 +298,14 @@ export function createIngest (deps: ReconcileDeps) {
 }
 
 interface BatchRef { id: string, fingerprint: string, token: string }
+
+/** Waits for a step of a batch and tells its duration (deps.onBatchStep), if it succeeds. */
+async function timed<T> (deps: ReconcileDeps, step: BatchStep, work: Promise<T>): Promise<T> {
+  const started = performance.now()
+  const result = await work
+  deps.onBatchStep?.(step, (performance.now() - started) / 1000)
+  return result
+}
 
 /** Registers the batch in flight; or answers it from an earlier copy's result; or refuses it. */
 async function begin (deps: ReconcileDeps, run: RunRow, batch: BatchRef): Promise<BatchResult | undefined> {
@@ -354,7 +362,11 @@ async function readCache (deps: ReconcileDeps, context: RunContext, byCache: Map
   const { run, cache, generation } = context
   const epochs = new Map<number, string>()
   const markers: Array<number | string | null> = []
-  const args = (group: Item[]): [string, string, ...string[]] => [claim, runClaim(run.id), ...group.flatMap((i) => [i.slot.field, i.value])]
+  const args = (group: Item[]) => {
+    const out: [string, string, ...string[]] = [claim, runClaim(run.id)]
+    for (const item of group) out.push(item.slot.field, item.value)
+    return out
+  }
   const take = (shard: number, group: Item[], [epoch, ...values]: Array<string | null>) => {
     epochs.set(shard, epoch ?? '0')
     group.forEach((item, i) => { item.cached = values[i] ?? '' })
@@ -387,7 +399,7 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
   // 2. The markers (a run whose state is lost writes nothing) and the cache, every shard at once.
   const byCache = groupBy(items.values(), (i) => i.slot.shard)
   const claim = claimOf(run.id, batch.token)
-  const epochs = await readCache(deps, context, byCache, claim)
+  const epochs = await timed(deps, 'read', readCache(deps, context, byCache, claim))
   // NDJSON: what the cache recognised is unchanged, unparsed; the rest is parsed and checked now.
   if (parse !== undefined) parseRest(items, parse)
   for (const item of items.values()) {
@@ -400,6 +412,7 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
       item.kind = 'updated' // or the entry is wrong: the write finds out, and the read-back repairs it
     }
   }
+  const writing = performance.now()
   // A cold cache must not turn into writes: misses are compared against Postgres (but in a
   // first load there is nothing to compare against).
   const misses = [...items.values()].filter((i) => i.cached === '')
@@ -436,17 +449,23 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
     }
   }
 
+  deps.onBatchStep?.('postgres', (performance.now() - writing) / 1000)
+
   // 4. Into the run's sets and counts, and the cache learns what Postgres holds: one script per
   // shard-slot (tallyApply), each set's members created first, then updated, then unchanged.
   // The fills: every field the batch still claims (each id it did not find unchanged in the
   // cache); a claim it has nothing to fill with is given up (its writes are done).
-  const bySet = groupPlaced([...items.values()].map((item) => [item, item.placed] as const))
-  const fillsOf = new Map([...byCache].map(([shard, group]) => [shard, group.flatMap((i) => {
-    if (i.cached === i.value) return []
-    return [i.slot.field, i.fill === '' ? '' : i.fill === i.hash ? i.value : cacheValue(i.digest, i.fill)]
-  })]))
-  const slots = new Set([...bySet.keys(), ...[...fillsOf].filter(([, fills]) => fills.length > 0).map(([shard]) => shard)])
-  const replies = await Promise.all([...slots].map((shard) => {
+  const bySet = groupPlaced(items.values(), (item) => item.placed)
+  const fillsOf = new Map<number, string[]>()
+  for (const [shard, group] of byCache) {
+    const fills: string[] = []
+    for (const i of group) {
+      if (i.cached !== i.value) fills.push(i.slot.field, i.fill === '' ? '' : i.fill === i.hash ? i.value : cacheValue(i.digest, i.fill))
+    }
+    if (fills.length > 0) fillsOf.set(shard, fills)
+  }
+  const slots = new Set([...bySet.keys(), ...fillsOf.keys()])
+  const replies = await timed(deps, 'apply', Promise.all([...slots].map((shard) => {
     const sets = bySet.get(shard) ?? new Map<number, Map<string, Item[]>>()
     const setKeys = [...sets.keys()].map((set) => keys.seen(run, shard, run.id, set))
     const args = [...sets.values()].flatMap((members) => {
@@ -458,19 +477,19 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
     return redis.tallyApply(4 + setKeys.length, keys.marker(run, shard, run.id), keys.counts(run, shard, run.id),
       keys.acks(run, shard, run.id), keys.cache(run, shard), ...setKeys, deps.settings.runTtl, batch.token,
       epochs.get(shard) ?? '', 2 * deps.settings.cacheBucketSize, claim, fills.length, ...fills, ...args)
-  }))
+  })))
   const refused = replies.filter((r) => r !== 1)
   if (refused.length > 0) throw await refusal(deps, run, refused.includes(MARKER_MISSING))
   // The witness, outside Redis, before the batch is acknowledged: should Redis lose these
   // writes (a failover, a restart from a file missing its last second), the completion finds
   // the token missing from a shard's acks set and deletes nothing.
-  await deps.runs.recordAck(run.id, batch.token, [...bySet.keys()])
+  await timed(deps, 'witness', deps.runs.recordAck(run.id, batch.token, [...bySet.keys()]))
 
   const counts = { created: 0, updated: 0, unchanged: 0 }
   for (const item of items.values()) counts[item.kind]++
   const record: BatchRecord = { received, ...counts, fingerprint: batch.fingerprint }
-  const [outcome, earlier] = await redis.tallyDone(keys.batches(run.id), keys.counters(run.id), keys.inflight(run.id),
-    batch.id, batch.token, JSON.stringify(record), deps.settings.runTtl)
+  const [outcome, earlier] = await timed(deps, 'done', redis.tallyDone(keys.batches(run.id), keys.counters(run.id), keys.inflight(run.id),
+    batch.id, batch.token, JSON.stringify(record), deps.settings.runTtl))
   if (outcome === 'revoked') {
     throw new TallyError('run_not_open', `Run ${run.id} stopped waiting for this batch (in flight for over ${BATCH_STALE_MS / 1000} s); it was not counted as a batch`)
   }

@@ -85,9 +85,10 @@ export function groupBy<T, K> (things: Iterable<T>, keyOf: (thing: T) => K): Map
 }
 
 /** Groups things by where their members live: shard → set → member → the things with that member. */
-export function groupPlaced<T> (entries: Iterable<readonly [T, Placed]>): Map<number, Map<number, Map<string, T[]>>> {
+export function groupPlaced<T> (things: Iterable<T>, placedOf: (thing: T) => Placed): Map<number, Map<number, Map<string, T[]>>> {
   const shards = new Map<number, Map<number, Map<string, T[]>>>()
-  for (const [thing, { member, shard, set }] of entries) {
+  for (const thing of things) {
+    const { member, shard, set } = placedOf(thing)
     let sets = shards.get(shard)
     if (sets === undefined) shards.set(shard, sets = new Map())
     let members = sets.get(set)
@@ -101,7 +102,7 @@ export function groupPlaced<T> (entries: Iterable<readonly [T, Placed]>): Map<nu
 
 /** Groups ids by the shard and set of their member: shard → set → member → ids. */
 export function groupMembers (ids: Iterable<string>, layout: SetLayout): Map<number, Map<number, Map<string, string[]>>> {
-  return groupPlaced([...ids].map((id) => [id, place(idDigest(id), layout)] as const))
+  return groupPlaced(ids, (id) => place(idDigest(id), layout))
 }
 
 /** Sets per shard are capped: past this, fewer and larger (hashtable-encoded) sets cost less than more keys. */

@@ -50,7 +50,12 @@ export interface ReconcileDeps {
   settings: ReconcileSettings
   /** Told once per run this instance finished (committed), not for a retried completion's answer. */
   onFinished?: (run: RunRow) => void
+  /** Told how long each step of an applied batch took (metrics): one call a step, not one a Redis command. */
+  onBatchStep?: (step: BatchStep, seconds: number) => void
 }
+
+/** The steps of a batch (ingest.ts): registering it, the cache read, Postgres, the sets and cache fill, the witness, recording it. */
+export type BatchStep = 'begin' | 'read' | 'postgres' | 'apply' | 'witness' | 'done'
 
 /** A run with its counters: live from Redis while it is in flight, from its row afterwards. */
 export interface RunState {
