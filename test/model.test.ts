@@ -291,12 +291,13 @@ class FailingBatch implements fc.AsyncCommand<Model, Real> {
 
 /** Where a DyingBatch's process dies: before this step of the batch (a Redis script, or the witness in Postgres), every earlier one done. */
 const DEATHS = {
-  // After its write to Postgres, before its ids join the run's sets (and the cache is filled).
-  'after-write': ['redis', 'tallyApply'],
+  // After its write to Postgres, before its ids join the run's sets (and the cache is filled):
+  // one script per shard on a Cluster, one for all of them on a single Redis.
+  'after-write': ['redis', ['tallyApply', 'tallyApplyMany']],
   // After its sets, counts and cache fill, before Postgres witnesses the batch.
-  'after-apply': ['runs', 'recordAck'],
+  'after-apply': ['runs', ['recordAck']],
   // After the witness, before the batch is recorded and counted.
-  'after-ack': ['redis', 'tallyDone']
+  'after-ack': ['redis', ['tallyDone']]
 } as const
 type Death = keyof typeof DEATHS
 
@@ -310,17 +311,18 @@ class DyingBatch implements fc.AsyncCommand<Model, Real> {
   constructor (readonly picks: Pick[], readonly death: Death) {}
   check = (m: Readonly<Model>) => m.run !== null && !m.lost
   async run (m: Model, r: Real) {
-    const [where, step] = DEATHS[this.death]
+    const [where, steps] = DEATHS[this.death]
     const target = (where === 'redis' ? r.app.redis : r.app.db.runs) as unknown as Record<string, unknown>
-    const own = Object.hasOwn(target, step)
-    const real = target[step]
-    target[step] = () => Promise.reject(new Error(`the process died before ${step} (test fault)`))
+    const saved = steps.map((step) => ({ step, own: Object.hasOwn(target, step), real: target[step] }))
+    for (const step of steps) target[step] = () => Promise.reject(new Error(`the process died before ${step} (test fault)`))
     let res: Reply
     try {
       res = await sendBatch(m, r, this.picks, `b${++m.batches}`)
     } finally {
-      if (own) target[step] = real
-      else delete target[step]
+      for (const { step, own, real } of saved) {
+        if (own) target[step] = real
+        else delete target[step]
+      }
     }
     expect(res.status === 500 && res.body.code === 'internal', `batch dying ${this.death}`, res)
     count(r, `batches dying ${this.death}`)

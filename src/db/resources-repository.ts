@@ -105,7 +105,7 @@ export function createResourcesRepository (db: Db) {
      * holds a share of the run row's lock until the statement commits: a completion or abort
      * that locks the row (runs lockRun) to end the run waits for writes under way, and the ones
      * after it find the run finished. So once a run has left flight, none of its writes is still
-     * to land (the cache's claims rely on it: reconcile/scripts.ts cacheRead).
+     * to land (the cache's claims rely on it: reconcile/scripts.ts readShard).
      * A statement that wrote a row records the batch's `token` in run_writes, in the same commit,
      * and logs each row it wrote in `changes` (created, updated or revived).
      *

@@ -7,7 +7,7 @@
  * 1. `tallyBegin` registers the batch in flight (and claims its batch id), unless the run has
  *    stopped taking batches: a completion waits for every registered batch before it reads.
  * 2. The hash cache is read, and every id it does not find unchanged is claimed by the batch in
- *    the same script: until this batch's fill, the id is a miss for everyone (scripts.ts cacheRead).
+ *    the same script: until this batch's fill, the id is a miss for everyone (scripts.ts readShard).
  *    Misses and wrong entries are settled against Postgres.
  * 3. The write: only rows whose content differs, and only while the run is open (see writeChanged).
  * 4. `tallyApply` adds the ids to the run's seen sets and counts them, each id once, in the same
@@ -23,6 +23,7 @@
  */
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { Cluster } from 'ioredis'
 import { LRUCache } from 'lru-cache'
 import type { RunRow } from '../db/runs-repository.js'
 import type { ResourceWrite, StoredVersion } from '../db/resources-repository.js'
@@ -140,7 +141,7 @@ function dedupe (resources: ResourceIn[]): Map<string, ResourceIn> {
   return byId
 }
 
-/** What a run's claims on cache fields begin with (scripts.ts cacheRead); alone, a claim nobody may fill. */
+/** What a run's claims on cache fields begin with (scripts.ts readShard); alone, a claim nobody may fill. */
 const runClaim = (runId: number) => `c${runId}:`
 /** A batch's claim: its run's, and 64 bits of its token. */
 const claimOf = (runId: number, token: string) => `${runClaim(runId)}${token.replaceAll('-', '').slice(0, 16)}`
@@ -353,7 +354,7 @@ function settle (item: Item, stored: StoredVersion | undefined, runId: number): 
 /**
  * Reads what the cache holds for every id, and the epoch of each cache shard; throws if a marker
  * of the run is not `open`. Every id the cache does not find unchanged is left claimed by the
- * batch (`claim`, scripts.ts cacheRead): a miss for everyone until this batch's fill. When the
+ * batch (`claim`, scripts.ts readShard): a miss for everyone until this batch's fill. When the
  * run's shards are the cache's (the usual case), marker and cache share a slot and one script
  * per shard reads both; otherwise they are read apart.
  */
@@ -371,7 +372,26 @@ async function readCache (deps: ReconcileDeps, context: RunContext, byCache: Map
     epochs.set(shard, epoch ?? '0')
     group.forEach((item, i) => { item.cached = values[i] ?? '' })
   }
-  if (cache.shards === run.shardCount) {
+  if (cache.shards === run.shardCount && !(redis instanceof Cluster)) {
+    // A single Redis: every shard's read in one script call.
+    const keyList: string[] = []
+    const argList: Array<string | number> = [generation, cache.buckets, cache.bits, claim, runClaim(run.id)]
+    for (const [shard, group] of byCache) {
+      keyList.push(keys.marker(run, shard, run.id), keys.cache(run, shard), keys.legacyCache(run, shard))
+      argList.push(group.length)
+      for (const item of group) argList.push(item.slot.field, item.value)
+    }
+    const reply = await redis.tallyReadMany(keyList.length, ...keyList, ...argList)
+    if (typeof reply === 'number') {
+      markers.push(reply)
+    } else {
+      let at = 0
+      for (const [shard, group] of byCache) {
+        take(shard, group, reply.slice(at, at + 1 + group.length))
+        at += 1 + group.length
+      }
+    }
+  } else if (cache.shards === run.shardCount) {
     await Promise.all([...byCache].map(async ([shard, group]) => {
       const reply = await redis.tallyRead(keys.marker(run, shard, run.id), keys.cache(run, shard), keys.legacyCache(run, shard),
         generation, cache.buckets, cache.bits, ...args(group))
@@ -465,19 +485,37 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
     if (fills.length > 0) fillsOf.set(shard, fills)
   }
   const slots = new Set([...bySet.keys(), ...fillsOf.keys()])
-  const replies = await timed(deps, 'apply', Promise.all([...slots].map((shard) => {
+  const setsOf = (shard: number) => {
     const sets = bySet.get(shard) ?? new Map<number, Map<string, Item[]>>()
     const setKeys = [...sets.keys()].map((set) => keys.seen(run, shard, run.id, set))
-    const args = [...sets.values()].flatMap((members) => {
+    const sections: Array<string | number> = []
+    for (const members of sets.values()) {
       const k: Record<Kind, string[]> = { created: [], updated: [], unchanged: [] }
       for (const [member, same] of members) for (const item of same) k[item.kind].push(member)
-      return [k.created.length, k.updated.length, k.unchanged.length, ...k.created, ...k.updated, ...k.unchanged]
-    })
-    const fills = fillsOf.get(shard) ?? []
-    return redis.tallyApply(4 + setKeys.length, keys.marker(run, shard, run.id), keys.counts(run, shard, run.id),
-      keys.acks(run, shard, run.id), keys.cache(run, shard), ...setKeys, deps.settings.runTtl, batch.token,
-      epochs.get(shard) ?? '', 2 * deps.settings.cacheBucketSize, claim, fills.length, ...fills, ...args)
-  })))
+      sections.push(k.created.length, k.updated.length, k.unchanged.length, ...k.created, ...k.updated, ...k.unchanged)
+    }
+    return { setKeys, sections, fills: fillsOf.get(shard) ?? [] }
+  }
+  const shardKeys = (shard: number) => [keys.marker(run, shard, run.id), keys.counts(run, shard, run.id), keys.acks(run, shard, run.id), keys.cache(run, shard)]
+  const most = 2 * deps.settings.cacheBucketSize
+  let replies: number[]
+  if (!(redis instanceof Cluster)) {
+    // A single Redis: every shard's apply in one script call.
+    const keyList: string[] = []
+    const argList: Array<string | number> = [deps.settings.runTtl, batch.token, most, claim]
+    for (const shard of slots) {
+      const { setKeys, sections, fills } = setsOf(shard)
+      keyList.push(...shardKeys(shard), ...setKeys)
+      argList.push(setKeys.length, epochs.get(shard) ?? '', fills.length, ...fills, ...sections)
+    }
+    replies = [await timed(deps, 'apply', redis.tallyApplyMany(keyList.length, ...keyList, ...argList))]
+  } else {
+    replies = await timed(deps, 'apply', Promise.all([...slots].map((shard) => {
+      const { setKeys, sections, fills } = setsOf(shard)
+      return redis.tallyApply(4 + setKeys.length, ...shardKeys(shard), ...setKeys, deps.settings.runTtl, batch.token,
+        epochs.get(shard) ?? '', most, claim, fills.length, ...fills, ...sections)
+    })))
+  }
   const refused = replies.filter((r) => r !== 1)
   if (refused.length > 0) throw await refusal(deps, run, refused.includes(MARKER_MISSING))
   // The witness, outside Redis, before the batch is acknowledged: should Redis lose these

@@ -48,8 +48,8 @@ end`
  * (counts only grow). `empty` drops every bucket and the old cache, keeping the epoch rising
  * (from Redis's clock for a shard seen for the first time).
  */
-const cacheShard = (k: number) => `
-local meta = KEYS[${k}]
+const cacheShard = (meta: string, old: string) => `
+local meta = ${meta}
 local info = redis.call('HMGET', meta, '!', '', 'n', 'lo', 'w')
 local have = tonumber(info[1]) or 0
 local n = math.max(tonumber(ARGV[2]), tonumber(info[3]) or 0)
@@ -58,7 +58,7 @@ local known = info[2] and info[5] == ARGV[3]
 local claims = meta .. ':claims'
 local function empty (gen)
   for b = 0, n - 1 do redis.call('UNLINK', meta .. ':' .. b) end
-  redis.call('UNLINK', KEYS[${k + 1}], claims)
+  redis.call('UNLINK', ${old}, claims)
   if not info[2] then
     local t = redis.call('TIME')
     redis.call('HSET', meta, '', t[1] .. string.format('%06d', tonumber(t[2])))
@@ -90,16 +90,18 @@ ${below}`
  * The field's value is looked for in its bucket, then along the rest of its chain (emptied of
  * it): one found lower down and still right moves to the bucket.
  */
-const cacheRead = (k: number) => `${cacheShard(k)}
+const readShard = `
+local function readShard (metaKey, oldKey, from, to)
+${cacheShard('metaKey', 'oldKey')}
 local gen = tonumber(ARGV[1])
 local mine, run = ARGV[4], ARGV[5]
 local out = {info[2]}
 if known and have > gen then
-  for i = 6, #ARGV, 2 do out[#out + 1] = false end
+  for i = from, to, 2 do out[#out + 1] = false end
   return out
 end
 if not known or have < gen then out[1] = empty(math.max(have, gen)) end
-for i = 6, #ARGV, 2 do
+for i = from, to, 2 do
   local f, v = ARGV[i], ARGV[i + 1]
   local key = meta .. ':' .. (tonumber(f) % n)
   local val = redis.call('HGET', key, f)
@@ -126,25 +128,30 @@ for i = 6, #ARGV, 2 do
   end
   out[#out + 1] = val or false
 end
-return out`
+return out
+end`
+
+/** What a run shard's marker (KEYS[k]) says against taking a batch: nil when `open`, else -1 (sealed) or -2 (missing: the run's state is lost). */
+const refused = `
+local function refused (k)
+  local m = redis.call('GET', KEYS[k])
+  if m == 'open' then return nil end
+  if m then return -1 end
+  return -2
+end`
 
 /**
  * Adds members to a shard's seen sets and counts them, each member once, under its kind; adds
- * the batch's token to the shard's acks set. KEYS[1..3] marker, counts, acks; KEYS[first..] the
- * seen sets; ARGV[1] ttl, ARGV[2] token, from ARGV[at] for each set in order: nCreated,
- * nUpdated, nUnchanged and that many members. -1 (sealed) / -2 (missing) having added nothing
- * unless the marker says `open`, else 1.
+ * the batch's token to the shard's acks set. commit(mk, ck, ak, first, last, at): KEYS[mk], [ck],
+ * [ak] the shard's marker, counts, acks (the caller checked the marker: `refused`); KEYS[first..
+ * last] the seen sets; ARGV[1] ttl, ARGV[2] token, from ARGV[at] for each set in order: nCreated,
+ * nUpdated, nUnchanged and that many members.
  */
 const commit = `
-local function commit (first, at)
-  local m = redis.call('GET', KEYS[1])
-  if m ~= 'open' then
-    if m then return -1 end
-    return -2
-  end
+local function commit (mk, ck, ak, first, last, at)
   local c, u, n = 0, 0, 0
   local i = at
-  for k = first, #KEYS do
+  for k = first, last do
     local nc, nu = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
     local total = nc + nu + tonumber(ARGV[i + 2])
     i = i + 3
@@ -156,17 +163,16 @@ local function commit (first, at)
     i = i + total
     redis.call('EXPIRE', KEYS[k], ARGV[1])
   end
-  if c > 0 then redis.call('HINCRBY', KEYS[2], 'created', c) end
-  if u > 0 then redis.call('HINCRBY', KEYS[2], 'updated', u) end
-  if n > 0 then redis.call('HINCRBY', KEYS[2], 'unchanged', n) end
-  redis.call('SADD', KEYS[3], ARGV[2])
-  for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ARGV[1]) end
-  return 1
+  if c > 0 then redis.call('HINCRBY', KEYS[ck], 'created', c) end
+  if u > 0 then redis.call('HINCRBY', KEYS[ck], 'updated', u) end
+  if n > 0 then redis.call('HINCRBY', KEYS[ck], 'unchanged', n) end
+  redis.call('SADD', KEYS[ak], ARGV[2])
+  for _, k in ipairs({mk, ck, ak}) do redis.call('EXPIRE', KEYS[k], ARGV[1]) end
 end`
 
 /**
  * The cache fill of a batch: fill(meta, epoch, most, claim, from, to) with ARGV[from..to] field,
- * value per id the batch claimed (cacheRead). Where the field's claim is still the batch's, it
+ * value per id the batch claimed (readShard). Where the field's claim is still the batch's, it
  * goes, and `value` (what Postgres holds after the batch's writes) is written in the field's
  * bucket under the shard's count now (the rest of the field's chain emptied of it); an empty
  * `value` only gives the claim up. A field claimed by another batch, or by nobody any more, is
@@ -265,23 +271,47 @@ return {'begun', ''}`
   tallyRead: {
     numberOfKeys: 3,
     lua: `
-local m = redis.call('GET', KEYS[1])
-if m ~= 'open' then
-  if m then return -1 end
-  return -2
+${refused}
+${readShard}
+local no = refused(1)
+if no then return no end
+return readShard(KEYS[2], KEYS[3], 6, #ARGV)`
+  },
+  /**
+   * The cache reads of a batch in one call, on a single Redis (a script on a Cluster touches one
+   * slot, so there it is one tallyRead per shard): KEYS marker, cache, old cache of each shard
+   * in turn; ARGV generation, buckets, width, claim, the run's claim prefix, then per shard: the
+   * number of its ids and their field, value pairs. -1 / -2 if any marker is not `open` (and
+   * nothing claimed), else per shard in turn what tallyRead answers: its epoch and its ids' values.
+   */
+  tallyReadMany: {
+    lua: `${refused}
+${readShard}
+for g = 1, #KEYS, 3 do
+  local no = refused(g)
+  if no then return no end
 end
-${cacheRead(2)}`
+local out = {}
+local at = 6
+for g = 1, #KEYS, 3 do
+  local c = tonumber(ARGV[at])
+  local part = readShard(KEYS[g + 1], KEYS[g + 2], at + 1, at + 2 * c)
+  for i = 1, 1 + c do out[#out + 1] = part[i] end
+  at = at + 1 + 2 * c
+end
+return out`
   },
   /**
    * KEYS cache, old cache; ARGV generation, buckets, width, claim, the run's claim prefix, then
    * field, value per id. The cache shard's epoch followed by each id's cached value (nil for
-   * none), every id not found unchanged claimed (see cacheRead). A shard whose recorded
+   * none), every id not found unchanged claimed (see readShard). A shard whose recorded
    * generation ('!') is behind the scope's missed an invalidation (Redis lost it): it is emptied
    * and answers misses.
    */
   tallyCacheRead: {
     numberOfKeys: 2,
-    lua: cacheRead(1)
+    lua: `${readShard}
+return readShard(KEYS[1], KEYS[2], 6, #ARGV)`
   },
   /**
    * KEYS marker, counts, acks, then seen sets of the shard; ARGV ttl, token, then for each of
@@ -333,18 +363,6 @@ for k = 1, #KEYS do n = n + redis.call('SCARD', KEYS[k]) end
 return n`
   },
   /**
-   * KEYS cache; ARGV epoch, most entries a bucket takes, the batch's claim, then field, value per
-   * id the batch claimed (cacheRead). Where the field's claim is still the batch's, it goes, and
-   * `value` (what Postgres holds after the batch's writes) is written in the field's bucket under
-   * the shard's count now (the rest of the field's chain emptied of it); an empty `value` only
-   * gives the claim up. A field claimed by another batch, or by nobody any more, is left as it is.
-   * A bucket that fills up has its entries moved to their buckets under the count (`rehome`), and
-   * while it stays full the shard's count doubles (up to MAX_BUCKETS): a scope that grows within
-   * a scan, a first load above all, keeps small buckets. Does nothing if the epoch moved since the
-   * batch read it: an invalidation happened in between (its claims stay: misses, until the next
-   * run takes them over).
-   */
-  /**
    * A batch's writes into one shard-slot, once its content is in Postgres: KEYS marker, counts,
    * acks, cache, then the shard's seen sets; ARGV ttl, token, epoch, most, claim, f (how many
    * ARGV the fills take), the fills (field, value per id, as `fill`), then the sets' sections
@@ -354,14 +372,49 @@ return n`
    * shard's hash tag.
    */
   tallyApply: {
-    lua: `${commit}
+    lua: `${refused}
+${commit}
 ${fill}
 local f = tonumber(ARGV[6])
 if #KEYS > 4 then
-  local ok = commit(5, 7 + f)
-  if ok ~= 1 then return ok end
+  local no = refused(1)
+  if no then return no end
+  commit(1, 2, 3, 5, #KEYS, 7 + f)
 end
 if f > 0 then fill(KEYS[4], ARGV[3], tonumber(ARGV[4]), ARGV[5], 7, 6 + f) end
+return 1`
+  },
+  /**
+   * Every shard's tallyApply of a batch in one call, on a single Redis: KEYS per shard in turn
+   * its marker, counts, acks, cache and s seen sets; ARGV ttl, token, most, claim, then per shard
+   * in turn: s, its cache epoch, f, its f fill arguments, its sets' sections. -1 / -2 if the
+   * marker of any shard with sets is not `open` (nothing added or filled anywhere), else 1.
+   */
+  tallyApplyMany: {
+    lua: `${refused}
+${commit}
+${fill}
+local most, mine = tonumber(ARGV[3]), ARGV[4]
+local shards = {}
+local k, a = 1, 5
+while a <= #ARGV do
+  local s, f = tonumber(ARGV[a]), tonumber(ARGV[a + 2])
+  local shard = {k = k, s = s, epoch = ARGV[a + 1], f = f, fills = a + 3, sets = a + 3 + f}
+  local i = shard.sets
+  for _ = 1, s do i = i + 3 + tonumber(ARGV[i]) + tonumber(ARGV[i + 1]) + tonumber(ARGV[i + 2]) end
+  if s > 0 then
+    local no = refused(k)
+    if no then return no end
+  end
+  shards[#shards + 1] = shard
+  k = k + 4 + s
+  a = i
+end
+for _, shard in ipairs(shards) do
+  local k = shard.k
+  if shard.s > 0 then commit(k, k + 1, k + 2, k + 4, k + 3 + shard.s, shard.sets) end
+  if shard.f > 0 then fill(KEYS[k + 3], shard.epoch, most, mine, shard.fills, shard.fills + shard.f - 1) end
+end
 return 1`
   },
   /**
@@ -372,7 +425,7 @@ return 1`
    */
   tallyInvalidate: {
     numberOfKeys: 2,
-    lua: `${cacheShard(1)}
+    lua: `${cacheShard('KEYS[1]', 'KEYS[2]')}
 local gen = tonumber(ARGV[1]) or 0
 if not known then return empty(math.max(have, gen)) end
 for i = 4, #ARGV do
@@ -475,6 +528,8 @@ declare module 'ioredis' {
     tallyCacheRead(cache: string, oldCache: string, generation: number, buckets: number, width: number,
       claim: string, runClaim: string, ...fieldValue: string[]): Result<Array<string | null>, Context>
     tallyApply(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number, Context>
+    tallyReadMany(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number | Array<string | null>, Context>
+    tallyApplyMany(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number, Context>
     tallyCard(numberOfKeys: number, ...keys: string[]): Result<number, Context>
     tallyIsMember(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number[], Context>
     tallyDiff(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<string[], Context>
