@@ -9,29 +9,20 @@
  */
 import { isUtf8 } from 'node:buffer'
 import { TallyError } from '../errors.js'
+import { BACKSLASH, COLON, OPEN_OBJECT, QUOTE, skip } from './spans.js'
 
-const QUOTE = 0x22
-const BACKSLASH = 0x5c
 const NEWLINE = 0x0a
 const RETURN = 0x0d
-const OPEN = 0x7b
-const COLON = 0x3a
 const ID_KEY = Buffer.from('"id"')
-
-const space = (b: number | undefined) => b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d
-function skipSpace (line: Buffer, i: number): number {
-  while (space(line[i])) i++
-  return i
-}
 
 /** The id of a resource's bytes that begin `{"id":"<id without escapes>"` (whitespace allowed between), or undefined. */
 export function leadingId (line: Buffer): string | undefined {
-  if (line[0] !== OPEN) return undefined
-  let i = skipSpace(line, 1)
+  if (line[0] !== OPEN_OBJECT) return undefined
+  let i = skip(line, 1)
   if (ID_KEY.compare(line, i, i + ID_KEY.length) !== 0) return undefined
-  i = skipSpace(line, i + ID_KEY.length)
+  i = skip(line, i + ID_KEY.length)
   if (line[i] !== COLON) return undefined
-  i = skipSpace(line, i + 1)
+  i = skip(line, i + 1)
   if (line[i] !== QUOTE) return undefined
   const start = i + 1
   const end = line.indexOf(QUOTE, start)

@@ -1,12 +1,14 @@
 /**
  * Lua scripts, each confined to one hash tag (a scope-shard, or a run), so each is atomic
- * and runs on whichever Cluster node owns that slot.
+ * and runs on whichever Cluster node owns that slot; but for the `…Many` ones, which do what
+ * their one-shard namesakes do for every shard of a batch in one call, and are used on a single
+ * Redis only.
  *
  * A batch goes through them in this order: `tallyBegin` (run slot: the run still takes
  * batches; claim the batch id; register the batch as in flight), `tallyRead` (scope-shard
- * slots: the markers are there; the cached hashes), its write to Postgres, `tallyApply` (scope-shard slots: add the ids
- * to the seen sets and count them, and fill the cache), `tallyDone` (run slot: record and
- * unregister). A completion runs `tallyClose` (run slot: take no new batch; wait until the
+ * slots: the markers are there; the cached hashes), its write to Postgres, `tallyApply`
+ * (scope-shard slots: add the ids to the seen sets and count them, and fill the cache),
+ * `tallyDone` (run slot: record and unregister). A completion runs `tallyClose` (run slot: take no new batch; wait until the
  * registered ones are done) before it seals the markers with `tallyMarker` and reads anything.
  *
  * The cache scripts name their bucket keys themselves (`<cache shard key>:<bucket>`, cache.ts):

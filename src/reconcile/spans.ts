@@ -17,14 +17,15 @@
 
 const WS = new Uint8Array(256)
 for (const b of [0x20, 0x09, 0x0a, 0x0d]) WS[b] = 1
-const QUOTE = 0x22
-const BACKSLASH = 0x5c
-const OPEN_OBJECT = 0x7b
+/** JSON's structural bytes (lines.ts reads a leading id with them too). */
+export const QUOTE = 0x22
+export const BACKSLASH = 0x5c
+export const OPEN_OBJECT = 0x7b
 const CLOSE_OBJECT = 0x7d
 const OPEN_ARRAY = 0x5b
 const CLOSE_ARRAY = 0x5d
 const COMMA = 0x2c
-const COLON = 0x3a
+export const COLON = 0x3a
 
 /** A JSON batch body, split: each resource's bytes, and the batch id if it has one. */
 export class SplitBatch {
@@ -78,7 +79,8 @@ function split (body: Buffer): SplitBatch {
   return new SplitBatch(body, spans, batchId)
 }
 
-function skip (body: Buffer, i: number): number {
+/** The index of the first byte from `i` that is not JSON whitespace. */
+export function skip (body: Buffer, i: number): number {
   while (i < body.length && WS[body[i]!] === 1) i++
   return i
 }
