@@ -51,7 +51,6 @@ function split (body: Buffer): SplitBatch {
   expect(body, i++, OPEN_OBJECT)
   let spans: Buffer[] | undefined
   let batchId: string | undefined
-  let seenId = false
   for (;;) {
     i = skip(body, i)
     const keyEnd = stringEnd(body, i)
@@ -62,8 +61,7 @@ function split (body: Buffer): SplitBatch {
     if (key === 'resources' && spans === undefined) {
       spans = []
       i = resources(body, i, spans)
-    } else if (key === 'batchId' && !seenId) {
-      seenId = true
+    } else if (key === 'batchId' && batchId === undefined) {
       const stop = stringEnd(body, i)
       batchId = body.toString('utf8', i + 1, stop - 1)
       i = stop
