@@ -291,9 +291,8 @@ class FailingBatch implements fc.AsyncCommand<Model, Real> {
 
 /** Where a DyingBatch's process dies: before this step of the batch (a Redis script, or the witness in Postgres), every earlier one done. */
 const DEATHS = {
-  // After its write to Postgres, before its ids join the run's sets (and the cache is filled):
-  // one script per shard on a Cluster, one for all of them on a single Redis.
-  'after-write': ['redis', ['tallyApply', 'tallyApplyMany']],
+  // After its write to Postgres, before its ids join the run's sets (and the cache is filled).
+  'after-write': ['redis', ['tallyApply']],
   // After its sets, counts and cache fill, before Postgres witnesses the batch.
   'after-apply': ['runs', ['recordAck']],
   // After the witness, before the batch is recorded and counted.

@@ -300,6 +300,18 @@ export function createIngest (deps: ReconcileDeps) {
 
 interface BatchRef { id: string, fingerprint: string, token: string }
 
+/** What a script that takes one or more scope-shards (tallyRead, tallyApply) is given for some of them. */
+interface ShardCall { shards: number[], keys: string[], args: Array<string | number> }
+
+/**
+ * The calls that make a batch's per-shard script work: one per shard on a Cluster (a script
+ * there touches one slot), one for all of them on a single Redis.
+ */
+function scriptCalls (redis: ReconcileDeps['redis'], parts: ShardCall[]): ShardCall[] {
+  if (redis instanceof Cluster || parts.length <= 1) return parts
+  return [{ shards: parts.flatMap((p) => p.shards), keys: parts.flatMap((p) => p.keys), args: parts.flatMap((p) => p.args) }]
+}
+
 /** Waits for a step of a batch and tells its duration (deps.onBatchStep), if it succeeds. */
 async function timed<T> (deps: ReconcileDeps, step: BatchStep, work: Promise<T>): Promise<T> {
   const started = performance.now()
@@ -355,16 +367,17 @@ function settle (item: Item, stored: StoredVersion | undefined, runId: number): 
  * Reads what the cache holds for every id, and the epoch of each cache shard; throws if a marker
  * of the run is not `open`. Every id the cache does not find unchanged is left claimed by the
  * batch (`claim`, scripts.ts readShard): a miss for everyone until this batch's fill. When the
- * run's shards are the cache's (the usual case), marker and cache share a slot and one script
- * per shard reads both; otherwise they are read apart.
+ * run's shards are the cache's (the usual case), marker and cache share a slot and tallyRead
+ * reads both (once per shard on a Cluster, once for all on a single Redis: scriptCalls);
+ * otherwise they are read apart.
  */
 async function readCache (deps: ReconcileDeps, context: RunContext, byCache: Map<number, Item[]>, claim: string) {
   const { redis, keys } = deps
   const { run, cache, generation } = context
   const epochs = new Map<number, string>()
   const markers: Array<number | string | null> = []
-  const args = (group: Item[]) => {
-    const out: [string, string, ...string[]] = [claim, runClaim(run.id)]
+  const pairs = (group: Item[]) => {
+    const out: string[] = []
     for (const item of group) out.push(item.slot.field, item.value)
     return out
   }
@@ -372,38 +385,33 @@ async function readCache (deps: ReconcileDeps, context: RunContext, byCache: Map
     epochs.set(shard, epoch ?? '0')
     group.forEach((item, i) => { item.cached = values[i] ?? '' })
   }
-  if (cache.shards === run.shardCount && !(redis instanceof Cluster)) {
-    // A single Redis: every shard's read in one script call.
-    const keyList: string[] = []
-    const argList: Array<string | number> = [generation, cache.buckets, cache.bits, claim, runClaim(run.id)]
-    for (const [shard, group] of byCache) {
-      keyList.push(keys.marker(run, shard, run.id), keys.cache(run, shard), keys.legacyCache(run, shard))
-      argList.push(group.length)
-      for (const item of group) argList.push(item.slot.field, item.value)
-    }
-    const reply = await redis.tallyReadMany(keyList.length, ...keyList, ...argList)
-    if (typeof reply === 'number') {
-      markers.push(reply)
-    } else {
+  if (cache.shards === run.shardCount) {
+    const parts = [...byCache].map(([shard, group]) => ({
+      shards: [shard],
+      keys: [keys.marker(run, shard, run.id), keys.cache(run, shard), keys.legacyCache(run, shard)],
+      args: [group.length, ...pairs(group)]
+    }))
+    const head = [generation, cache.buckets, cache.bits, claim, runClaim(run.id)]
+    await Promise.all(scriptCalls(redis, parts).map(async (call) => {
+      const reply = await redis.tallyRead(call.keys.length, ...call.keys, ...head, ...call.args)
+      if (typeof reply === 'number') {
+        markers.push(reply)
+        return
+      }
       let at = 0
-      for (const [shard, group] of byCache) {
+      for (const shard of call.shards) {
+        const group = byCache.get(shard)!
         take(shard, group, reply.slice(at, at + 1 + group.length))
         at += 1 + group.length
       }
-    }
-  } else if (cache.shards === run.shardCount) {
-    await Promise.all([...byCache].map(async ([shard, group]) => {
-      const reply = await redis.tallyRead(keys.marker(run, shard, run.id), keys.cache(run, shard), keys.legacyCache(run, shard),
-        generation, cache.buckets, cache.bits, ...args(group))
-      if (typeof reply === 'number') markers.push(reply)
-      else take(shard, group, reply)
     }))
   } else {
     const runShards = [...new Set([...byCache.values()].flat().map((i) => i.placed.shard))]
     await Promise.all([
       ...runShards.map(async (shard) => { markers.push(await redis.get(keys.marker(run, shard, run.id))) }),
       ...[...byCache].map(async ([shard, group]) => take(shard, group,
-        await redis.tallyCacheRead(keys.cache(run, shard), keys.legacyCache(run, shard), generation, cache.buckets, cache.bits, ...args(group))))
+        await redis.tallyCacheRead(keys.cache(run, shard), keys.legacyCache(run, shard), generation, cache.buckets, cache.bits,
+          claim, runClaim(run.id), ...pairs(group))))
     ])
   }
   const refused = markers.filter((m) => m !== 'open')
@@ -471,8 +479,8 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
 
   deps.onBatchStep?.('postgres', (performance.now() - writing) / 1000)
 
-  // 4. Into the run's sets and counts, and the cache learns what Postgres holds: one script per
-  // shard-slot (tallyApply), each set's members created first, then updated, then unchanged.
+  // 4. Into the run's sets and counts, and the cache learns what Postgres holds: tallyApply for
+  // each shard-slot (scriptCalls), each set's members created first, then updated, then unchanged.
   // The fills: every field the batch still claims (each id it did not find unchanged in the
   // cache); a claim it has nothing to fill with is given up (its writes are done).
   const bySet = groupPlaced(items.values(), (item) => item.placed)
@@ -484,38 +492,25 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
     }
     if (fills.length > 0) fillsOf.set(shard, fills)
   }
-  const slots = new Set([...bySet.keys(), ...fillsOf.keys()])
-  const setsOf = (shard: number) => {
+  const parts = [...new Set([...bySet.keys(), ...fillsOf.keys()])].map((shard) => {
     const sets = bySet.get(shard) ?? new Map<number, Map<string, Item[]>>()
     const setKeys = [...sets.keys()].map((set) => keys.seen(run, shard, run.id, set))
-    const sections: Array<string | number> = []
+    const fills = fillsOf.get(shard) ?? []
+    const args: Array<string | number> = [setKeys.length, epochs.get(shard) ?? '', fills.length, ...fills]
     for (const members of sets.values()) {
       const k: Record<Kind, string[]> = { created: [], updated: [], unchanged: [] }
       for (const [member, same] of members) for (const item of same) k[item.kind].push(member)
-      sections.push(k.created.length, k.updated.length, k.unchanged.length, ...k.created, ...k.updated, ...k.unchanged)
+      args.push(k.created.length, k.updated.length, k.unchanged.length, ...k.created, ...k.updated, ...k.unchanged)
     }
-    return { setKeys, sections, fills: fillsOf.get(shard) ?? [] }
-  }
-  const shardKeys = (shard: number) => [keys.marker(run, shard, run.id), keys.counts(run, shard, run.id), keys.acks(run, shard, run.id), keys.cache(run, shard)]
-  const most = 2 * deps.settings.cacheBucketSize
-  let replies: number[]
-  if (!(redis instanceof Cluster)) {
-    // A single Redis: every shard's apply in one script call.
-    const keyList: string[] = []
-    const argList: Array<string | number> = [deps.settings.runTtl, batch.token, most, claim]
-    for (const shard of slots) {
-      const { setKeys, sections, fills } = setsOf(shard)
-      keyList.push(...shardKeys(shard), ...setKeys)
-      argList.push(setKeys.length, epochs.get(shard) ?? '', fills.length, ...fills, ...sections)
+    return {
+      shards: [shard],
+      keys: [keys.marker(run, shard, run.id), keys.counts(run, shard, run.id), keys.acks(run, shard, run.id), keys.cache(run, shard), ...setKeys],
+      args
     }
-    replies = [await timed(deps, 'apply', redis.tallyApplyMany(keyList.length, ...keyList, ...argList))]
-  } else {
-    replies = await timed(deps, 'apply', Promise.all([...slots].map((shard) => {
-      const { setKeys, sections, fills } = setsOf(shard)
-      return redis.tallyApply(4 + setKeys.length, ...shardKeys(shard), ...setKeys, deps.settings.runTtl, batch.token,
-        epochs.get(shard) ?? '', most, claim, fills.length, ...fills, ...sections)
-    })))
-  }
+  })
+  const head = [deps.settings.runTtl, batch.token, 2 * deps.settings.cacheBucketSize, claim]
+  const replies = await timed(deps, 'apply', Promise.all(scriptCalls(redis, parts).map((call) =>
+    redis.tallyApply(call.keys.length, ...call.keys, ...head, ...call.args))))
   const refused = replies.filter((r) => r !== 1)
   if (refused.length > 0) throw await refusal(deps, run, refused.includes(MARKER_MISSING))
   // The witness, outside Redis, before the batch is acknowledged: should Redis lose these

@@ -1,8 +1,8 @@
 /**
- * Lua scripts, each confined to one hash tag (a scope-shard, or a run), so each is atomic
- * and runs on whichever Cluster node owns that slot; but for the `…Many` ones, which do what
- * their one-shard namesakes do for every shard of a batch in one call, and are used on a single
- * Redis only.
+ * Lua scripts, each confined to one hash tag (a scope-shard, or a run) when called on a Cluster,
+ * so each is atomic and runs on whichever node owns that slot. `tallyRead` and `tallyApply` take
+ * one or more scope-shards: one per call on a Cluster, all of a batch's in one call on a single
+ * Redis.
  *
  * A batch goes through them in this order: `tallyBegin` (run slot: the run still takes
  * batches; claim the batch id; register the batch as in flight), `tallyRead` (scope-shard
@@ -265,28 +265,14 @@ redis.call('EXPIRE', KEYS[3], ARGV[4])
 return {'begun', ''}`
   },
   /**
-   * KEYS marker, cache, old cache; ARGV generation, buckets, width, claim, the run's claim
-   * prefix, then field, value per id. The cache read of a batch, when the run's shard and the
-   * cache's shard are one slot: -1 / -2 (as tallyApply) if the marker is not `open` (and
-   * nothing claimed), else as tallyCacheRead.
+   * The cache read of a batch, when the run's shards and the cache's are one slot each: KEYS
+   * marker, cache, old cache of each shard in turn; ARGV generation, buckets, width, claim, the
+   * run's claim prefix, then per shard: the number of its ids and their field, value pairs.
+   * -1 (sealed) / -2 (missing) if any marker is not `open` (and nothing claimed), else per shard
+   * in turn its epoch and its ids' cached values (see readShard). Called once per shard on a
+   * Cluster (a script there touches one slot), once for all of a batch's shards on a single Redis.
    */
   tallyRead: {
-    numberOfKeys: 3,
-    lua: `
-${refused}
-${readShard}
-local no = refused(1)
-if no then return no end
-return readShard(KEYS[2], KEYS[3], 6, #ARGV)`
-  },
-  /**
-   * The cache reads of a batch in one call, on a single Redis (a script on a Cluster touches one
-   * slot, so there it is one tallyRead per shard): KEYS marker, cache, old cache of each shard
-   * in turn; ARGV generation, buckets, width, claim, the run's claim prefix, then per shard: the
-   * number of its ids and their field, value pairs. -1 / -2 if any marker is not `open` (and
-   * nothing claimed), else per shard in turn what tallyRead answers: its epoch and its ids' values.
-   */
-  tallyReadMany: {
     lua: `${refused}
 ${readShard}
 for g = 1, #KEYS, 3 do
@@ -315,14 +301,6 @@ return out`
     lua: `${readShard}
 return readShard(KEYS[1], KEYS[2], 6, #ARGV)`
   },
-  /**
-   * KEYS marker, counts, acks, then seen sets of the shard; ARGV ttl, token, then for each of
-   * those sets in order: nCreated, nUpdated, nUnchanged and that many members (the created ones,
-   * then the updated, then the unchanged). If the marker says `open`: SADD each member, and
-   * count each one new to its set under its kind, so the counts never disagree with the sets;
-   * add the batch's token to the acks set. Returns 1, or -1 (sealed) / -2 (missing: the run's
-   * state is lost) having added nothing.
-   */
   /**
    * KEYS seen sets of one shard; ARGV for each of them in order: n and n members. 1 or 0 for
    * each member, in order: is it in its set?
@@ -365,34 +343,15 @@ for k = 1, #KEYS do n = n + redis.call('SCARD', KEYS[k]) end
 return n`
   },
   /**
-   * A batch's writes into one shard-slot, once its content is in Postgres: KEYS marker, counts,
-   * acks, cache, then the shard's seen sets; ARGV ttl, token, epoch, most, claim, f (how many
-   * ARGV the fills take), the fills (field, value per id, as `fill`), then the sets' sections
-   * (as `commit`). With sets, their members are committed first (an id joins a set only once its
-   * content is in Postgres); should the marker refuse (-1 sealed, -2 missing), nothing is filled
-   * either. Then the cache fill. One call instead of a commit and a fill: both keys share the
-   * shard's hash tag.
+   * A batch's writes once its content is in Postgres, per shard-slot: KEYS per shard in turn its
+   * marker, counts, acks, cache and s seen sets; ARGV ttl, token, most, claim, then per shard in
+   * turn: s, its cache epoch, f, its f fill arguments (field, value per id, as `fill`), its sets'
+   * sections (as `commit`). -1 / -2 if the marker of any shard with sets is not `open` (nothing
+   * added or filled anywhere), else 1. Each shard's members are committed, then its cache
+   * filled: the cache keys share the shard's hash tag, so one call does both. Called once per
+   * shard on a Cluster, once for all of a batch's shards on a single Redis.
    */
   tallyApply: {
-    lua: `${refused}
-${commit}
-${fill}
-local f = tonumber(ARGV[6])
-if #KEYS > 4 then
-  local no = refused(1)
-  if no then return no end
-  commit(1, 2, 3, 5, #KEYS, 7 + f)
-end
-if f > 0 then fill(KEYS[4], ARGV[3], tonumber(ARGV[4]), ARGV[5], 7, 6 + f) end
-return 1`
-  },
-  /**
-   * Every shard's tallyApply of a batch in one call, on a single Redis: KEYS per shard in turn
-   * its marker, counts, acks, cache and s seen sets; ARGV ttl, token, most, claim, then per shard
-   * in turn: s, its cache epoch, f, its f fill arguments, its sets' sections. -1 / -2 if the
-   * marker of any shard with sets is not `open` (nothing added or filled anywhere), else 1.
-   */
-  tallyApplyMany: {
     lua: `${refused}
 ${commit}
 ${fill}
@@ -525,13 +484,10 @@ type BeginState = 'done' | 'pending' | 'closed' | 'missing' | 'begun'
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     tallyBegin(counters: string, batches: string, inflight: string, batchId: string, token: string, staleMs: number, ttl: number): Result<[BeginState, string], Context>
-    tallyRead(marker: string, cache: string, oldCache: string, generation: number, buckets: number, width: number,
-      claim: string, runClaim: string, ...fieldValue: string[]): Result<number | Array<string | null>, Context>
+    tallyRead(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number | Array<string | null>, Context>
     tallyCacheRead(cache: string, oldCache: string, generation: number, buckets: number, width: number,
       claim: string, runClaim: string, ...fieldValue: string[]): Result<Array<string | null>, Context>
     tallyApply(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number, Context>
-    tallyReadMany(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number | Array<string | null>, Context>
-    tallyApplyMany(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number, Context>
     tallyCard(numberOfKeys: number, ...keys: string[]): Result<number, Context>
     tallyIsMember(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<number[], Context>
     tallyDiff(numberOfKeys: number, ...keysThenArgs: Array<string | number>): Result<string[], Context>
