@@ -289,7 +289,7 @@ function steady (scans: ScanResult[]) {
     walBytes: sum((r) => r.walBytes),
     postgresCpuSec: s.some((r) => r.postgresCpuSec === null) ? 0 : sum((r) => r.postgresCpuSec ?? 0),
     serverCpuUsPerResource: sum((r) => r.serverCpuSec) * 1e6 / Math.max(1, sum((r) => r.resources)),
-    totalCpuUsPerResource: s.some((r) => r.totalCpuUsPerResource === null) ? 0 : sum((r) => r.totalCpuUsPerResource! * r.resources) / Math.max(1, sum((r) => r.resources))
+    totalCpuUsPerResource: s.some((r) => r.postgresCpuSec === null) ? 0 : sum((r) => r.serverCpuSec + (r.postgresCpuSec ?? 0) + r.redisCpuSec) * 1e6 / Math.max(1, sum((r) => r.resources))
   }
 }
 
