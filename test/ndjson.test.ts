@@ -12,9 +12,10 @@ const estate = (n: number, extra: Partial<ResourceBody> = {}): ResourceBody[] =>
   resource(`arn:aws:s3:::bucket-${String(i).padStart(3, '0')}`, { attributes: { n: i }, ...extra }))
 const ndjson = (resources: object[]) => resources.map((r) => JSON.stringify(r)).join('\n') + '\n'
 
-function lines (app: App) {
+/** Posts a body of this media type (NDJSON unless told) to a run's resources. */
+function lines (app: App, type = NDJSON) {
   return async (runId: number, payload: string, headers: Record<string, string> = {}) => {
-    const res = await app.inject({ method: 'POST', url: `/runs/${runId}/resources`, headers: { ...bearer(app), 'content-type': NDJSON, ...headers }, payload })
+    const res = await app.inject({ method: 'POST', url: `/runs/${runId}/resources`, headers: { ...bearer(app), 'content-type': type, ...headers }, payload })
     return { status: res.statusCode, body: res.json(), type: res.headers['content-type'] }
   }
 }
@@ -29,23 +30,17 @@ function countChecks (app: App): { n: number } {
   return counter
 }
 
-async function scanLines (app: App, scope: string, payload: string) {
+/** A scan of one request: open, post the body (NDJSON unless told), complete. */
+async function scanLines (app: App, scope: string, payload: string, type = NDJSON) {
   const tally = api(app)
   const run = (await tally.open(scope)).body.id as number
-  const sent = await lines(app)(run, payload)
+  const sent = await lines(app, type)(run, payload)
   const done = await tally.complete(run)
   return { sent, done: done.body }
 }
 
-/** Sends resources as a JSON body that is not split into spans (a key written with an escape): read whole, as objects. */
-async function scanWhole (app: App, scope: string, resources: object[]) {
-  const tally = api(app)
-  const run = (await tally.open(scope)).body.id as number
-  const payload = JSON.stringify({ resources }).replace('"resources"', '"\\u0072esources"')
-  const sent = await app.inject({ method: 'POST', url: `/runs/${run}/resources`, headers: { ...bearer(app), 'content-type': 'application/json' }, payload })
-  const done = await tally.complete(run)
-  return { sent: { status: sent.statusCode, body: sent.json() }, done: done.body }
-}
+/** Resources as a JSON body that is not split into spans (a key written with an escape): read whole, as objects. */
+const wholeJson = (resources: object[]) => JSON.stringify({ resources }).replace('"resources"', '"\\u0072esources"')
 
 t.test('identical lines are recognised without parsing; changed, reordered and whole-JSON-sent ones are compared by content', async (t) => {
   const app = await build(t)
@@ -55,7 +50,7 @@ t.test('identical lines are recognised without parsing; changed, reordered and w
   const resources = estate(300)
 
   // First sent as a JSON body read whole: the cache holds the contents' values.
-  const first = await scanWhole(app, scope, resources)
+  const first = await scanLines(app, scope, wholeJson(resources), 'application/json')
   t.match(first.sent, { status: 200, body: { created: 300 } })
   const before = await rowVersions(db, scope)
 
@@ -114,10 +109,9 @@ t.test('a JSON batch is split into its resources: identical bytes recognised unp
   // Pretty-printed: other bytes, so parsed once and compared by content; then recognised.
   for (const parsed of [300, 0]) {
     checks.n = 0
-    const run = (await tally.open(scope)).body.id as number
-    const res = await app.inject({ method: 'POST', url: `/runs/${run}/resources`, headers: { ...bearer(app), 'content-type': 'application/json' }, payload: JSON.stringify({ batchId: 'pretty', resources }, null, 2) })
-    t.match(res.json(), { received: 300, created: 0, updated: 0, unchanged: 300 })
-    t.match((await tally.complete(run)).body, { stats: { seen: 300, deleted: 0 } })
+    const { sent, done } = await scanLines(app, scope, JSON.stringify({ batchId: 'pretty', resources }, null, 2), 'application/json')
+    t.match(sent.body, { received: 300, created: 0, updated: 0, unchanged: 300 })
+    t.match(done, { stats: { seen: 300, deleted: 0 } })
     t.equal(checks.n, parsed, `${parsed} parsed`)
   }
   t.same(await rowVersions(db, scope), before, 'no row written or locked by any of these scans')
