@@ -168,3 +168,38 @@ t.test('CHANGES_RETENTION=0 keeps every change', async (t) => {
   t.equal((await app.reconcile.sweep()).purgedChanges, 0)
   t.equal((await db.query('select count(*)::int as n from changes')).rows[0].n, 1)
 })
+
+t.test('a load of a scope with no live rows (insertNew first) revives what it meets, and an id sent twice is written once', async (t) => {
+  const app = await build(t, { GUARD_MIN_BASELINE: '1000' })
+  const db = await sqlClient(t, app)
+  const tally = api(app)
+  const scope = 'aws/reload'
+  const first = await tally.scan(scope, ['a', 'b', 'c'].map((id) => resource(id)))
+  // Everything vanishes (an empty scan, forced): the scope has rows, none of them live.
+  const empty = (await tally.open(scope)).body.id as number
+  t.equal((await tally.complete(empty, { force: true })).status, 200)
+  t.same((await db.query('select count(*)::int as n from resources where scope = $1 and deleted_at is null', [scope])).rows[0].n, 0)
+
+  // a comes back as it was, b renamed, n is new; a is sent again in a second batch of the run.
+  const run = (await tally.open(scope)).body.id as number
+  const one = await tally.ingest(run, [resource('a'), resource('b', { name: 'renamed' }), resource('n')])
+  const two = await tally.ingest(run, [resource('a')])
+  t.same([one.status, two.status], [200, 200])
+  t.match(one.body, { received: 3, created: 3, updated: 0, unchanged: 0 })
+  t.match(two.body, { received: 1, created: 0, updated: 0, unchanged: 1 })
+  t.equal((await db.query('select count(*)::int as n from run_writes where run_id = $1', [run])).rows[0].n, 1, 'one batch wrote')
+  const done = await tally.complete(run)
+  t.equal(done.status, 200)
+  t.match(done.body.stats, { created: 3, updated: 0, deleted: 0 })
+
+  const c = await runChanges(app, run)
+  t.same([c.ids('CREATED'), c.ids('REVIVED'), c.ids('UPDATED')], [['n'], ['a', 'b'], []])
+  t.same(c.fields.get('a'), [], 'revived with the content it was deleted with')
+  t.same(c.fields.get('b'), ['name'], 'revived with a new name')
+  const { rows } = await db.query('select id, name, first_seen_run_id, changed_run_id from resources where scope = $1 and deleted_at is null order by id', [scope])
+  t.same(rows, [
+    { id: 'a', name: null, first_seen_run_id: String(first.id), changed_run_id: String(run) },
+    { id: 'b', name: 'renamed', first_seen_run_id: String(first.id), changed_run_id: String(run) },
+    { id: 'n', name: null, first_seen_run_id: String(run), changed_run_id: String(run) }
+  ])
+})
