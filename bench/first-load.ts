@@ -2,8 +2,9 @@
  * What a first load costs Postgres per row, statement against statement, one batch at a time on
  * one connection (no HTTP, no Redis, no other load): Tally's write statement
  * (resources-repository writeChanged), the one a first load uses (`insert-new`: insertNew, no
- * update half), and the naive design's upsert into a table with the dashboard indexes
- * (`--naive-indexes`) and into one with its primary key only (`naive-bare`). Each variant loads a scope of its own, twice.
+ * update half), and the naive design's upsert into a table with a dashboard's indexes (`naive`,
+ * as `npm run bench` has it) and into one with its primary key only (`naive-bare`, as
+ * `--naive-bare` has it). Each variant loads a scope of its own, twice.
  *
  *   node --import tsx bench/first-load.ts [tally|insert-new|naive|naive-bare]   (FIRST_LOAD_BATCHES=30 batches of 1,000)
  */
@@ -24,7 +25,7 @@ url.pathname = '/tally_first_load'
 const pool = new pg.Pool({ connectionString: url.toString(), max: 2 })
 await runMigrations(pool)
 await pool.query(NAIVE_DDL + NAIVE_DASHBOARD_INDEXES)
-// The naive table as `npm run bench` has it by default: its primary key only.
+// The naive table as `npm run bench -- --naive-bare` has it: its primary key only.
 await pool.query('create table naive_bare (like naive_resources including defaults); alter table naive_bare add primary key (tenant, scope, id)')
 const db = createDb(pool)
 const repo = createResourcesRepository(db)

@@ -33,7 +33,7 @@ create table if not exists naive_resources (
 );`
 
 /**
- * With `--naive-indexes`: the indexes a dashboard over the naive table would need, the same
+ * Unless `--naive-bare`: the indexes a dashboard over the naive table would need, the same
  * filters Tally's GraphQL serves from its own (type, region, recency, tags), so the two designs
  * can be compared paying the same index upkeep per written row.
  */
