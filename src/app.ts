@@ -23,7 +23,7 @@ import graphql from './graphql/index.js'
 import dashboardRoutes from './routes/dashboard.js'
 import healthRoutes from './routes/health.js'
 import runsRoutes from './routes/runs.js'
-import { sharedSchemas } from './routes/schemas.js'
+import { sharedSchemas } from './contract.js'
 
 export function serverOptions (config: Config): FastifyServerOptions {
   return {

@@ -11,6 +11,8 @@ import { Redis } from 'ioredis'
 import WebSocket from 'ws'
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js'
 import addFormats from 'ajv-formats'
+import type { Static } from '@sinclair/typebox'
+import type { ResourceSchema } from '../src/contract.js'
 import { buildApp } from '../src/app.js'
 import { generateKey, type Role } from '../src/auth/keys.js'
 import { loadConfig } from '../src/config.js'
@@ -174,14 +176,8 @@ export function redisClient (t: Tap, url = REDIS_URL): Redis {
   return redis
 }
 
-export interface ResourceBody {
-  id: string
-  type: string
-  name?: string
-  region?: string
-  tags?: Record<string, string>
-  attributes?: Record<string, unknown>
-}
+/** A resource as the contract has it (what a scanner sends). */
+export type ResourceBody = Static<typeof ResourceSchema>
 
 export function resource (id: string, extra: Partial<ResourceBody> = {}): ResourceBody {
   return { id, type: 'aws::ec2::instance', region: 'eu-west-1', tags: { env: 'prod' }, attributes: { size: 't3.micro' }, ...extra }

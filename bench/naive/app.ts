@@ -9,7 +9,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Type, type Static } from '@sinclair/typebox'
 import type pg from 'pg'
 import Fastify from 'fastify'
-import { CreateRunBodySchema, IngestBodySchema, ResourceSchema, RunParamsSchema } from '../../src/routes/schemas.js'
+import { CreateRunBodySchema, IngestBodySchema, ResourceSchema, RunParamsSchema } from '../../src/contract.js'
 
 export const NAIVE_DDL = `
 create table if not exists naive_runs (

@@ -3,7 +3,7 @@ import type { GraphQLResolveInfo } from 'graphql'
 import type { IResolvers, MercuriusContext, MercuriusLoaders } from 'mercurius'
 import { scopeRefusal, type Access } from '../auth/keys.js'
 import { badString } from '../reconcile/canonical.js'
-import { RUN_ID_TEXT } from '../routes/schemas.js'
+import { RUN_ID_TEXT } from '../contract.js'
 
 import mercurius from 'mercurius'
 import type { ChangeFilter, ChangeRow, InventoryRepository, ResourceFilter, ResourceRow } from '../db/inventory-repository.js'

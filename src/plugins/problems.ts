@@ -6,7 +6,7 @@
 import type { FastifyError, FastifyReply, FastifySchemaValidationError } from 'fastify'
 import fp from 'fastify-plugin'
 import { isTallyError, isUnavailable, problemCodes, type ProblemCode } from '../errors.js'
-import { patternWords } from '../routes/schemas.js'
+import { patternWords } from '../contract.js'
 import { countProblem } from './metrics.js'
 
 /** Validation errors listed in a problem; the count says how many there were. */

@@ -7,7 +7,7 @@
 import { Ajv, type ErrorObject, type Options, type ValidateFunction } from 'ajv'
 import addFormats from 'ajv-formats'
 import fp from 'fastify-plugin'
-import { sharedSchemas } from '../routes/schemas.js'
+import { sharedSchemas } from '../contract.js'
 import { SplitBatch } from '../reconcile/spans.js'
 import { MAX_LISTED_ERRORS } from './problems.js'
 

@@ -149,13 +149,7 @@ const claimOf = (runId: number, token: string) => `${runClaim(runId)}${token.rep
 const toWrite = (item: Item): ResourceWrite => ({ id: item.id, content: item.content, hash: item.hash, digest: item.digest.toString() })
 
 /** What a batch id's record holds: the first copy's result, and a fingerprint of its content. */
-interface BatchRecord {
-  received: number
-  created: number
-  updated: number
-  unchanged: number
-  fingerprint: string
-}
+type BatchRecord = Omit<BatchResult, 'runId' | 'duplicate'> & { fingerprint: string }
 
 /** Ids and content hashes, in order: two copies of a batch agree on it, a different batch does not. */
 function fingerprintOf (items: Map<string, Item>): string {

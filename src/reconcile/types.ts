@@ -1,18 +1,14 @@
-/** The shapes reconcile works on, independent of HTTP. */
+/** The shapes reconcile works on, independent of HTTP: those clients send are the contract's (contract.ts). */
+import type { Static } from '@sinclair/typebox'
 import type { Cluster, Redis } from 'ioredis'
+import type { BatchResultSchema, ResourceSchema } from '../contract.js'
 import type { Tx } from '../db/client.js'
 import type { ResourcesRepository } from '../db/resources-repository.js'
 import type { RunCounts, RunRow, RunsRepository } from '../db/runs-repository.js'
 import type { Keys } from './keys.js'
 
-export interface ResourceIn {
-  id: string
-  type: string
-  name?: string | undefined
-  region?: string | undefined
-  tags?: Record<string, string> | undefined
-  attributes?: Record<string, unknown> | undefined
-}
+/** A resource as a scanner sends it, checked against the contract. */
+export type ResourceIn = Static<typeof ResourceSchema>
 
 export interface Logger {
   info (obj: object, msg?: string): void
@@ -63,11 +59,4 @@ export interface RunState {
   stats: RunCounts
 }
 
-export interface BatchResult {
-  runId: number
-  received: number
-  created: number
-  updated: number
-  unchanged: number
-  duplicate: boolean
-}
+export type BatchResult = Static<typeof BatchResultSchema>

@@ -5,7 +5,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { TallyError } from '../errors.js'
 import { clusterProblem, evictionMessage, evictionPolicy, writeProblem } from '../plugins/redis.js'
-import { HealthSchema, problems } from './schemas.js'
+import { HealthSchema, problems } from '../contract.js'
 
 const READY_TIMEOUT_MS = 2000
 

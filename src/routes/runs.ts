@@ -18,7 +18,7 @@ import { Type } from '@sinclair/typebox'
 import {
   BatchIdSchema, BatchResultSchema, CompleteBodySchema, CreateRunBodySchema, IngestBodySchema, IngestHeadersSchema, ListRunsQuerySchema,
   NdjsonBodySchema, problems, RUN_ID_TEXT, RunListSchema, RunParamsSchema, RunSchema, type IngestBody, type Run
-} from './schemas.js'
+} from '../contract.js'
 
 export function runView ({ run, stats }: RunState): Run {
   return {

@@ -1,11 +1,12 @@
 /**
- * TypeBox schemas of the REST contract; every request and response type derives from these.
- * The shared ones carry an `$id`: they are registered once (`sharedSchemas`), referenced with
+ * The contract: TypeBox schemas of what clients send and get back, free of Fastify. The REST
+ * routes validate and document with them, and the types of reconcile and the tests are their
+ * `Static<>`, so a shape is written once. The shared ones carry an `$id`: they are registered once (`sharedSchemas`), referenced with
  * `Type.Ref`, and become named components of the OpenAPI document.
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
-import { problemCodes, type ProblemCode } from '../errors.js'
-import { runStatuses } from '../db/schema.js'
+import { problemCodes, type ProblemCode } from './errors.js'
+import { runStatuses } from './db/schema.js'
 
 // 1–256 bytes (checked in bytes by findOversize), no whitespace, control characters, `{` or `}` (they would break Redis hash tags).
 const SCOPE_PATTERN = '^[^\\s{}\\u0000-\\u001f\\u007f]+$'
