@@ -1,32 +1,18 @@
 /** Runs and scopes: opening, listing, conditional status moves and the baseline promotion. */
 import { and, desc, eq, inArray, lt, or, sql, type SQL } from 'drizzle-orm'
 import { globToLike } from '../auth/keys.js'
+import type { Static } from '@sinclair/typebox'
+import type { RunStatsSchema } from '../contract.js'
 import type { Db, Executor, Tx } from './client.js'
 import { runAcks, runs, runWrites, scopes, type RunStatus, type SkipPartition } from './schema.js'
 
 export type RunRow = typeof runs.$inferSelect
 export type ScopeRow = typeof scopes.$inferSelect
 
-export interface RunCounts {
-  seen: number
-  created: number
-  updated: number
-  unchanged: number
-  deleted: number
-  batches: number
-  skipped: number
-}
+/** A run's counters, as the contract's run stats have them. */
+export type RunCounts = Static<typeof RunStatsSchema>
 
-export interface NewRun {
-  tenant: string
-  scope: string
-  shardCount: number
-  seenSets: number
-  digestBits: number
-  scannerName: string | null
-  scannerVersion: string | null
-  openedBy: string | null
-}
+export type NewRun = Required<Pick<typeof runs.$inferInsert, 'tenant' | 'scope' | 'shardCount' | 'seenSets' | 'digestBits' | 'scannerName' | 'scannerVersion' | 'openedBy'>>
 
 export interface RunFilter {
   tenant: string

@@ -4,6 +4,8 @@
  * can be undone and a reappearing resource comes back to life; there is no `last_seen` column
  * on purpose: keeping it would cost the very write this server exists to avoid.
  */
+import type { Static } from '@sinclair/typebox'
+import type { SkipPartitionSchema } from '../contract.js'
 import { sql } from 'drizzle-orm'
 import {
   bigint, boolean, check, customType, index, integer, jsonb, pgTable, primaryKey, smallint, text, timestamp, uniqueIndex
@@ -25,10 +27,8 @@ const tenant = () => text().notNull().default('default')
 const runRef = () => bigint({ mode: 'number' })
 const at = () => timestamp({ withTimezone: true, mode: 'date' })
 
-export interface SkipPartition {
-  type?: string | undefined
-  region?: string | undefined
-}
+/** A partition a completion was told to leave alone, as the contract has it. */
+export type SkipPartition = Static<typeof SkipPartitionSchema>
 
 export const roles = ['scanner', 'reader', 'admin'] as const
 export type Role = typeof roles[number]

@@ -24,18 +24,7 @@ export default fp(async function reconcile (fastify) {
       if (run.status === 'completed') fastify.events.publishRunCompleted(run)
     },
     onBatchStep: (step, seconds) => fastify.metrics.batchStepSeconds.observe({ step }, seconds),
-    settings: {
-      runTtl: config.RUN_TTL,
-      defaultShardCount: config.DEFAULT_SHARD_COUNT,
-      seenSetSize: config.SEEN_SET_SIZE,
-      cacheBucketSize: config.CACHE_BUCKET_SIZE,
-      idDigestBits: config.ID_DIGEST_BITS,
-      guardMinBaseline: config.GUARD_MIN_BASELINE,
-      maxDeleteRatio: config.MAX_DELETE_RATIO,
-      maxOpenRuns: config.MAX_OPEN_RUNS,
-      deletedRetention: config.DELETED_RETENTION,
-      changesRetention: config.CHANGES_RETENTION
-    }
+    settings: config
   })
   fastify.decorate('reconcile', reconciler)
 

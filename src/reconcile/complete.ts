@@ -9,6 +9,7 @@
  * anywhere leaves either nothing done or everything done, and calling complete again finishes
  * the job. Concurrent completes of one run all answer with the one result.
  */
+import type { Static } from '@sinclair/typebox'
 import pLimit from 'p-limit'
 import type { RunCounts, RunRow, ScopeRow } from '../db/runs-repository.js'
 import type { SkipPartition } from '../db/schema.js'
@@ -18,15 +19,11 @@ import { digestRange, groupBy, groupMembers, idDigest, setOf, setsFor, type SetL
 import { drain, dropRunKeys, layoutOf, liveCounts, moveMarkers, runStateKeys, seenCount, seenKeys, shardSeenKeys, shards } from './run-keys.js'
 import { requireLayout, requireRun, stateOf } from './runs.js'
 import type { Access } from '../auth/keys.js'
+import type { CompleteBodySchema } from '../contract.js'
 import type { ReconcileDeps, RunState } from './types.js'
 
-export interface CompleteOptions {
-  expectedResources?: number | undefined
-  maxDeleteRatio?: number | undefined
-  force?: boolean | undefined
-  /** Partitions the scanner failed to enumerate: nothing in them is deleted. */
-  skip?: SkipPartition[] | undefined
-}
+/** What a completion is told (the contract's completion body): `skip`, partitions the scanner failed to enumerate, nothing in them deleted. */
+export type CompleteOptions = Static<typeof CompleteBodySchema>
 
 /** Thrown inside the transaction to roll it back when another caller finished the run first. */
 class ConcurrentFinish extends Error {}
@@ -185,7 +182,7 @@ const RELAY_CHUNK = 5000
  * holds if this stops halfway.
  */
 async function relay (deps: ReconcileDeps, run: RunRow, layout: SetLayout, size: number): Promise<void> {
-  const sets = setsFor(size, layout.shardCount, deps.settings.seenSetSize)
+  const sets = setsFor(size, layout.shardCount, deps.settings.SEEN_SET_SIZE)
   if (sets <= layout.sets) return
   const next = { ...layout, sets }
   const started = performance.now()
@@ -353,8 +350,8 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
   const { ids, kept } = await withoutSkipped(deps, run, stale.ids, skip)
   const diffMs = Math.round(performance.now() - diffStarted)
   const ratio = stale.baselineSize === 0 ? 0 : ids.length / stale.baselineSize
-  const maxRatio = opts.maxDeleteRatio ?? deps.settings.maxDeleteRatio
-  if (!opts.force && stale.baselineSize >= deps.settings.guardMinBaseline && ratio > maxRatio) {
+  const maxRatio = opts.maxDeleteRatio ?? deps.settings.MAX_DELETE_RATIO
+  if (!opts.force && stale.baselineSize >= deps.settings.GUARD_MIN_BASELINE && ratio > maxRatio) {
     const held = await quarantine(deps, run, ids)
     await reopen(deps, run)
     throw new TallyError('mass_deletion_guard',
@@ -373,7 +370,7 @@ export async function completeRun (deps: ReconcileDeps, id: number, opts: Comple
 }
 
 const cacheOf = (deps: ReconcileDeps, scope: ScopeRow | undefined, run: RunRow, layout: SetLayout): CacheLayout =>
-  cacheLayoutOf(scope, run, layout.bits, deps.settings.cacheBucketSize)
+  cacheLayoutOf(scope, run, layout.bits, deps.settings.CACHE_BUCKET_SIZE)
 
 /** Commits the outcome; undefined when the run is no longer this completion's to finish (start over). */
 async function finish (deps: ReconcileDeps, run: RunRow, layout: SetLayout, cache: CacheLayout, status: 'completed' | 'superseded', counts: RunCounts,

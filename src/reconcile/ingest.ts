@@ -114,7 +114,7 @@ async function runFor (deps: ReconcileDeps, runCache: RunCache, runId: number, a
   const context = {
     run,
     layout,
-    cache: cacheLayoutOf(scope, run, layout.bits, deps.settings.cacheBucketSize),
+    cache: cacheLayoutOf(scope, run, layout.bits, deps.settings.CACHE_BUCKET_SIZE),
     generation: scope?.cacheGeneration ?? 0,
     loading: !anyLive
   }
@@ -320,7 +320,7 @@ async function begin (deps: ReconcileDeps, run: RunRow, batch: BatchRef): Promis
   const deadline = Date.now() + CLOSED_WAIT_MS
   for (;;) {
     const [state, stored] = await redis.tallyBegin(keys.counters(run.id), keys.batches(run.id), keys.inflight(run.id),
-      batch.id, batch.token, BATCH_STALE_MS, deps.settings.runTtl)
+      batch.id, batch.token, BATCH_STALE_MS, deps.settings.RUN_TTL)
     if (state === 'begun') return undefined
     if (state === 'done') return replayOf(deps, run, batch.id, stored, batch.fingerprint)
     if (state === 'missing') throw await refusal(deps, run, true)
@@ -504,7 +504,7 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
       args
     }
   })
-  const head = [deps.settings.runTtl, batch.token, 2 * deps.settings.cacheBucketSize, claim]
+  const head = [deps.settings.RUN_TTL, batch.token, 2 * deps.settings.CACHE_BUCKET_SIZE, claim]
   const replies = await timed(deps, 'apply', Promise.all(scriptCalls(redis, parts).map((call) =>
     redis.tallyApply(call.keys.length, ...call.keys, ...head, ...call.args))))
   const refused = replies.filter((r) => r !== 1)
@@ -518,7 +518,7 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
   for (const item of items.values()) counts[item.kind]++
   const record: BatchRecord = { received, ...counts, fingerprint: batch.fingerprint }
   const [outcome, earlier] = await timed(deps, 'done', redis.tallyDone(keys.batches(run.id), keys.counters(run.id), keys.inflight(run.id),
-    batch.id, batch.token, JSON.stringify(record), deps.settings.runTtl))
+    batch.id, batch.token, JSON.stringify(record), deps.settings.RUN_TTL))
   if (outcome === 'revoked') {
     throw new TallyError('run_not_open', `Run ${run.id} stopped waiting for this batch (in flight for over ${BATCH_STALE_MS / 1000} s); it was not counted as a batch`)
   }

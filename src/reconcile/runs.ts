@@ -82,26 +82,26 @@ export async function openRun (deps: ReconcileDeps, input: OpenRunInput): Promis
       // no trace, not even the scope's row.
       const run = await deps.transaction(async (tx) => {
         const inFlight = await deps.runs.lockAndCountInFlight(tenant, tx)
-        if (inFlight >= deps.settings.maxOpenRuns) {
+        if (inFlight >= deps.settings.MAX_OPEN_RUNS) {
           throw new TallyError('too_many_open_runs',
             `Tenant ${tenant} has ${inFlight} runs in flight, the most this server allows (MAX_OPEN_RUNS); complete or abort one first`)
         }
-        const scopeRow = await deps.runs.ensureScope(tenant, scope, input.shardCount ?? deps.settings.defaultShardCount, tx)
+        const scopeRow = await deps.runs.ensureScope(tenant, scope, input.shardCount ?? deps.settings.DEFAULT_SHARD_COUNT, tx)
         const shardCount = input.shardCount ?? scopeRow.shardCount
         // Sets sized for the scope as it stands (a first scan: one per shard; the next follows its size).
-        const seenSets = setsFor(Math.max(scopeRow.baselineSeen, scopeRow.resourceCount), shardCount, deps.settings.seenSetSize)
+        const seenSets = setsFor(Math.max(scopeRow.baselineSeen, scopeRow.resourceCount), shardCount, deps.settings.SEEN_SET_SIZE)
         const row = await deps.runs.insertRun({
           tenant,
           scope,
           shardCount,
           seenSets,
-          digestBits: deps.settings.idDigestBits,
+          digestBits: deps.settings.ID_DIGEST_BITS,
           scannerName: input.scanner?.name ?? null,
           scannerVersion: input.scanner?.version ?? null,
           openedBy: input.openedBy ?? null
         }, tx)
         try {
-          await writeMarkers(deps, row, deps.settings.runTtl)
+          await writeMarkers(deps, row, deps.settings.RUN_TTL)
         } catch (err) {
           // The run will not exist: neither should the markers that did get written (best
           // effort, Redis may be what failed; else they expire with RUN_TTL).

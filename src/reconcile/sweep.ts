@@ -32,7 +32,7 @@ async function lastActive (deps: ReconcileDeps, run: RunRow): Promise<number> {
 }
 
 async function renew (deps: ReconcileDeps, run: RunRow): Promise<void> {
-  const ttl = deps.settings.runTtl
+  const ttl = deps.settings.RUN_TTL
   await Promise.all([...seenKeys(deps, run), ...runStateKeys(deps, run)]
     .map((key) => deps.redis.expire(key, ttl, 'XX')))
 }
@@ -48,7 +48,7 @@ async function abandon (deps: ReconcileDeps, run: RunRow): Promise<boolean> {
 
 export async function sweep (deps: ReconcileDeps, now = Date.now()): Promise<SweepResult> {
   const result: SweepResult = { abandoned: [], renewed: 0, purged: 0, purgedChanges: 0 }
-  const ttlMs = deps.settings.runTtl * 1000
+  const ttlMs = deps.settings.RUN_TTL * 1000
   for (const run of await deps.runs.inFlightRuns()) {
     if (now - await lastActive(deps, run) > ttlMs) {
       if (await abandon(deps, run)) result.abandoned.push(run.id)
@@ -57,8 +57,8 @@ export async function sweep (deps: ReconcileDeps, now = Date.now()): Promise<Swe
       result.renewed++
     }
   }
-  result.purged = await purge(deps.settings.deletedRetention, deps.resources.purgeDeleted)
-  result.purgedChanges = await purge(deps.settings.changesRetention, deps.resources.purgeChanges)
+  result.purged = await purge(deps.settings.DELETED_RETENTION, deps.resources.purgeDeleted)
+  result.purgedChanges = await purge(deps.settings.CHANGES_RETENTION, deps.resources.purgeChanges)
   return result
 }
 

@@ -1,6 +1,7 @@
 /** The shapes reconcile works on, independent of HTTP: those clients send are the contract's (contract.ts). */
 import type { Static } from '@sinclair/typebox'
 import type { Cluster, Redis } from 'ioredis'
+import type { Settings } from '../config.js'
 import type { BatchResultSchema, ResourceSchema } from '../contract.js'
 import type { Tx } from '../db/client.js'
 import type { ResourcesRepository } from '../db/resources-repository.js'
@@ -16,24 +17,9 @@ export interface Logger {
   error (obj: object, msg?: string): void
 }
 
-export interface ReconcileSettings {
-  runTtl: number
-  defaultShardCount: number
-  /** Members a seen set aims for (SEEN_SET_SIZE): a run's sets per shard follow the scope's size. */
-  seenSetSize: number
-  /** Entries a cache bucket aims for (CACHE_BUCKET_SIZE): completions grow a scope's buckets to keep to it. */
-  cacheBucketSize: number
-  /** Width of the id digests new runs put in their seen sets (ID_DIGEST_BITS). */
-  idDigestBits: number
-  guardMinBaseline: number
-  maxDeleteRatio: number
-  /** Runs in flight per tenant. */
-  maxOpenRuns: number
-  /** Seconds a soft-deleted row is kept before the sweeper purges it; 0 keeps it for good. */
-  deletedRetention: number
-  /** Seconds a change stays in the change log; 0 keeps them. */
-  changesRetention: number
-}
+/** The configuration reconcile reads (config.ts says what each setting means). */
+export type ReconcileSettings = Pick<Settings, 'RUN_TTL' | 'DEFAULT_SHARD_COUNT' | 'SEEN_SET_SIZE' | 'CACHE_BUCKET_SIZE' | 'ID_DIGEST_BITS' |
+  'GUARD_MIN_BASELINE' | 'MAX_DELETE_RATIO' | 'MAX_OPEN_RUNS' | 'DELETED_RETENTION' | 'CHANGES_RETENTION'>
 
 /** What reconcile needs, and nothing more: no Fastify, no HTTP. */
 export interface ReconcileDeps {
