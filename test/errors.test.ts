@@ -169,6 +169,8 @@ t.test('run and scope errors', async (t) => {
   t.match((await tally.call('GET', '/runs/abc')).body, { status: 400, code: 'validation_failed' })
   t.match((await tally.call('GET', '/runs?limit=0')).body, { status: 400, code: 'validation_failed' })
   t.match((await tally.call('GET', '/runs?cursor=not*valid')).body, { status: 400, code: 'validation_failed' })
+  // Of the cursor's form, but not one this server issued (a string key where runs page by id).
+  t.match((await tally.call('GET', `/runs?cursor=${Buffer.from('["x"]').toString('base64url')}`)).body, { status: 400, code: 'validation_failed', detail: /cursor/ })
   t.match((await tally.get(999999)).body, { status: 404, code: 'run_not_found' })
   t.match((await tally.ingest(999999, [resource('a')])).body, { status: 404, code: 'run_not_found' })
   t.match((await tally.complete(999999)).body, { status: 404, code: 'run_not_found' })

@@ -4,6 +4,7 @@ import type { IResolvers, MercuriusContext, MercuriusLoaders } from 'mercurius'
 import { scopeRefusal, type Access } from '../auth/keys.js'
 import { badString } from '../reconcile/canonical.js'
 import { RUN_ID_TEXT } from '../contract.js'
+import { decodeCursor, encodeCursor, type CursorKey } from '../cursor.js'
 
 import mercurius from 'mercurius'
 import type { ChangeFilter, ChangeRow, InventoryRepository, ResourceFilter, ResourceRow } from '../db/inventory-repository.js'
@@ -61,19 +62,12 @@ function text<T extends string | null | undefined> (value: T, name: string): T {
   return value
 }
 
-type CursorKey = string | number | [number, number]
-
-const encodeCursor = (key: CursorKey) => Buffer.from(JSON.stringify([key])).toString('base64url')
-
-function decodeCursor<T extends CursorKey> (cursor: string | null | undefined, kind: 'string' | 'number' | 'pair'): T | null {
+/** The key of an `after` cursor (cursor.ts), null for none; a BAD_CURSOR error for one this server did not issue. */
+function afterKey<K extends CursorKey> (cursor: string | null | undefined, kind: Parameters<typeof decodeCursor<K>>[1]): K | null {
   if (cursor == null) return null
-  try {
-    const [key] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as unknown[]
-    if (kind === 'string' && typeof key === 'string' && !badString(key)) return key as T
-    if (kind === 'number' && Number.isSafeInteger(key)) return key as T
-    if (kind === 'pair' && Array.isArray(key) && key.length === 2 && key.every((n) => Number.isSafeInteger(n))) return key as T
-  } catch {}
-  throw new ErrorWithProps('after is not a cursor this server issued', { code: 'BAD_CURSOR' })
+  const key = decodeCursor<K>(cursor, kind)
+  if (key === undefined) throw new ErrorWithProps('after is not a cursor this server issued', { code: 'BAD_CURSOR' })
+  return key
 }
 
 function pageSize (first: number | null | undefined): number {
@@ -189,7 +183,7 @@ export function createResolvers (inventory: InventoryRepository, { runCompletedT
         text(args.tag?.key, 'tag.key')
         text(args.tag?.value, 'tag.value')
         const filter: ResourceFilter = { ...args, tenant, changedSince: isoTime(args.changedSince, 'changedSince') }
-        const rows = await inventory.resourcesPage(filter, decodeCursor<string>(args.after, 'string'), limit + 1)
+        const rows = await inventory.resourcesPage(filter, afterKey<string>(args.after, 'string'), limit + 1)
         return { ...connection(rows.map(resourceView), limit, (r) => r.id), filter }
       },
       async resource (_root, args: { scope: string, id: string }, context: GraphQLContext) {
@@ -201,7 +195,7 @@ export function createResolvers (inventory: InventoryRepository, { runCompletedT
         const limit = pageSize(args.first)
         const { tenant, globs } = caller(context)
         const scope = args.scope == null ? null : readableScope(context, args.scope)
-        const rows = await inventory.runsPage(tenant, globs, scope, args.status ?? null, decodeCursor<number>(args.after, 'number'), limit + 1)
+        const rows = await inventory.runsPage(tenant, globs, scope, args.status ?? null, afterKey<number>(args.after, 'number'), limit + 1)
         return connection(rows.map(runView), limit, (r) => r.id)
       },
       async run (_root, args: { id: string }, context: GraphQLContext) {
@@ -213,7 +207,7 @@ export function createResolvers (inventory: InventoryRepository, { runCompletedT
       async scopes (_root, args: { first?: number | null, after?: string | null }, context: GraphQLContext) {
         const limit = pageSize(args.first)
         const { tenant, globs } = caller(context)
-        const rows = await inventory.scopesPage(tenant, globs, decodeCursor<string>(args.after, 'string'), limit + 1)
+        const rows = await inventory.scopesPage(tenant, globs, afterKey<string>(args.after, 'string'), limit + 1)
         return connection(rows.map(scopeView), limit, (s) => s.scope)
       },
       summary: async (_root, args: { scope: string }, context: GraphQLContext) =>
@@ -223,7 +217,7 @@ export function createResolvers (inventory: InventoryRepository, { runCompletedT
         const { tenant } = caller(context)
         const scope = readableScope(context, args.scope)
         const filter = changeFilter(args)
-        const rows = await inventory.scopeChanges(tenant, scope, filter, decodeCursor<[number, number]>(args.after, 'pair'), limit + 1)
+        const rows = await inventory.scopeChanges(tenant, scope, filter, afterKey<[number, number]>(args.after, 'pair'), limit + 1)
         const count: ChangeOwner = { owner: 'scope', tenant, scope, filter }
         return { ...connection(rows.map(changeView), limit, (c) => [c.runId, c.id]), count }
       }
@@ -270,7 +264,7 @@ export function createResolvers (inventory: InventoryRepository, { runCompletedT
           const { first, after } = group[0]!.query.params
           const limit = pageSize(first)
           const ids = [...new Set(group.map((g) => g.query.obj.id))]
-          const rows = await inventory.historyOf(tenant, scope, ids, decodeCursor<number>(after, 'number'), limit + 1)
+          const rows = await inventory.historyOf(tenant, scope, ids, afterKey<number>(after, 'number'), limit + 1)
           const pages = connectionsOf(rows, ids, (row) => row.resourceId, limit)
           for (const { query, index } of group) {
             const count: ChangeOwner = { owner: 'resource', tenant, scope, id: query.obj.id }
@@ -290,7 +284,7 @@ export function createResolvers (inventory: InventoryRepository, { runCompletedT
           const limit = pageSize(params.first)
           const filter = changeFilter(params)
           const runIds = [...new Set(group.map((g) => g.query.obj.id))]
-          const rows = await inventory.changesOfRuns(runIds, filter, decodeCursor<number>(params.after, 'number'), limit + 1)
+          const rows = await inventory.changesOfRuns(runIds, filter, afterKey<number>(params.after, 'number'), limit + 1)
           const pages = connectionsOf(rows, runIds, (row) => row.runId, limit)
           for (const { query, index } of group) {
             const count: ChangeOwner = { owner: 'run', runId: query.obj.id, filter }

@@ -14,6 +14,7 @@ import { NDJSON } from '../plugins/validation.js'
 import { describe } from '../plugins/problems.js'
 import { utf8Parser } from '../plugins/json-body.js'
 import { findAlteredNumber } from '../reconcile/numbers.js'
+import { decodeCursor, encodeCursor } from '../cursor.js'
 import { Type } from '@sinclair/typebox'
 import {
   BatchIdSchema, BatchResultSchema, CompleteBodySchema, CreateRunBodySchema, IngestBodySchema, IngestHeadersSchema, ListRunsQuerySchema,
@@ -35,10 +36,10 @@ export function runView ({ run, stats }: RunState): Run {
   }
 }
 
-const encodeCursor = (id: number) => Buffer.from(String(id)).toString('base64url')
-function decodeCursor (cursor: string): number {
-  const id = Number(Buffer.from(cursor, 'base64url').toString())
-  if (!Number.isSafeInteger(id) || id < 1) throw new TallyError('validation_failed', 'cursor is not one this server issued')
+/** The run id a `cursor` (cursor.ts) continues before; refused as bad input when this server did not issue it. */
+function beforeRun (cursor: string): number {
+  const id = decodeCursor<number>(cursor, 'number')
+  if (id === undefined) throw new TallyError('validation_failed', 'cursor is not one this server issued')
   return id
 }
 
@@ -138,7 +139,7 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       status,
       scopeGlobs: access.scopes,
       limit: limit + 1,
-      beforeId: cursor === undefined ? undefined : decodeCursor(cursor)
+      beforeId: cursor === undefined ? undefined : beforeRun(cursor)
     })
     const page = states.slice(0, limit)
     const last = page[page.length - 1]
