@@ -75,18 +75,23 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     }
   })
 
-  // Before schema validation: Ajv would walk every key of an 800k-key attributes object (1 s)
-  // before the count refused it.
-  fastify.addHook('preValidation', async (request) => {
-    if (request.body instanceof Readable) return // NDJSON: checked line by line (parseResource)
-    // A JSON batch split into its resources' bytes: checked resource by resource as they are read.
-    if (request.body instanceof SplitBatch) return tooLarge(request.body.spans)
-    // A batch over MAX_BATCH is refused before anything walks it: 5M empty resources in a 15 MB
-    // body held the event loop for 100 s in the walk and validation, against 1.5 s to parse.
-    if (request.routeOptions.url === '/runs/:id/resources') tooLarge((request.body as { resources?: unknown } | null)?.resources)
+  // The value checks run before schema validation (each route with a body has this hook): Ajv
+  // would walk every key of an 800k-key attributes object (1 s) before the count refused it.
+  const checkValues = async (request: FastifyRequest) => {
+    // NDJSON is checked line by line (parseResource), a split JSON batch resource by resource as it is read.
+    if (request.body instanceof Readable || request.body instanceof SplitBatch) return
     const bad = valueRefusal(request.body)
     if (bad !== undefined) throw bad
-  })
+  }
+
+  // A batch over MAX_BATCH is refused before anything walks it (the ingest route's first hook):
+  // 5M empty resources in a 15 MB body held the event loop for 100 s in the walk and validation,
+  // against 1.5 s to parse.
+  const checkBatchSize = async (request: FastifyRequest) => {
+    const { body } = request
+    if (body instanceof Readable) return // NDJSON: read MAX_BATCH lines at a time
+    tooLarge(body instanceof SplitBatch ? body.spans : (body as { resources?: unknown } | null)?.resources)
+  }
 
   /** What JSON Schema cannot say about a parsed body (resource-values.ts), as a 400; undefined if nothing. */
   function valueRefusal (body: unknown): TallyError | undefined {
@@ -103,6 +108,7 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       body: CreateRunBodySchema,
       response: { 201: Type.Ref(RunSchema), ...problems(400, 401, 403, 409, 413, 415, 429) }
     },
+    preValidation: checkValues,
     config: scan
   }, async (request, reply) => {
     const access = accessOf(request)
@@ -187,7 +193,7 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
     if (typeof body !== 'object' || body === null) {
       throw new TallyError('validation_failed', 'body must be a JSON object { resources }, or NDJSON (one resource per line)')
     }
-    // Its size was checked before the value walk (the preValidation hook above).
+    // Its size was checked before the value walk (checkBatchSize).
     const { resources, batchId: bodyId } = body as IngestBody
     const result = await reconcile.ingestBatch(runId, resources, batchIdOf(bodyId, headerId), access)
     countBatch(result)
@@ -311,7 +317,8 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
         body: { content: { 'application/json': { schema: IngestBodySchema }, [NDJSON]: { schema: NdjsonBodySchema } } },
         response: { 200: Type.Ref(BatchResultSchema), ...problems(400, 401, 403, 404, 409, 413, 415, 422, 429) }
       },
-      config: scan
+      config: scan,
+      preValidation: [checkBatchSize, checkValues]
     }, async (request) => {
       const end = fastify.metrics.batchSeconds.startTimer()
       try {
@@ -340,7 +347,7 @@ const runs: FastifyPluginAsyncTypebox = async function (fastify) {
       if (headers['transfer-encoding'] === undefined && (headers['content-length'] ?? '0') === '0') delete headers['content-type']
       return payload
     },
-    preValidation: async (request) => { request.body ??= {} }
+    preValidation: [async (request) => { request.body ??= {} }, checkValues]
   }, async (request) => {
     const access = accessOf(request)
     const { force, maxDeleteRatio } = request.body
