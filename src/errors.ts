@@ -29,6 +29,30 @@ export const problemCodes = {
 
 export type ProblemCode = keyof typeof problemCodes
 
+/**
+ * GraphQL's error codes (`extensions.code`): a problem code uppercased (a refusal before
+ * execution: `UNAUTHORIZED`, `RATE_LIMITED`, `UNAVAILABLE`, `INTERNAL`, …), or one of these, which
+ * only GraphQL answers with.
+ */
+export const graphqlCodes = {
+  GRAPHQL_PARSE_FAILED: 'the document does not parse',
+  GRAPHQL_VALIDATION_FAILED: 'the document does not fit the schema',
+  QUERY_TOO_DEEP: 'the query nests deeper than GRAPHQL_MAX_DEPTH',
+  QUERY_TOO_LARGE: 'the query selects more than GRAPHQL_MAX_FIELDS fields',
+  QUERY_TOO_COSTLY: 'the query may return more than GRAPHQL_MAX_COST objects',
+  FIRST_TOO_LARGE: '`first` is outside 0 … the page limit',
+  QUERY_TIMEOUT: 'the query ran longer than GRAPHQL_TIMEOUT',
+  BAD_CURSOR: '`after` is not a cursor this server issued',
+  BAD_USER_INPUT: 'an argument Postgres cannot take (U+0000, a time that is not ISO 8601)',
+  CLIENT_CLOSED: 'the client went away before the query ran',
+  TOO_MANY_SUBSCRIPTIONS: 'a WebSocket asked for more than GRAPHQL_WS_MAX_SUBSCRIPTIONS subscriptions'
+} as const
+
+export type GraphQLCode = keyof typeof graphqlCodes | Uppercase<ProblemCode>
+
+/** The GraphQL code of a problem code. */
+export const graphqlCodeOf = (code: ProblemCode): GraphQLCode => code.toUpperCase() as Uppercase<ProblemCode>
+
 export class TallyError extends Error {
   readonly code: ProblemCode
   readonly statusCode: number

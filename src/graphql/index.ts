@@ -14,7 +14,7 @@ import fastifyWebsocket from '@fastify/websocket'
 import mercurius from 'mercurius'
 import { createDb } from '../db/client.js'
 import { createInventoryRepository } from '../db/inventory-repository.js'
-import { isStatementTimeout, isTallyError, isUnavailable } from '../errors.js'
+import { graphqlCodeOf, isStatementTimeout, isTallyError, isUnavailable, type GraphQLCode } from '../errors.js'
 import graphiql, { graphiqlAssets } from './graphiql.js'
 import { checkShape, limitsRule, MAX_TOKENS } from './limits.js'
 import { guardSockets } from './ws-guard.js'
@@ -109,25 +109,25 @@ const graphql: FastifyPluginAsync = async function (fastify) {
         if (original == null || original instanceof ErrorWithProps) return e
         // Refused before execution: no key, wrong role, too many requests.
         if (isTallyError(original)) {
-          return new GraphQLError(original.message, { extensions: { code: original.code.toUpperCase() } })
+          return new GraphQLError(original.message, { extensions: { code: graphqlCodeOf(original.code) } })
         }
         if (isStatementTimeout(original)) {
           return new GraphQLError(`The query ran longer than ${config.GRAPHQL_TIMEOUT} ms and was stopped; ask for less`,
-            { nodes: e.nodes, path: e.path, extensions: { code: 'QUERY_TIMEOUT' } })
+            { nodes: e.nodes, path: e.path, extensions: { code: 'QUERY_TIMEOUT' satisfies GraphQLCode } })
         }
         if (isUnavailable(original)) {
           // An outage, not a bug: 503 like the REST API, so clients retry.
           outage = true
           log.warn({ err: original }, 'graphql: dependency unavailable')
           reply?.header('retry-after', '1')
-          return new GraphQLError('Postgres is unreachable; retry the request', { nodes: e.nodes, path: e.path, extensions: { code: 'UNAVAILABLE' } })
+          return new GraphQLError('Postgres is unreachable; retry the request', { nodes: e.nodes, path: e.path, extensions: { code: graphqlCodeOf('unavailable') } })
         }
         // Fastify's and mercurius's own 4xx (bad JSON, a body too large, a mutation over GET) say what was wrong.
         const status = (original as { statusCode?: unknown }).statusCode
         if (typeof status === 'number' && status >= 400 && status < 500) return e
         // Anything else is a bug: logged, and answered without its details.
         log.error({ err: original }, 'graphql request failed')
-        return new GraphQLError('Internal error', { nodes: e.nodes, path: e.path, extensions: { code: 'INTERNAL' } })
+        return new GraphQLError('Internal error', { nodes: e.nodes, path: e.path, extensions: { code: graphqlCodeOf('internal') } })
       })
       // mercurius's formatter logs each error with its stack at info; a client's mistake is one
       // line here instead (outages and bugs were logged above, at warn and error).
@@ -140,7 +140,7 @@ const graphql: FastifyPluginAsync = async function (fastify) {
       // graphql's own parse and validation errors have no code: they get one a client can branch on.
       for (const error of listed) {
         if (error.extensions?.code === undefined) {
-          error.extensions = { ...error.extensions, code: error.message.startsWith('Syntax Error') ? 'GRAPHQL_PARSE_FAILED' : 'GRAPHQL_VALIDATION_FAILED' }
+          error.extensions = { ...error.extensions, code: (error.message.startsWith('Syntax Error') ? 'GRAPHQL_PARSE_FAILED' : 'GRAPHQL_VALIDATION_FAILED') satisfies GraphQLCode }
         }
       }
       if (!outage && listed.length > 0) log.info({ errors: listed.slice(0, 10).map((e) => ({ code: e.extensions?.code, message: e.message })) }, 'graphql: errors in the answer')

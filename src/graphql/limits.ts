@@ -24,6 +24,7 @@ import {
   type SelectionSetNode, type ValidationContext
 } from 'graphql'
 import { getComplexity, simpleEstimator, type ComplexityEstimator } from 'graphql-query-complexity'
+import type { GraphQLCode } from '../errors.js'
 
 export const MAX_PAGE = 500
 
@@ -105,15 +106,15 @@ export const INTROSPECTION_MAX_DEPTH = measure(parse(getIntrospectionQuery({
 export function checkShape (document: DocumentNode, limits: QueryLimits): GraphQLError[] {
   for (const { depth, fields, introspection } of measure(document)) {
     if (depth > limits.maxDepth) {
-      return [new GraphQLError(`Query depth ${depth} exceeds the limit of ${limits.maxDepth}`, { extensions: { code: 'QUERY_TOO_DEEP' } })]
+      return [new GraphQLError(`Query depth ${depth} exceeds the limit of ${limits.maxDepth}`, { extensions: { code: 'QUERY_TOO_DEEP' satisfies GraphQLCode } })]
     }
     if (introspection > INTROSPECTION_MAX_DEPTH) {
       return [new GraphQLError(`Introspection depth ${introspection} exceeds the standard introspection query's ${INTROSPECTION_MAX_DEPTH}`,
-        { extensions: { code: 'QUERY_TOO_DEEP' } })]
+        { extensions: { code: 'QUERY_TOO_DEEP' satisfies GraphQLCode } })]
     }
     if (fields > limits.maxFields) {
       return [new GraphQLError(`Query selects ${fields} fields (fragments expanded); the limit is ${limits.maxFields}`,
-        { extensions: { code: 'QUERY_TOO_LARGE', fields, maxFields: limits.maxFields } })]
+        { extensions: { code: 'QUERY_TOO_LARGE' satisfies GraphQLCode, fields, maxFields: limits.maxFields } })]
     }
   }
   return []
@@ -143,16 +144,16 @@ export function limitsRule (limits: QueryLimits, variables: Record<string, unkno
             // A document the standard rules reject (they say why), or one the library refuses
             // to walk: refused here too, never let through unpriced.
             if ((err as Error).message.includes('maximum allowed number of nodes')) {
-              context.reportError(new GraphQLError('Query is too large to price', { extensions: { code: 'QUERY_TOO_LARGE' } }))
+              context.reportError(new GraphQLError('Query is too large to price', { extensions: { code: 'QUERY_TOO_LARGE' satisfies GraphQLCode } }))
             }
             return
           }
           if (tooLarge !== undefined) {
             context.reportError(new GraphQLError(`first is ${tooLarge}; a page holds at most ${MAX_PAGE}`,
-              { extensions: { code: 'FIRST_TOO_LARGE' } }))
+              { extensions: { code: 'FIRST_TOO_LARGE' satisfies GraphQLCode } }))
           } else if (cost > limits.maxCost) {
             context.reportError(new GraphQLError(`Query cost ${cost} exceeds the limit of ${limits.maxCost}`,
-              { extensions: { code: 'QUERY_TOO_COSTLY', cost, maxCost: limits.maxCost } }))
+              { extensions: { code: 'QUERY_TOO_COSTLY' satisfies GraphQLCode, cost, maxCost: limits.maxCost } }))
           }
         }
       }

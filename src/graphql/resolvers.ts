@@ -5,6 +5,7 @@ import { scopeRefusal, type Access } from '../auth/keys.js'
 import { badString } from '../reconcile/canonical.js'
 import { RUN_ID_TEXT } from '../contract.js'
 import { decodeCursor, encodeCursor, type CursorKey } from '../cursor.js'
+import type { GraphQLCode } from '../errors.js'
 
 import mercurius from 'mercurius'
 import type { ChangeFilter, ChangeRow, InventoryRepository, ResourceFilter, ResourceRow } from '../db/inventory-repository.js'
@@ -14,6 +15,14 @@ import type { RunCompletedEvent } from '../plugins/events.js'
 import { MAX_PAGE } from './limits.js'
 
 const { ErrorWithProps } = mercurius
+
+/**
+ * A refusal as GraphQL answers it, with its code (errors.ts). ErrorWithProps, not a TallyError:
+ * an error thrown where a subscription starts reaches the client without passing the error
+ * formatter (which gives a TallyError its code everywhere else).
+ */
+const refuse = (message: string, { code, ...extra }: { code: GraphQLCode } & Record<string, unknown>, status?: number) =>
+  new ErrorWithProps(message, { code, ...extra }, status)
 
 declare module 'mercurius' {
   interface MercuriusContext {
@@ -30,19 +39,15 @@ export type GraphQLContext = MercuriusContext
 
 /** The tenant and scope globs queries are limited to; refuses when the client is gone. */
 function caller (context: GraphQLContext): { tenant: string, globs: string[] } {
-  if (context.signal.aborted) throw new ErrorWithProps('The client closed the request', { code: 'CLIENT_CLOSED' })
+  if (context.signal.aborted) throw refuse('The client closed the request', { code: 'CLIENT_CLOSED' })
   const access = accessOf(context)
   return { tenant: access.tenant, globs: access.scopes }
 }
 
-/**
- * The caller's key. Refusals are ErrorWithProps with their code, not TallyErrors: an error thrown
- * where a subscription starts reaches the client without passing the error formatter (which
- * gives a TallyError its code everywhere else).
- */
+/** The caller's key. */
 function accessOf (context: GraphQLContext): Access {
   // Never: the auth hook and the WebSocket guard let nothing through without a key.
-  if (context.access == null) throw new ErrorWithProps('Send an API key: Authorization: Bearer <key> (on a WebSocket, as `authorization` in connection_init\'s payload)', { code: 'UNAUTHORIZED' }, 401)
+  if (context.access == null) throw refuse('Send an API key: Authorization: Bearer <key> (on a WebSocket, as `authorization` in connection_init\'s payload)', { code: 'UNAUTHORIZED' }, 401)
   return context.access
 }
 
@@ -50,14 +55,14 @@ function accessOf (context: GraphQLContext): Access {
 function readableScope (context: GraphQLContext, scope: string): string {
   text(scope, 'scope')
   const refusal = scopeRefusal(accessOf(context), scope)
-  if (refusal !== undefined) throw new ErrorWithProps(refusal, { code: 'FORBIDDEN' })
+  if (refusal !== undefined) throw refuse(refusal, { code: 'FORBIDDEN' })
   return scope
 }
 
 /** Text Postgres can store and compare: no U+0000, no lone surrogate. Null and undefined pass. */
 function text<T extends string | null | undefined> (value: T, name: string): T {
   if (typeof value === 'string' && badString(value)) {
-    throw new ErrorWithProps(`${name} must not contain U+0000 or unpaired surrogates`, { code: 'BAD_USER_INPUT' })
+    throw refuse(`${name} must not contain U+0000 or unpaired surrogates`, { code: 'BAD_USER_INPUT' })
   }
   return value
 }
@@ -66,14 +71,14 @@ function text<T extends string | null | undefined> (value: T, name: string): T {
 function afterKey<K extends CursorKey> (cursor: string | null | undefined, kind: Parameters<typeof decodeCursor<K>>[1]): K | null {
   if (cursor == null) return null
   const key = decodeCursor<K>(cursor, kind)
-  if (key === undefined) throw new ErrorWithProps('after is not a cursor this server issued', { code: 'BAD_CURSOR' })
+  if (key === undefined) throw refuse('after is not a cursor this server issued', { code: 'BAD_CURSOR' })
   return key
 }
 
 function pageSize (first: number | null | undefined): number {
   const n = first ?? 50
   if (!Number.isInteger(n) || n < 0 || n > MAX_PAGE) {
-    throw new ErrorWithProps(`first must be between 0 and ${MAX_PAGE}`, { code: 'FIRST_TOO_LARGE' })
+    throw refuse(`first must be between 0 and ${MAX_PAGE}`, { code: 'FIRST_TOO_LARGE' })
   }
   return n
 }
@@ -120,7 +125,7 @@ interface ResourcesArgs {
 function isoTime (value: string | null | undefined, name: string): Date | null {
   if (value == null) return null
   const date = new Date(value)
-  if (Number.isNaN(date.getTime())) throw new ErrorWithProps(`${name} must be an ISO 8601 time`, { code: 'BAD_USER_INPUT' })
+  if (Number.isNaN(date.getTime())) throw refuse(`${name} must be an ISO 8601 time`, { code: 'BAD_USER_INPUT' })
   return date
 }
 
@@ -237,7 +242,7 @@ export function createResolvers (inventory: InventoryRepository, { runCompletedT
           if (context.recheck !== undefined) context.access = await context.recheck()
           const { tenant, globs } = caller(context)
           const [row] = await inventory.runsByIds(tenant, globs, [event.runId])
-          if (row === undefined) throw new ErrorWithProps(`Run ${event.runId} is not readable with this key`, { code: 'FORBIDDEN' })
+          if (row === undefined) throw refuse(`Run ${event.runId} is not readable with this key`, { code: 'FORBIDDEN' })
           return runView(row)
         }
       }

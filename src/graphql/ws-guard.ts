@@ -24,7 +24,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { GraphQLError, parse } from 'graphql'
 import type { WebSocket, WebSocketServer } from 'ws'
 import type { Access } from '../auth/keys.js'
-import { isTallyError, isUnavailable } from '../errors.js'
+import { isTallyError, isUnavailable, type GraphQLCode } from '../errors.js'
 import { MAX_TOKENS } from './limits.js'
 
 /** As graphql-ws's server (connectionInitWaitTimeout). */
@@ -93,7 +93,7 @@ function guard (socket: WebSocket, request: IncomingMessage, options: GuardOptio
     if (left > 0) socketsByKey.set(keyId, left)
     else socketsByKey.delete(keyId)
   })
-  const refuse = (id: string, message: string, code: string) => {
+  const refuse = (id: string, message: string, code: GraphQLCode) => {
     socket.send(JSON.stringify({ type: 'error', id, payload: [{ message, extensions: { code } }] }))
   }
 
