@@ -1,12 +1,11 @@
 /**
  * What a first load costs Postgres per row, statement against statement, one batch at a time on
  * one connection (no HTTP, no Redis, no other load): Tally's write statement
- * (resources-repository writeChanged), the one a first load uses (`insert-new`: insertNew, no
- * update half), and the naive design's upsert into a table with a dashboard's indexes (`naive`,
- * as `npm run bench` has it) and into one with its primary key only (`naive-bare`, as
- * `--naive-bare` has it). Each variant loads a scope of its own, twice.
+ * (resources-repository writeChanged) and the naive design's upsert into a table with a
+ * dashboard's indexes (`naive`, as `npm run bench` has it) and into one with its primary key only
+ * (`naive-bare`, as `--naive-bare` has it). Each variant loads a scope of its own, twice.
  *
- *   node --import tsx bench/first-load.ts [tally|insert-new|naive|naive-bare]   (FIRST_LOAD_BATCHES=30 batches of 1,000)
+ *   node --import tsx bench/first-load.ts [tally|naive|naive-bare]   (FIRST_LOAD_BATCHES=30 batches of 1,000)
  */
 import pg from 'pg'
 import { createDb, runMigrations } from '../src/db/client.js'
@@ -47,7 +46,7 @@ async function measure (name: string, fn: () => Promise<void>) {
 const variant = process.argv[2] ?? 'all'
 let k = 0
 for (const round of [1, 2]) {
-  for (const v of ['tally', 'insert-new', 'naive', 'naive-bare']) {
+  for (const v of ['tally', 'naive', 'naive-bare']) {
     if (variant !== 'all' && variant !== v) continue
     const scope = `s${++k}`
     const data = batches(k)
@@ -55,12 +54,12 @@ for (const round of [1, 2]) {
     await measure(`${v} round ${round}`, async () => {
       let t = 0 // batch tokens
       for (const [b, rs] of data.entries()) {
-        if (v === 'tally' || v === 'insert-new') {
+        if (v === 'tally') {
           const rows = rs.map((r, i) => {
             const { canonical, hash } = contentOf(r)
             return { id: r.id, content: canonical, hash, digest: String(b * 1000 + i) }
           })
-          await (v === 'tally' ? repo.writeChanged : repo.insertNew)('default', scope, Number(run.id), `t${t++}`, rows)
+          await repo.writeChanged('default', scope, Number(run.id), `t${t++}`, rows)
         } else {
           await upsertNaive(pool, v === 'naive' ? 'naive_resources' : 'naive_bare', scope, run.id, rs)
         }

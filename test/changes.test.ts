@@ -169,7 +169,7 @@ t.test('CHANGES_RETENTION=0 keeps every change', async (t) => {
   t.equal((await db.query('select count(*)::int as n from changes')).rows[0].n, 1)
 })
 
-t.test('a load of a scope with no live rows (insertNew first) revives what it meets, and an id sent twice is written once', async (t) => {
+t.test('a load of a scope with no live rows (no lookup before the write) revives what it meets, and an id sent twice is written once', async (t) => {
   const app = await build(t, { GUARD_MIN_BASELINE: '1000' })
   const db = await sqlClient(t, app)
   const tally = api(app)

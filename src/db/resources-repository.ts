@@ -69,7 +69,7 @@ const changedFields = sql.raw(`array_remove(array[
  * array built from the canonical JSON the check already wrote (no second serialisation, and no
  * jsonb[] literal, which pg would escape element by element). `jsonb_array_elements` parses each
  * content once; `jsonb_to_recordset`, which this replaced, turned each back into text and parsed
- * it again (numbers in docs/architecture.md, "Writing a batch").
+ * it again (numbers in BENCHMARKS.md, "What bounds the first scan").
  */
 function batchRows (rows: ResourceWrite[]): SQL {
   const ids = rows.map((r) => r.id)
@@ -81,15 +81,6 @@ function batchRows (rows: ResourceWrite[]): SQL {
     from rows from (unnest(${sql.param(ids)}::text[], ${sql.param(hashes)}::text[], ${sql.param(digests)}::bigint[]),
                     jsonb_array_elements(${contents}::jsonb)) as u(id, h, d, c)`
 }
-
-/** The run is open or completing; holds a share of its row's lock until the statement commits (see writeChanged). */
-const fence = (runId: number) => sql`fence as (select 1 from runs where id = ${runId} and status in ('open', 'completing') for key share)`
-
-/** Records the batch's token in run_writes when the statement wrote a row (`wrote`, a CTE over the CTEs named). */
-const recordWrite = (runId: number, token: string, writers: SQL) => sql`wrote as (
-          insert into run_writes (run_id, token)
-          select ${runId}, ${token} where ${writers}
-          on conflict do nothing)`
 
 export function createResourcesRepository (db: Db) {
   return {
@@ -131,7 +122,7 @@ export function createResourcesRepository (db: Db) {
     async writeChanged (tenant: string, scope: string, runId: number, token: string, rows: ResourceWrite[]): Promise<WriteResult> {
       if (rows.length === 0) return { runOpen: true, inserted: new Set(), updated: new Set(), revived: new Set() }
       const result = await db.execute<{ run_open: boolean, inserted: string[], updated: string[], revived: string[] }>(sql`
-        with ${fence(runId)},
+        with fence as (select 1 from runs where id = ${runId} and status in ('open', 'completing') for key share),
         u as (${batchRows(rows)}),
         ins as (
           insert into resources (tenant, scope, id, type, name, region, tags, attributes,
@@ -163,42 +154,16 @@ export function createResourcesRepository (db: Db) {
           select ${runId}::bigint, 'created', id, type, null from ins
           union all
           select ${runId}::bigint, case when revived then 'revived' else 'updated' end, id, type, changed_fields from upd),
-        ${recordWrite(runId, token, sql`exists (select 1 from ins) or exists (select 1 from upd)`)}
+        wrote as (
+          insert into run_writes (run_id, token)
+          select ${runId}, ${token} where exists (select 1 from ins) or exists (select 1 from upd)
+          on conflict do nothing)
         select exists (select 1 from fence) as run_open,
                array(select id from ins) as inserted,
                array(select id from upd) as updated,
                array(select id from upd where revived) as revived`)
       const row = result.rows[0]!
       return { runOpen: row.run_open, inserted: new Set(row.inserted), updated: new Set(row.updated), revived: new Set(row.revived) }
-    },
-
-    /**
-     * writeChanged for rows expected to be absent (a first load): inserts them and logs their
-     * creation, and leaves any row that exists (live or soft-deleted) alone, without probing
-     * for it first; the caller reads those back (an id of this run's earlier batch, a revival)
-     * and writes what differs with writeChanged. The same fence and run_writes record.
-     * Measured per row of a first load (bench/first-load.ts, 6 rounds): 61–68 µs of Postgres CPU
-     * against writeChanged's 59–81.
-     */
-    async insertNew (tenant: string, scope: string, runId: number, token: string, rows: ResourceWrite[]): Promise<WriteResult> {
-      if (rows.length === 0) return { runOpen: true, inserted: new Set(), updated: new Set(), revived: new Set() }
-      const result = await db.execute<{ run_open: boolean, inserted: string[] }>(sql`
-        with ${fence(runId)},
-        ins as (
-          insert into resources (tenant, scope, id, type, name, region, tags, attributes,
-                                 content_hash, id_digest, first_seen_run_id, changed_run_id)
-          select ${tenant}, ${scope}, u.id, u.type, u.name, u.region, u.tags, u.attributes,
-                 u.content_hash, u.id_digest, ${runId}, ${runId}
-          from (${batchRows(rows)}) u where exists (select 1 from fence)
-          on conflict (tenant, scope, id) do nothing
-          returning id, type),
-        logged as (
-          insert into changes (run_id, kind, resource_id, type)
-          select ${runId}::bigint, 'created', id, type from ins),
-        ${recordWrite(runId, token, sql`exists (select 1 from ins)`)}
-        select exists (select 1 from fence) as run_open, array(select id from ins) as inserted`)
-      const row = result.rows[0]!
-      return { runOpen: row.run_open, inserted: new Set(row.inserted), updated: new Set(), revived: new Set() }
     },
 
     /** Whether the scope holds any live row: a first load has nothing to compare against. */

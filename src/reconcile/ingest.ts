@@ -445,13 +445,11 @@ async function apply (deps: ReconcileDeps, context: RunContext, items: Map<strin
 
   // 3. Write what differs. What the statement neither inserted nor updated was equal after all
   // (a wrong cache entry, or a twin batch wrote it first): read back, and written again only if
-  // another writer's content landed in between. A first load begins with insertNew (attempt 0,
-  // cheaper than writeChanged's probes): what existed after all is read back the same way.
-  for (let attempt = context.loading ? 0 : 1; ; attempt++) {
+  // another writer's content landed in between.
+  for (let attempt = 1; ; attempt++) {
     const pending = [...items.values()].filter((i) => i.pending)
     if (pending.length === 0) break
-    const write = attempt === 0 ? deps.resources.insertNew : deps.resources.writeChanged
-    const written = await write(run.tenant, run.scope, run.id, batch.token, pending.map(toWrite))
+    const written = await deps.resources.writeChanged(run.tenant, run.scope, run.id, batch.token, pending.map(toWrite))
     if (!written.runOpen) throw await refusal(deps, run, false)
     const left: Item[] = []
     for (const item of pending) {
