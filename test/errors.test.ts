@@ -177,6 +177,8 @@ t.test('run and scope errors', async (t) => {
   t.match((await tally.ingest(999999, [resource('a')])).body, { status: 404, code: 'run_not_found' })
   t.match((await tally.complete(999999)).body, { status: 404, code: 'run_not_found' })
   t.match((await tally.abort(999999)).body, { status: 404, code: 'run_not_found' })
+  // Abort takes no options, but a body sent to it is value-checked like any route's: refused before anything runs.
+  t.match((await tally.call('POST', '/runs/999999/abort', { note: 'a\u0000b' })).body, { status: 400, code: 'validation_failed' })
   t.match((await tally.call('GET', '/nowhere')).body, { status: 404, code: 'not_found' })
 
   const first = await tally.open('aws/errors')
