@@ -1,8 +1,9 @@
 /**
  * The contract: TypeBox schemas of what clients send and get back, free of Fastify. The REST
  * routes validate and document with them, and the types of reconcile and the tests are their
- * `Static<>`, so a shape is written once. The shared ones carry an `$id`: they are registered once (`sharedSchemas`), referenced with
- * `Type.Ref`, and become named components of the OpenAPI document.
+ * `Static<>`, so a shape is written once. The shared ones carry an `$id`: they are registered
+ * once (`sharedSchemas`), referenced with `Type.Ref`, and become named components of the
+ * OpenAPI document.
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { problemCodes, type ProblemCode } from './errors.js'
